@@ -1,0 +1,20 @@
+"""truncflow: gradient flow of deep ReLU networks seen from the input space.
+
+Public API (see README.md for a tour):
+    Params, Dataset                     parameters and data
+    truncate, activation_patterns       truncation maps and activation patterns
+    cost, gradient, Gradient            costs and exact generalized gradients
+    simulate, Result, load_result       the gradient flow and what a run records
+"""
+from .params import MAX_CONDITION, Params
+from .data import Dataset, gaussian_clusters, load_points, uniform_balls
+from .compute import (Gradient, activation_patterns, cost, cumulative_to_layer_gradient,
+                      gradient, truncate)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAX_CONDITION", "Params", "Dataset", "gaussian_clusters", "uniform_balls", "load_points",
+    "Gradient", "truncate", "activation_patterns", "cost", "gradient",
+    "cumulative_to_layer_gradient", "__version__",
+]

@@ -1,0 +1,199 @@
+"""Public functions over all points: truncation, activation patterns, cost, gradient.
+
+Thin layer: validates, prepares the kernels' arrays, calls one kernel, merges the
+per-chunk partial results in a fixed order. No loop over points here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._validate import choice
+from .data import Dataset, check_points
+from .kernels import config
+from .kernels.forward import patterns_kernel, truncate_kernel
+from .kernels.gradient import gradient_kernel
+from .params import Params
+
+__all__ = ["Gradient", "truncate", "activation_patterns", "cost", "gradient",
+           "cumulative_to_layer_gradient", "COST_KINDS", "PARAMETRIZATIONS"]
+
+COST_KINDS = ("input", "output")
+PARAMETRIZATIONS = ("cumulative", "layers")
+
+
+@dataclass(frozen=True, eq=False)
+class Gradient:
+    """A gradient of the cost, in the parametrization ``wrt`` names.
+
+    Attributes (float64):
+        weights    (L, M, M)  dC/dW^(l) (cumulative) or dC/dW_l (layers)
+        biases     (L, M)     dC/db^(l) (cumulative) or dC/db_l (layers)
+        out_weight (P, M) or None   dC/dW_out (output cost only)
+        out_bias   (P,) or None     dC/db_out (output cost only)
+        wrt        "cumulative" or "layers"
+    A per-cluster gradient carries a leading axis of length Q on every array.
+    """
+
+    weights: np.ndarray
+    biases: np.ndarray
+    out_weight: np.ndarray | None = None
+    out_bias: np.ndarray | None = None
+    wrt: str = "cumulative"
+
+    def norm(self) -> float:
+        """Euclidean norm over all components."""
+        parts = [self.weights, self.biases, self.out_weight, self.out_bias]
+        return float(np.sqrt(sum(np.sum(p * p) for p in parts if p is not None)))
+
+    def cluster(self, q: int) -> "Gradient":
+        """Cluster q's part of a per-cluster gradient."""
+        pick = (lambda a: None if a is None else a[q])
+        return Gradient(self.weights[q], self.biases[q], pick(self.out_weight), pick(self.out_bias), self.wrt)
+
+
+# ------------------------------------------------------------------ helpers
+def kernel_arrays(params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cw, cb, edges_t) as C-contiguous writable float64, the kernels' parameter layout."""
+    edges_t = np.ascontiguousarray(np.swapaxes(params.inverses, 1, 2))
+    return np.array(params.cum_weights), np.array(params.cum_biases), edges_t
+
+
+def _require_params(params) -> Params:
+    if not isinstance(params, Params):
+        raise ValueError(f"params must be a truncflow.Params, got {type(params).__name__}")
+    return params
+
+
+def _require_dataset(dataset, params: Params, kind: str) -> Dataset:
+    if not isinstance(dataset, Dataset):
+        raise ValueError(f"dataset must be a truncflow.Dataset, got {type(dataset).__name__}")
+    M = params.width
+    if dataset.width != M:
+        raise ValueError(f"dataset points have width {dataset.width} but the network has width M={M}")
+    if kind == "input":
+        if dataset.targets.shape[1] != M:
+            raise ValueError(f"input cost needs targets of shape (Q, {M}); got {dataset.targets.shape}")
+    else:
+        if not params.has_output:
+            raise ValueError("output cost needs an output layer: give out_weight and out_bias to Params")
+        if dataset.targets.shape[1] != params.out_dim:
+            raise ValueError(f"output cost needs targets of shape (Q, {params.out_dim}) to match the output "
+                             f"layer; got {dataset.targets.shape}")
+    return dataset
+
+
+# -------------------------------------------------------------- public API
+def truncate(params: Params, points, layers: int | None = None) -> np.ndarray:
+    """Images ``x~^(layers)`` of the points after the first ``layers`` truncation maps.
+
+    Args:
+        params: the network.
+        points: (N, M) float32 or float64, any layout.
+        layers: 0..L (default L, all layers).
+    Returns:
+        (N, M) float64.
+    """
+    params = _require_params(params)
+    pts = check_points(points, params.width)
+    L = params.n_layers
+    if layers is None:
+        layers = L
+    if isinstance(layers, bool) or not isinstance(layers, (int, np.integer)) or not 0 <= layers <= L:
+        raise ValueError(f"layers must be an integer in [0, {L}], got {layers!r}")
+    cw, cb, et = kernel_arrays(params)
+    return truncate_kernel(pts, cw, cb, et, int(layers), config.chunk_size(pts.shape[0]))
+
+
+def activation_patterns(params: Params, points) -> np.ndarray:
+    """Bit-packed activation patterns, (N, L, ceil(M/64)) uint64.
+
+    Bit ``k % 64`` of word ``k // 64`` is set when coordinate k of the layer is free,
+    ``a_k = (W^(l) x~^(l-1) + b^(l))_k > 0``; a point on a hyperplane counts as truncated.
+    """
+    params = _require_params(params)
+    pts = check_points(points, params.width)
+    cw, cb, et = kernel_arrays(params)
+    return patterns_kernel(pts, cw, cb, et, config.chunk_size(pts.shape[0]))
+
+
+def _run_gradient_kernel(params: Params, dataset: Dataset, kind: str, per_cluster: bool):
+    cw, cb, et = kernel_arrays(params)
+    M = params.width
+    if kind == "output":
+        ow, ob = np.array(params.out_weight), np.array(params.out_bias)
+    else:
+        ow, ob = np.zeros((0, M)), np.zeros(0)
+    n_slots = dataset.n_clusters if per_cluster else 1
+    N = dataset.n_points
+    parts = gradient_kernel(dataset.points, dataset.labels, dataset.targets, cw, cb, et, ow, ob,
+                            kind == "output", n_slots, config.chunk_size(N))
+    # Merge chunks in a fixed order (axis 0), then scale: the result does not depend on threads.
+    sq, gw, gb, gow, gob = (p.sum(axis=0) for p in parts)
+    if not per_cluster:
+        sq, gw, gb, gow, gob = sq[0], gw[0], gb[0], gow[0], gob[0]
+    out = (gow / N, gob / N) if kind == "output" else (None, None)
+    return sq / (2 * N), Gradient(gw / N, gb / N, out[0], out[1], "cumulative")
+
+
+def cost(params: Params, dataset: Dataset, kind: str = "input", *, per_cluster: bool = False):
+    """The cost (MODEL.md section 4): ``1/(2N) sum_i |residual_i|^2``.
+
+    ``kind="input"``: residual ``x~^(L)_i - y~_{c_i}`` with targets (Q, M);
+    ``kind="output"``: residual ``F(x_i) - y_{c_i}`` with targets (Q, P).
+    Returns a float, or (Q,) per-cluster costs summing to it when ``per_cluster``.
+    """
+    c, _ = gradient(params, dataset, kind, per_cluster=per_cluster)
+    return c
+
+
+def gradient(params: Params, dataset: Dataset, kind: str = "input", wrt: str = "cumulative",
+             *, per_cluster: bool = False):
+    """Cost and its exact generalized gradient (MODEL.md sections 5-7).
+
+    Args:
+        params, dataset: the network and the data.
+        kind: "input" or "output" cost.
+        wrt: "cumulative" for ``(dC/dW^(l), dC/db^(l))`` or "layers" for ``(dC/dW_l, dC/db_l)``.
+        per_cluster: split cost and gradient over the Q clusters (they sum to the totals).
+    Returns:
+        ``(cost, grad)``: cost a float (or (Q,) array), grad a :class:`Gradient`.
+    """
+    params = _require_params(params)
+    choice(kind, "kind", COST_KINDS)
+    choice(wrt, "wrt", PARAMETRIZATIONS)
+    dataset = _require_dataset(dataset, params, kind)
+    c, g = _run_gradient_kernel(params, dataset, kind, per_cluster)
+    if wrt == "layers":
+        if per_cluster:
+            parts = [cumulative_to_layer_gradient(params, g.cluster(q)) for q in range(dataset.n_clusters)]
+            stack = lambda name: None if getattr(parts[0], name) is None else np.stack([getattr(p, name) for p in parts])
+            g = Gradient(stack("weights"), stack("biases"), stack("out_weight"), stack("out_bias"), "layers")
+        else:
+            g = cumulative_to_layer_gradient(params, g)
+    if not per_cluster:
+        c = float(c)
+    return c, g
+
+
+def cumulative_to_layer_gradient(params: Params, grad: Gradient) -> Gradient:
+    """Push a cumulative gradient through the parameter map (MODEL.md section 7), O(L M^3).
+
+    Sweep l = L..1 with ``Gb = G^(L)``, ``Bb = B^(L)``:
+    ``dC/dW_l = Gb W^(l-1)^T + Bb b^(l-1)^T``, ``dC/db_l = Bb``, then
+    ``Gb <- G^(l-1) + W_l^T Gb``, ``Bb <- B^(l-1) + W_l^T Bb``.
+    """
+    L, M = params.n_layers, params.width
+    gw = np.empty((L, M, M))
+    gb = np.empty((L, M))
+    G_bar, B_bar = grad.weights[L - 1].copy(), grad.biases[L - 1].copy()
+    for l in range(L - 1, -1, -1):
+        prev_w = params.cum_weights[l - 1] if l > 0 else np.eye(M)
+        prev_b = params.cum_biases[l - 1] if l > 0 else np.zeros(M)
+        gw[l] = G_bar @ prev_w.T + np.outer(B_bar, prev_b)
+        gb[l] = B_bar
+        if l > 0:
+            G_bar = grad.weights[l - 1] + params.weights[l].T @ G_bar
+            B_bar = grad.biases[l - 1] + params.weights[l].T @ B_bar
+    return Gradient(gw, gb, grad.out_weight, grad.out_bias, "layers")

@@ -1,0 +1,37 @@
+"""Compilation settings shared by every CPU kernel, and the fixed chunking of points.
+
+Kernels import their flags from here and never set their own, so one place
+decides whether floating-point reassociation is allowed (it is not: results are
+exact to round-off and identical on any number of threads).
+"""
+import numpy as np
+
+#: Passed as ``fastmath=`` to every kernel. False: IEEE semantics, reproducible sums.
+FASTMATH = False
+
+#: Options shared by every kernel: ``cache=True`` so a second process starts in seconds.
+JIT_OPTIONS = dict(cache=True, fastmath=FASTMATH, nogil=True)
+
+#: Smallest number of points in a chunk.
+MIN_CHUNK = 1024
+#: Largest number of chunks a pass splits the points into.
+MAX_CHUNKS = 256
+
+
+def chunk_size(n_points: int) -> int:
+    """Points per chunk for a pass over ``n_points`` points.
+
+    Depends on the number of points only, never on the number of threads: each
+    chunk accumulates separately and chunk results are added in a fixed order, so
+    the same inputs give bit-identical results on 1, 2 or 64 threads.
+    """
+    return max(MIN_CHUNK, -(-int(n_points) // MAX_CHUNKS))
+
+
+def n_chunks(n_points: int, size: int) -> int:
+    return -(-int(n_points) // size)
+
+
+def empty_like_output(n_out: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Placeholder output layer (P = 0) for kernels run without one."""
+    return np.zeros((n_out, width)), np.zeros(n_out)

@@ -1,0 +1,197 @@
+"""Network parameters in layer and cumulative form (MODEL.md sections 2-3).
+
+A :class:`Params` holds both forms at once, computed exactly from whichever was
+given, together with the inverses ``A_l = (W^(l))^-1`` every kernel needs.
+All arrays are float64 and read-only; a Params is immutable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._validate import as_float_array, require_finite
+
+#: A cumulative weight matrix whose 2-norm condition number exceeds this is
+#: refused: beyond it the truncation map cannot be computed to useful accuracy.
+MAX_CONDITION = 1e12
+
+__all__ = ["Params", "MAX_CONDITION"]
+
+
+def _check_invertible(cum_weights: np.ndarray) -> None:
+    for layer, w in enumerate(cum_weights, start=1):
+        cond = np.linalg.cond(w)
+        if not np.isfinite(cond) or cond > MAX_CONDITION:
+            raise ValueError(
+                f"cumulative weight matrix W^({layer}) of layer {layer} is singular or "
+                f"numerically singular (condition number {cond:.3g} > {MAX_CONDITION:.0e})"
+            )
+
+
+def _readonly(a: np.ndarray | None) -> np.ndarray | None:
+    if a is not None:
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        a.setflags(write=False)
+    return a
+
+
+def _check_output(out_weight, out_bias, width):
+    if (out_weight is None) != (out_bias is None):
+        raise ValueError("out_weight and out_bias must be given together (or neither)")
+    if out_weight is None:
+        return None, None
+    out_weight = as_float_array(out_weight, "out_weight", ndim=2)
+    out_bias = as_float_array(out_bias, "out_bias", ndim=1)
+    if out_weight.shape[1] != width:
+        raise ValueError(
+            f"out_weight has shape {out_weight.shape}, expected (P, {width}) to match the layer width M={width}"
+        )
+    if out_bias.shape[0] != out_weight.shape[0]:
+        raise ValueError(
+            f"out_bias has shape {out_bias.shape}, expected ({out_weight.shape[0]},) to match out_weight"
+        )
+    require_finite(out_weight, "out_weight")
+    require_finite(out_bias, "out_bias")
+    return out_weight, out_bias
+
+
+def _check_stack(weights, biases, wname, bname):
+    weights = as_float_array(weights, wname, ndim=3)
+    biases = as_float_array(biases, bname, ndim=2)
+    L, M, M2 = weights.shape
+    if L == 0 or M == 0:
+        raise ValueError(f"{wname} has shape {weights.shape}: need at least one layer of width >= 1")
+    if M != M2:
+        raise ValueError(f"{wname} has shape {weights.shape}: each layer's matrix must be square (L, M, M)")
+    if biases.shape != (L, M):
+        raise ValueError(f"{bname} has shape {biases.shape}, expected {(L, M)} to match {wname} {weights.shape}")
+    require_finite(weights, wname)
+    require_finite(biases, bname)
+    return weights, biases
+
+
+@dataclass(frozen=True, eq=False)
+class Params:
+    """Parameters of an L-layer ReLU network of width M, in both forms.
+
+    Attributes (all float64, read-only):
+        weights      (L, M, M)  layer weights ``W_l``
+        biases       (L, M)     layer biases ``b_l``
+        cum_weights  (L, M, M)  cumulative weights ``W^(l) = W_l W^(l-1)``
+        cum_biases   (L, M)     cumulative biases ``b^(l) = W_l b^(l-1) + b_l``
+        inverses     (L, M, M)  ``A_l = (W^(l))^-1``
+        out_weight   (P, M) or None   ordinary output layer ``W_out``
+        out_bias     (P,) or None     ordinary output bias ``b_out``
+
+    Build with :meth:`from_layers` or :meth:`from_cumulative`.
+    """
+
+    weights: np.ndarray
+    biases: np.ndarray
+    cum_weights: np.ndarray
+    cum_biases: np.ndarray
+    inverses: np.ndarray
+    out_weight: np.ndarray | None = None
+    out_bias: np.ndarray | None = None
+
+    # ----------------------------------------------------------- constructors
+    @classmethod
+    def from_layers(cls, weights, biases, out_weight=None, out_bias=None) -> "Params":
+        """From layer weights ``(L, M, M)`` and biases ``(L, M)`` (MODEL.md section 2)."""
+        weights, biases = _check_stack(weights, biases, "weights", "biases")
+        out_weight, out_bias = _check_output(out_weight, out_bias, weights.shape[1])
+        L, M, _ = weights.shape
+        cum_w = np.empty_like(weights)
+        cum_b = np.empty_like(biases)
+        prev_w, prev_b = np.eye(M), np.zeros(M)
+        for l in range(L):
+            cum_w[l] = weights[l] @ prev_w
+            cum_b[l] = weights[l] @ prev_b + biases[l]
+            prev_w, prev_b = cum_w[l], cum_b[l]
+        require_finite(cum_w, "cumulative weights (overflow in the product of layer weights)")
+        _check_invertible(cum_w)
+        return cls._build(weights, biases, cum_w, cum_b, out_weight, out_bias)
+
+    @classmethod
+    def from_cumulative(cls, cum_weights, cum_biases, out_weight=None, out_bias=None) -> "Params":
+        """From cumulative weights ``(L, M, M)`` and biases ``(L, M)`` (MODEL.md section 2)."""
+        cum_w, cum_b = _check_stack(cum_weights, cum_biases, "cum_weights", "cum_biases")
+        out_weight, out_bias = _check_output(out_weight, out_bias, cum_w.shape[1])
+        _check_invertible(cum_w)
+        L, M, _ = cum_w.shape
+        weights = np.empty_like(cum_w)
+        biases = np.empty_like(cum_b)
+        prev_w, prev_b = np.eye(M), np.zeros(M)
+        for l in range(L):
+            # W_l = W^(l) (W^(l-1))^-1, computed by a solve rather than an explicit inverse.
+            weights[l] = np.linalg.solve(prev_w.T, cum_w[l].T).T
+            biases[l] = cum_b[l] - weights[l] @ prev_b
+            prev_w, prev_b = cum_w[l], cum_b[l]
+        return cls._build(weights, biases, cum_w, cum_b, out_weight, out_bias)
+
+    @classmethod
+    def _build(cls, weights, biases, cum_w, cum_b, out_weight, out_bias) -> "Params":
+        inverses = np.linalg.inv(cum_w)
+        return cls(
+            weights=_readonly(weights),
+            biases=_readonly(biases),
+            cum_weights=_readonly(cum_w),
+            cum_biases=_readonly(cum_b),
+            inverses=_readonly(inverses),
+            out_weight=_readonly(out_weight),
+            out_bias=_readonly(out_bias),
+        )
+
+    @classmethod
+    def random(cls, n_layers: int, width: int, *, scale: float = 1.0, bias_scale: float = 0.1,
+               out_dim: int | None = None, seed: int | None = None) -> "Params":
+        """Random layer parameters: ``W_l = I + scale * G / sqrt(M)`` with G standard normal,
+        ``b_l ~ N(0, bias_scale^2)``; an output layer of ``out_dim`` rows when given."""
+        rng = np.random.default_rng(seed)
+        M = int(width)
+        w = np.eye(M) + scale * rng.standard_normal((n_layers, M, M)) / np.sqrt(M)
+        b = bias_scale * rng.standard_normal((n_layers, M))
+        ow = ob = None
+        if out_dim is not None:
+            ow = rng.standard_normal((out_dim, M)) / np.sqrt(M)
+            ob = np.zeros(out_dim)
+        return cls.from_layers(w, b, ow, ob)
+
+    # ------------------------------------------------------------ properties
+    @property
+    def n_layers(self) -> int:
+        """L, the number of hidden layers."""
+        return self.weights.shape[0]
+
+    @property
+    def width(self) -> int:
+        """M, the width of every hidden layer (and the input dimension)."""
+        return self.weights.shape[1]
+
+    @property
+    def out_dim(self) -> int | None:
+        """P, the output dimension, or None without an output layer."""
+        return None if self.out_weight is None else self.out_weight.shape[0]
+
+    @property
+    def has_output(self) -> bool:
+        return self.out_weight is not None
+
+    def cones(self) -> tuple[np.ndarray, np.ndarray]:
+        """Cones of the truncation maps (MODEL.md section 3).
+
+        Returns:
+            apexes (L, M): ``p^(l) = -(W^(l))^-1 b^(l)``
+            edges  (L, M, M): ``edges[l, :, k] = v_k^(l)``, the columns of ``(W^(l))^-1``
+        """
+        apexes = -np.einsum("lij,lj->li", self.inverses, self.cum_biases)
+        return apexes, self.inverses.copy()
+
+    def with_output(self, out_weight, out_bias) -> "Params":
+        """The same hidden layers with another output layer (None to drop it)."""
+        return Params.from_cumulative(self.cum_weights, self.cum_biases, out_weight, out_bias)
+
+    def __repr__(self) -> str:
+        out = "" if self.out_weight is None else f", P={self.out_dim}"
+        return f"Params(L={self.n_layers}, M={self.width}{out})"
