@@ -10,11 +10,15 @@ from .params import MAX_CONDITION, Params
 from .data import Dataset, gaussian_clusters, load_points, uniform_balls
 from .compute import (Gradient, activation_patterns, cost, cumulative_to_layer_gradient,
                       gradient, truncate)
+from .observe import Observation, observe
+from .engine.integrate import simulate
+from .engine.record import Result, load_result
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MAX_CONDITION", "Params", "Dataset", "gaussian_clusters", "uniform_balls", "load_points",
     "Gradient", "truncate", "activation_patterns", "cost", "gradient",
-    "cumulative_to_layer_gradient", "__version__",
+    "cumulative_to_layer_gradient", "Observation", "observe", "simulate", "Result", "load_result",
+    "__version__",
 ]

@@ -16,17 +16,36 @@ from ._validate import as_float_array, require_finite
 #: refused: beyond it the truncation map cannot be computed to useful accuracy.
 MAX_CONDITION = 1e12
 
-__all__ = ["Params", "MAX_CONDITION"]
+__all__ = ["Params", "MAX_CONDITION", "invert_cumulative"]
 
 
-def _check_invertible(cum_weights: np.ndarray) -> None:
-    for layer, w in enumerate(cum_weights, start=1):
-        cond = np.linalg.cond(w)
-        if not np.isfinite(cond) or cond > MAX_CONDITION:
-            raise ValueError(
-                f"cumulative weight matrix W^({layer}) of layer {layer} is singular or "
-                f"numerically singular (condition number {cond:.3g} > {MAX_CONDITION:.0e})"
-            )
+def invert_cumulative(cum_weights: np.ndarray) -> np.ndarray:
+    """Inverses ``(W^(l))^-1`` (L, M, M), refusing a singular or ill-conditioned layer.
+
+    The condition number is measured in the 1-norm, ``|W|_1 |W^-1|_1`` (within a
+    factor M of the 2-norm one), from the inverse that is needed anyway.
+    """
+    try:
+        inverses = np.linalg.inv(cum_weights)
+    except np.linalg.LinAlgError:
+        inverses = np.full_like(cum_weights, np.inf)
+        for l, w in enumerate(cum_weights):
+            try:
+                inverses[l] = np.linalg.inv(w)
+            except np.linalg.LinAlgError:
+                pass
+    with np.errstate(over="ignore", invalid="ignore"):
+        cond = np.abs(cum_weights).sum(axis=1).max(axis=1) * np.abs(inverses).sum(axis=1).max(axis=1)
+    bad = ~(cond <= MAX_CONDITION)
+    if bad.any():
+        layer = int(np.argmax(bad)) + 1
+        c = cond[layer - 1]
+        what = "singular" if not np.isfinite(c) else "numerically singular"
+        raise ValueError(
+            f"cumulative weight matrix W^({layer}) of layer {layer} is {what} "
+            f"(condition number {c:.3g} > {MAX_CONDITION:.0e})"
+        )
+    return inverses
 
 
 def _readonly(a: np.ndarray | None) -> np.ndarray | None:
@@ -110,29 +129,29 @@ class Params:
             cum_b[l] = weights[l] @ prev_b + biases[l]
             prev_w, prev_b = cum_w[l], cum_b[l]
         require_finite(cum_w, "cumulative weights (overflow in the product of layer weights)")
-        _check_invertible(cum_w)
-        return cls._build(weights, biases, cum_w, cum_b, out_weight, out_bias)
+        inverses = invert_cumulative(cum_w)
+        return cls._build(weights, biases, cum_w, cum_b, out_weight, out_bias, inverses)
 
     @classmethod
     def from_cumulative(cls, cum_weights, cum_biases, out_weight=None, out_bias=None) -> "Params":
         """From cumulative weights ``(L, M, M)`` and biases ``(L, M)`` (MODEL.md section 2)."""
         cum_w, cum_b = _check_stack(cum_weights, cum_biases, "cum_weights", "cum_biases")
         out_weight, out_bias = _check_output(out_weight, out_bias, cum_w.shape[1])
-        _check_invertible(cum_w)
+        inverses = invert_cumulative(cum_w)
         L, M, _ = cum_w.shape
         weights = np.empty_like(cum_w)
-        biases = np.empty_like(cum_b)
-        prev_w, prev_b = np.eye(M), np.zeros(M)
-        for l in range(L):
-            # W_l = W^(l) (W^(l-1))^-1, computed by a solve rather than an explicit inverse.
-            weights[l] = np.linalg.solve(prev_w.T, cum_w[l].T).T
-            biases[l] = cum_b[l] - weights[l] @ prev_b
-            prev_w, prev_b = cum_w[l], cum_b[l]
-        return cls._build(weights, biases, cum_w, cum_b, out_weight, out_bias)
+        weights[0] = cum_w[0]
+        if L > 1:
+            # W_l = W^(l) (W^(l-1))^-1, as a batched solve W^(l-1)^T W_l^T = W^(l)^T.
+            weights[1:] = np.swapaxes(np.linalg.solve(np.swapaxes(cum_w[:-1], 1, 2), np.swapaxes(cum_w[1:], 1, 2)), 1, 2)
+        biases = cum_b.copy()
+        biases[1:] -= np.einsum("lij,lj->li", weights[1:], cum_b[:-1])
+        return cls._build(weights, biases, cum_w, cum_b, out_weight, out_bias, inverses)
 
     @classmethod
-    def _build(cls, weights, biases, cum_w, cum_b, out_weight, out_bias) -> "Params":
-        inverses = np.linalg.inv(cum_w)
+    def _build(cls, weights, biases, cum_w, cum_b, out_weight, out_bias, inverses=None) -> "Params":
+        if inverses is None:
+            inverses = np.linalg.inv(cum_w)
         return cls(
             weights=_readonly(weights),
             biases=_readonly(biases),

@@ -1,0 +1,62 @@
+"""Shared helpers: a seeded random problem generator and a relative comparison."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import truncflow as tf
+
+
+@dataclass
+class Problem:
+    params: tf.Params
+    points: np.ndarray
+    labels: np.ndarray
+    targets_in: np.ndarray      # (Q, M) input-space targets
+    targets_out: np.ndarray | None  # (Q, P) output targets, when the params have an output layer
+
+    def dataset(self, kind="input", points=None):
+        pts = self.points if points is None else points
+        return tf.Dataset(pts, self.labels, self.targets_in if kind == "input" else self.targets_out)
+
+
+def make_problem(seed, L=2, M=3, N=20, Q=2, P=None, scale=0.3, bias_scale=0.5, point_scale=1.0):
+    """Random well-conditioned layer parameters W_l = I + scale G / sqrt(M) (G clipped to
+    [-2.5, 2.5]), biases N(0, bias_scale^2), Gaussian points; every label in [0, Q)
+    appears whenever N >= Q."""
+    rng = np.random.default_rng(seed)
+    G = np.clip(rng.standard_normal((L, M, M)), -2.5, 2.5)
+    W = np.eye(M) + scale * G / np.sqrt(M)
+    b = bias_scale * rng.standard_normal((L, M))
+    ow = ob = t_out = None
+    if P is not None:
+        ow = rng.standard_normal((P, M)) / np.sqrt(M)
+        ob = 0.5 * rng.standard_normal(P)
+        t_out = rng.standard_normal((Q, P))
+    params = tf.Params.from_layers(W, b, ow, ob)
+    points = point_scale * rng.standard_normal((N, M))
+    labels = rng.permutation(np.arange(N) % Q)
+    t_in = rng.standard_normal((Q, M))
+    return Problem(params, points, labels, t_in, t_out)
+
+
+def assert_close(actual, expected, rtol=1e-12, what="", floor=0.0):
+    """max|actual - expected| <= rtol * max(max|expected|, max|actual|, floor).
+
+    ``floor`` is the scale of the terms that cancel, for arrays that may be exactly 0.
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    if actual.size == 0:
+        return
+    err = np.max(np.abs(actual - expected))
+    scale = max(np.max(np.abs(expected)), np.max(np.abs(actual)), floor)
+    assert err <= rtol * scale, f"{what}: max abs error {err:.3e} > {rtol:g} * {scale:.3e}"
+
+
+@pytest.fixture
+def problem():
+    return make_problem(0, L=3, M=4, N=30, Q=3, P=2)

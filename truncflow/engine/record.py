@@ -1,0 +1,213 @@
+"""What a run observes and keeps: the Recorder, the Result and its file.
+
+A record holds the time, cost, gradient norm, parameters and the observables of
+MODEL.md section 11; nothing of size N is kept per record (the one per-point
+array is the pattern hash of the last record, used to count pattern changes).
+"""
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..observe import cluster_means, observe
+from ..params import Params
+
+__all__ = ["Result", "Recorder", "load_result", "package_versions"]
+
+#: Per-record arrays of a Result, with their per-record shapes (T is the leading axis).
+_SERIES = {
+    "t": "()", "cost": "()", "cost_per_cluster": "(Q,)", "grad_norm": "()",
+    "truncated_fraction": "(L, Q)", "collapsed_fraction": "(L, Q)",
+    "coordinate_truncated_fraction": "(L, Q, M)", "free_coordinates": "(L, Q)",
+    "spread": "(L, Q)", "collapse_ratio": "(L,)", "n_patterns": "()", "pattern_changes": "()",
+    "steps_accepted": "()", "steps_rejected": "()", "evaluations": "()",
+    "weights": "(L, M, M)", "biases": "(L, M)", "cum_weights": "(L, M, M)", "cum_biases": "(L, M)",
+    "out_weight": "(P, M)", "out_bias": "(P,)",
+}
+
+#: Status codes: why a run stopped. The first three are successes.
+STATUS_MESSAGES = {
+    "t_end": "reached t_end",
+    "cost_tol": "cost fell below cost_tol",
+    "grad_tol": "gradient norm fell below grad_tol",
+    "max_evals": "reached the maximum number of gradient evaluations",
+    "max_time": "reached the wall-clock budget",
+    "diverged": "diverged",
+    "failed": "failed",
+    "interrupted": "interrupted by the user",
+}
+SUCCESS = ("t_end", "cost_tol", "grad_tol")
+
+
+def package_versions() -> dict:
+    import numba
+    import scipy
+
+    from .. import __version__
+    return {"truncflow": __version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "numba": numba.__version__, "python": platform.python_version()}
+
+
+@dataclass(eq=False)
+class Result:
+    """The outcome of :func:`truncflow.simulate`.
+
+    Per-record arrays (T records, L layers, Q clusters, width M, output dim P):
+        t (T,), cost (T,), cost_per_cluster (T, Q), grad_norm (T,),
+        truncated_fraction (T, L, Q), collapsed_fraction (T, L, Q),
+        coordinate_truncated_fraction (T, L, Q, M), free_coordinates (T, L, Q),
+        spread (T, L, Q), collapse_ratio (T, L), n_patterns (T,), pattern_changes (T,)
+        (points whose activation pattern changed since the previous record; 0 first),
+        steps_accepted, steps_rejected, evaluations (T,): counters at each record,
+        weights, biases, cum_weights, cum_biases (T, L, M, M) / (T, L, M),
+        out_weight (T, P, M), out_bias (T, P) (P = 0 without output layer).
+    Scalars: status (see STATUS_MESSAGES), message, success, config (dict), versions (dict).
+    ``params`` is the list of recorded :class:`Params`; ``final`` the last one.
+    """
+
+    series: dict
+    status: str
+    message: str
+    config: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+
+    def __getattr__(self, name):
+        series = self.__dict__.get("series", {})
+        if name in series:
+            return series[name]
+        raise AttributeError(name)
+
+    @property
+    def success(self) -> bool:
+        return self.status in SUCCESS
+
+    @property
+    def n_records(self) -> int:
+        return len(self.series["t"])
+
+    def params_at(self, index: int) -> Params:
+        """The :class:`Params` of record ``index``, both forms exactly as recorded."""
+        s = self.series
+        has_out = s["out_weight"].shape[1] > 0
+        return Params._build(s["weights"][index], s["biases"][index], s["cum_weights"][index],
+                             s["cum_biases"][index], s["out_weight"][index] if has_out else None,
+                             s["out_bias"][index] if has_out else None)
+
+    @property
+    def params(self) -> list[Params]:
+        return [self.params_at(i) for i in range(self.n_records)]
+
+    @property
+    def final(self) -> Params:
+        return self.params_at(self.n_records - 1)
+
+    def summary(self) -> str:
+        """A few lines for a person: status, time reached, cost, truncation, counters."""
+        s = self.series
+        lines = [f"status: {self.status} ({self.message})",
+                 f"t = {s['t'][-1]:.6g}, cost {s['cost'][0]:.6g} -> {s['cost'][-1]:.6g}, "
+                 f"gradient norm {s['grad_norm'][-1]:.3g}"]
+        frac = s["truncated_fraction"][-1]
+        coll = s["collapsed_fraction"][-1]
+        for q in range(frac.shape[1]):
+            lines.append(f"cluster {q}: truncated fraction per layer {np.array2string(frac[:, q], precision=3)}, "
+                         f"collapsed {np.array2string(coll[:, q], precision=3)}, "
+                         f"cost {s['cost_per_cluster'][-1, q]:.3g}")
+        lines.append(f"steps accepted {int(s['steps_accepted'][-1])}, rejected {int(s['steps_rejected'][-1])}, "
+                     f"gradient evaluations {int(s['evaluations'][-1])}, "
+                     f"distinct activation patterns {int(s['n_patterns'][-1])}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ file
+    def save(self, path) -> Path:
+        """Write everything to ``path`` (a ``.npz``; the suffix is added if missing)."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
+        meta = {"status": self.status, "message": self.message, "config": self.config,
+                "versions": self.versions, "format": 1}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, __meta__=np.array(json.dumps(meta, default=_json_default)), **self.series)
+        return path
+
+    def __repr__(self) -> str:
+        return f"Result(status={self.status!r}, records={self.n_records}, t_final={self.series['t'][-1]:.6g})"
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in a result's configuration")
+
+
+def load_result(path) -> Result:
+    """Read a Result written by :meth:`Result.save`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"result file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "__meta__" not in z.files:
+                raise ValueError(f"{path} is not a truncflow result (no __meta__ entry)")
+            meta = json.loads(str(z["__meta__"]))
+            series = {k: z[k] for k in z.files if k != "__meta__"}
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"cannot read result file {path}: {exc}") from None
+    return Result(series, meta["status"], meta["message"], meta.get("config", {}), meta.get("versions", {}))
+
+
+class Recorder:
+    """Collects records during a run; turns them into a :class:`Result`."""
+
+    def __init__(self, dataset, kind: str, config: dict):
+        self.dataset = dataset
+        self.kind = kind
+        self.config = config
+        self._shift = cluster_means(dataset)
+        self._last_hash = None
+        self._rows: dict[str, list] = {k: [] for k in _SERIES}
+
+    def record(self, t: float, params: Params, grad_norm: float, counters: dict) -> float:
+        """Observe ``params`` at time t and keep one record; returns the cost."""
+        obs = observe(params, self.dataset, self.kind, shift=self._shift)
+        changes = 0 if self._last_hash is None else int(np.count_nonzero(obs.pattern_hash != self._last_hash))
+        self._last_hash = obs.pattern_hash
+        P = params.out_dim or 0
+        M = params.width
+        row = {
+            "t": t, "cost": obs.cost, "cost_per_cluster": obs.cost_per_cluster, "grad_norm": grad_norm,
+            "truncated_fraction": obs.truncated_fraction, "collapsed_fraction": obs.collapsed_fraction,
+            "coordinate_truncated_fraction": obs.coordinate_truncated_fraction,
+            "free_coordinates": obs.free_coordinates, "spread": obs.spread,
+            "collapse_ratio": obs.collapse_ratio, "n_patterns": obs.n_patterns, "pattern_changes": changes,
+            "steps_accepted": counters["accepted"], "steps_rejected": counters["rejected"],
+            "evaluations": counters["evaluations"],
+            "weights": params.weights, "biases": params.biases,
+            "cum_weights": params.cum_weights, "cum_biases": params.cum_biases,
+            "out_weight": params.out_weight if P else np.zeros((0, M)),
+            "out_bias": params.out_bias if P else np.zeros(0),
+        }
+        for k, v in row.items():
+            self._rows[k].append(np.array(v, copy=True))
+        return obs.cost
+
+    @property
+    def n_records(self) -> int:
+        return len(self._rows["t"])
+
+    @property
+    def last_time(self) -> float | None:
+        return float(self._rows["t"][-1]) if self._rows["t"] else None
+
+    def result(self, status: str, detail: str = "") -> Result:
+        series = {k: np.array(v) for k, v in self._rows.items()}
+        message = STATUS_MESSAGES[status] + (f": {detail}" if detail else "")
+        return Result(series, status, message, dict(self.config), package_versions())

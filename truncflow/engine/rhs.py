@@ -1,0 +1,113 @@
+"""The flow's right-hand side: parameters <-> flat state vector, parametrizations, frozen parts.
+
+The state vector of a flow holds, in this order, the weights (L*M*M), the biases
+(L*M) and, for the output cost, the output weight (P*M) and bias (P) of the chosen
+parametrization ("cumulative": W^(l), b^(l); "layers": W_l, b_l). Frozen
+components stay in the vector with a zero derivative.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validate import choice
+from ..compute import COST_KINDS, PARAMETRIZATIONS, Gradient, _require_dataset, _require_params, gradient
+from ..data import Dataset
+from ..params import Params
+
+TRAIN_OPTIONS = ("all", "weights", "biases")
+
+__all__ = ["FlowProblem", "TRAIN_OPTIONS"]
+
+
+@dataclass
+class FlowProblem:
+    """``dy/ds = -mask * grad C(y)`` for one dataset, cost and parametrization.
+
+    Args:
+        params: the initial parameters (fixes L, M and whether there is an output layer).
+        dataset: the data.
+        kind: "input" or "output" cost.
+        wrt: "cumulative" or "layers": the parameters that flow.
+        train: "all", "weights" or "biases": which of them move (output layer included).
+        frozen_layers: 1-based indices of hidden layers whose weights and biases stay fixed.
+    """
+
+    params: Params
+    dataset: Dataset
+    kind: str = "input"
+    wrt: str = "cumulative"
+    train: str = "all"
+    frozen_layers: tuple = ()
+
+    def __post_init__(self):
+        self.params = _require_params(self.params)
+        choice(self.kind, "kind", COST_KINDS)
+        choice(self.wrt, "wrt", PARAMETRIZATIONS)
+        choice(self.train, "train", TRAIN_OPTIONS)
+        self.dataset = _require_dataset(self.dataset, self.params, self.kind)
+        L, M = self.params.n_layers, self.params.width
+        P = self.params.out_dim if self.kind == "output" else 0
+        frozen = []
+        for layer in self.frozen_layers:
+            if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 1 <= layer <= L:
+                raise ValueError(f"frozen_layers must hold layer numbers in [1, {L}], got {layer!r}")
+            frozen.append(int(layer))
+        self.frozen_layers = tuple(sorted(set(frozen)))
+        self._shapes = [(L, M, M), (L, M), (P, M), (P,)]
+        sizes = [int(np.prod(s)) for s in self._shapes]
+        self._offsets = np.cumsum([0] + sizes)
+        w_mask = np.full((L, M, M), self.train in ("all", "weights"))
+        b_mask = np.full((L, M), self.train in ("all", "biases"))
+        for layer in self.frozen_layers:
+            w_mask[layer - 1] = False
+            b_mask[layer - 1] = False
+        ow_mask = np.full((P, M), self.train in ("all", "weights"))
+        ob_mask = np.full(P, self.train in ("all", "biases"))
+        self.mask = np.concatenate([m.ravel() for m in (w_mask, b_mask, ow_mask, ob_mask)]).astype(np.float64)
+        if not self.mask.any():
+            raise ValueError("nothing to train: every parameter is frozen (check train and frozen_layers)")
+        self.n_evaluations = 0
+
+    @property
+    def size(self) -> int:
+        return int(self._offsets[-1])
+
+    def pack(self, params: Params) -> np.ndarray:
+        """Flat state vector of ``params`` in this problem's parametrization."""
+        if self.wrt == "cumulative":
+            parts = [params.cum_weights, params.cum_biases]
+        else:
+            parts = [params.weights, params.biases]
+        if self.kind == "output":
+            parts += [params.out_weight, params.out_bias]
+        return np.concatenate([np.ravel(p) for p in parts])
+
+    def _split(self, y: np.ndarray) -> list[np.ndarray]:
+        return [y[a:b].reshape(s) for a, b, s in zip(self._offsets[:-1], self._offsets[1:], self._shapes)]
+
+    def unpack(self, y: np.ndarray) -> Params:
+        """Params from a state vector (the output layer of the initial params when it does not flow).
+
+        Raises ValueError when a cumulative weight matrix is singular or ill-conditioned.
+        """
+        w, b, ow, ob = self._split(y)
+        if self.kind != "output":
+            ow, ob = self.params.out_weight, self.params.out_bias
+        if self.wrt == "cumulative":
+            return Params.from_cumulative(w, b, ow, ob)
+        return Params.from_layers(w, b, ow, ob)
+
+    def gradient_vector(self, grad: Gradient) -> np.ndarray:
+        """Masked flat gradient of a (total) :class:`Gradient`."""
+        parts = [grad.weights, grad.biases]
+        if self.kind == "output":
+            parts += [grad.out_weight, grad.out_bias]
+        return np.concatenate([np.ravel(p) for p in parts]) * self.mask
+
+    def evaluate(self, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """Cost and masked gradient vector at state y (one streaming pass over the points)."""
+        self.n_evaluations += 1
+        c, g = gradient(self.unpack(y), self.dataset, self.kind, self.wrt)
+        return c, self.gradient_vector(g)

@@ -1,0 +1,105 @@
+"""What a run observes about the data at one instant (MODEL.md section 11)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._validate import choice
+from .compute import COST_KINDS, _require_dataset, _require_params, kernel_arrays
+from .data import Dataset
+from .kernels import config
+from .kernels.observe import observe_kernel
+from .params import Params
+
+__all__ = ["Observation", "observe", "cluster_means"]
+
+
+@dataclass(frozen=True, eq=False)
+class Observation:
+    """Cluster statistics of the images of every layer, for L layers, Q clusters, width M.
+
+    Attributes:
+        cost                 float   the cost of ``kind``
+        cost_per_cluster     (Q,)    its split over clusters (sums to ``cost``)
+        truncated_fraction   (L, Q)  fraction of the cluster's points with at least one
+                                     truncated coordinate (``a_k <= 0``) in layer l
+        collapsed_fraction   (L, Q)  fraction with every coordinate truncated (mapped to the apex)
+        coordinate_truncated_fraction (L, Q, M)  fraction truncated in coordinate k
+        free_coordinates     (L, Q)  mean number of free coordinates ("complexity"):
+                                     M for an untouched cluster, 0 for a collapsed one
+        spread               (L, Q)  ``tr Cov(x~^(l))`` over the cluster's images
+        collapse_ratio       (L,)    within-cluster over between-cluster scatter of the images
+        n_patterns           int     number of distinct activation patterns (all layers jointly)
+        pattern_hash         (N,) uint64  per-point hash of the pattern, to count changes
+    Empty clusters give NaN in the per-cluster fractions and spreads.
+    """
+
+    cost: float
+    cost_per_cluster: np.ndarray
+    truncated_fraction: np.ndarray
+    collapsed_fraction: np.ndarray
+    coordinate_truncated_fraction: np.ndarray
+    free_coordinates: np.ndarray
+    spread: np.ndarray
+    collapse_ratio: np.ndarray
+    n_patterns: int
+    pattern_hash: np.ndarray
+
+
+def cluster_means(dataset: Dataset) -> np.ndarray:
+    """(Q, M) mean of each cluster's points (zeros for an empty cluster)."""
+    Q, M = dataset.n_clusters, dataset.width
+    sums = np.zeros((Q, M))
+    for j in range(M):  # one bincount per coordinate: no (N, M) temporary
+        sums[:, j] = np.bincount(dataset.labels, weights=dataset.points[:, j], minlength=Q)
+    counts = dataset.counts
+    return np.divide(sums, counts[:, None], out=np.zeros_like(sums), where=counts[:, None] > 0)
+
+
+def observe(params: Params, dataset: Dataset, kind: str = "input", *, shift=None) -> Observation:
+    """Observe the data under ``params`` in one pass (see :class:`Observation`).
+
+    ``shift`` (Q, M), optional: the per-cluster origin for the moment sums; the
+    cluster means of the input points by default (pass them in when observing often).
+    """
+    params = _require_params(params)
+    choice(kind, "kind", COST_KINDS)
+    dataset = _require_dataset(dataset, params, kind)
+    if shift is None:
+        shift = cluster_means(dataset)
+    N, M, L, Q = dataset.n_points, dataset.width, params.n_layers, dataset.n_clusters
+    cw, cb, et = kernel_arrays(params)
+    if kind == "output":
+        ow, ob = np.array(params.out_weight), np.array(params.out_bias)
+    else:
+        ow, ob = np.zeros((0, M)), np.zeros(0)
+    hashes = np.empty(N, dtype=np.uint64)
+    parts = observe_kernel(dataset.points, dataset.labels, dataset.targets, np.ascontiguousarray(shift),
+                           cw, cb, et, ow, ob, kind == "output", Q, config.chunk_size(N), hashes)
+    sq, truncated, any_t, all_t, s1, s2 = (p.sum(axis=0) for p in parts)
+    n = dataset.counts.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        coord_frac = truncated / n[None, :, None]
+        mean = s1 / n[None, :, None]                          # (L, Q, M), relative to shift
+        var = np.maximum(s2 / n[None, :, None] - mean * mean, 0.0)
+        spread = var.sum(axis=2)                              # (L, Q)
+        centers = mean + shift[None]                          # (L, Q, M)
+        overall = np.einsum("q,lqm->lm", n, centers) / N      # (L, M)
+        nonempty = n > 0
+        within = np.einsum("q,lq->l", n[nonempty], spread[:, nonempty])
+        between = np.einsum("q,lq->l", n[nonempty],
+                            ((centers[:, nonempty] - overall[:, None]) ** 2).sum(axis=2))
+        ratio = within / between
+    return Observation(
+        cost=float(sq.sum() / (2 * N)),
+        cost_per_cluster=sq / (2 * N),
+        truncated_fraction=any_t / n[None, :],
+        collapsed_fraction=all_t / n[None, :],
+        coordinate_truncated_fraction=coord_frac,
+        free_coordinates=M - coord_frac.sum(axis=2),
+        spread=spread,
+        collapse_ratio=ratio,
+        n_patterns=int(np.unique(hashes).size),
+        pattern_hash=hashes,
+    )
