@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
 
 import truncflow as tf
 
@@ -55,8 +54,3 @@ def assert_close(actual, expected, rtol=1e-12, what="", floor=0.0):
     err = np.max(np.abs(actual - expected))
     scale = max(np.max(np.abs(expected)), np.max(np.abs(actual)), floor)
     assert err <= rtol * scale, f"{what}: max abs error {err:.3e} > {rtol:g} * {scale:.3e}"
-
-
-@pytest.fixture
-def problem():
-    return make_problem(0, L=3, M=4, N=30, Q=3, P=2)

@@ -25,10 +25,12 @@ def reference_gradient(params, points, labels, targets, kind, wrt):
     return ref.grad_layers(params.weights, params.biases, pts, labels, targets, kind, ow, ob)
 
 
-def check_gradient(params, ds, kind, wrt, per_cluster, rtol=1e-12):
-    """tf.gradient (and tf.cost) against the reference; returns the package's gradient."""
+def check_gradient(params, ds, kind, wrt, per_cluster, rtol=1e-12, r=None):
+    """tf.gradient against the reference (``r``, computed when not given);
+    returns the package's cost and gradient."""
     c, g = tf.gradient(params, ds, kind, wrt, per_cluster=per_cluster)
-    r = reference_gradient(params, ds.points, ds.labels, ds.targets, kind, wrt)
+    if r is None:
+        r = reference_gradient(params, ds.points, ds.labels, ds.targets, kind, wrt)
     red = (lambda a: a) if per_cluster else (lambda a: a.sum(axis=0))
     # Gradients that vanish exactly (collapsed or free points) are compared against the
     # scale of the terms that cancel in them: |residual| |x|.
@@ -47,10 +49,6 @@ def check_gradient(params, ds, kind, wrt, per_cluster, rtol=1e-12):
     else:
         assert isinstance(c, float)
     return c, g
-
-
-def layer_params_from(W, b, ow=None, ob=None):
-    return tf.Params.from_layers(W, b, ow, ob)
 
 
 # ------------------------------------------------------------ Params (section 2-3)
@@ -127,7 +125,7 @@ def test_singular_weights_refused(layer, how, form):
 # -------------------------------------------------- truncation maps and patterns
 @pytest.mark.parametrize("L,M", [(1, 2), (4, 3), (2, 65), (1, 130), (3, 1)])
 def test_truncate_each_layer(L, M):
-    prob = make_problem(7 * L + M, L=L, M=M, N=12)
+    prob = make_problem(7 * L + M, L=L, M=M, N=12 if M < 100 else 4)
     p = prob.params
     img = ref.images(p.cum_weights, p.cum_biases, prob.points)
     for layers in range(L + 1):
@@ -143,14 +141,15 @@ def test_truncate_each_layer(L, M):
 
 @pytest.mark.parametrize("L,M", [(1, 1), (4, 3), (2, 65), (2, 130)])
 def test_activation_patterns(L, M):
-    prob = make_problem(11 * L + M, L=L, M=M, N=15)
+    N = 15 if M < 100 else 5
+    prob = make_problem(11 * L + M, L=L, M=M, N=N)
     p = prob.params
     pat = tf.activation_patterns(p, prob.points)
-    assert pat.dtype == np.uint64 and pat.shape == (15, L, -(-M // 64))
+    assert pat.dtype == np.uint64 and pat.shape == (N, L, -(-M // 64))
     expected = ref.patterns(p.cum_weights, p.cum_biases, prob.points)
     assert np.array_equal(pat, expected)
     # bits beyond M are never set; both values of the bits occur
-    unpacked = np.unpackbits(pat.view(np.uint8), axis=-1, bitorder="little").reshape(15, L, -1)
+    unpacked = np.unpackbits(pat.view(np.uint8), axis=-1, bitorder="little").reshape(N, L, -1)
     assert not unpacked[..., M:].any()
     assert unpacked[..., :M].any() and not unpacked[..., :M].all()
     # the pattern is the sign pattern of the ordinary pre-activations (section 3)
@@ -181,14 +180,15 @@ def test_gradient_random(seed, L, M, N, Q, kind, wrt, per_cluster):
     check_gradient(prob.params, prob.dataset(kind), kind, wrt, per_cluster)
 
 
-@pytest.mark.parametrize("L,M,N", [(1, 1, 30), (4, 4, 20), (2, 65, 8), (1, 130, 6)])
+@pytest.mark.parametrize("L,M,N", [(1, 1, 30), (4, 4, 20), (2, 65, 8), (1, 130, 3)])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("wrt", WRTS)
 def test_gradient_fixed(L, M, N, kind, wrt):
     prob = make_problem(1000 + 13 * L + M, L=L, M=M, N=N, Q=3, P=4)
     ds = prob.dataset(kind)
-    c, g = check_gradient(prob.params, ds, kind, wrt, per_cluster=False)
-    cq, gq = check_gradient(prob.params, ds, kind, wrt, per_cluster=True)
+    r = reference_gradient(prob.params, ds.points, ds.labels, ds.targets, kind, wrt)
+    c, g = check_gradient(prob.params, ds, kind, wrt, per_cluster=False, r=r)
+    cq, gq = check_gradient(prob.params, ds, kind, wrt, per_cluster=True, r=r)
     # per-cluster parts sum to the totals
     assert_close(cq.sum(), c, 1e-13, "sum of cluster costs")
     assert tf.cost(prob.params, ds, kind) == c
@@ -200,8 +200,26 @@ def test_gradient_fixed(L, M, N, kind, wrt):
             continue
         assert aq.shape == (3,) + a.shape
         assert_close(aq.sum(axis=0), a, 1e-13, f"sum of cluster {name}")
-        assert_close(gq.cluster(1).__getattribute__(name), aq[1], 0, name)
-    assert g.norm() > 0
+        assert np.array_equal(getattr(gq.cluster(1), name), aq[1])
+    parts = [a for a in (g.weights, g.biases, g.out_weight, g.out_bias) if a is not None]
+    assert g.norm() > 0 and np.isclose(g.norm(), np.sqrt(sum(np.sum(a * a) for a in parts)), rtol=1e-14)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradient_several_chunks(kind):
+    """N = 2100: chunks of 1024, 1024 and 52 points, none a multiple of a small tile."""
+    N = 2100
+    assert config.chunk_size(N) == 1024
+    prob = make_problem(71, L=2, M=3, N=N, Q=3, P=2)
+    ds = prob.dataset(kind)
+    r = reference_gradient(prob.params, ds.points, ds.labels, ds.targets, kind, "cumulative")
+    check_gradient(prob.params, ds, kind, "cumulative", per_cluster=True, r=r)
+    check_gradient(prob.params, ds, kind, "cumulative", per_cluster=False, r=r)
+    if kind == "input":
+        p = prob.params
+        assert_close(tf.truncate(p, prob.points), ref.images(p.cum_weights, p.cum_biases, prob.points)[-1])
+        assert np.array_equal(tf.activation_patterns(p, prob.points),
+                              ref.patterns(p.cum_weights, p.cum_biases, prob.points))
 
 
 def kink_problem():
@@ -260,6 +278,42 @@ def test_kink_gradient(kind, wrt, monkeypatch):
     assert diff > 1e-3 * np.max(np.abs(g.weights))
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG (uncommitted tiled gradient kernel): kernels/gradient.py::_forward_tile is compiled with "
+    "fastmath={'reassoc', 'contract'}, so a = b^(l) + sum_j W^(l)_kj z_j is computed with fused "
+    "multiply-adds while forward.py (fastmath=False) rounds each product; within round-off of a "
+    "hyperplane the gradient and activation_patterns/truncate disagree on a_k <= 0"))
+def test_gradient_truncates_what_patterns_report():
+    """The gradient's kink decision is the one activation_patterns reports, bit for bit, even
+    for points within round-off of a hyperplane (where kernels that compute
+    a = W^(l) x~ + b^(l) with different rounding would disagree). Points free in layer 1 (so
+    x~^(1) = x exactly) are projected onto layer-2 hyperplanes; each point is its own cluster,
+    and its layer-2 bias gradient -P u is non-zero exactly on its truncated coordinates."""
+    M = 4
+    prob = make_problem(81, L=2, M=M, N=1, bias_scale=0.1)
+    p = prob.params
+    rng = np.random.default_rng(82)
+    W, b = p.cum_weights[1], p.cum_biases[1]
+    pts = []
+    while len(pts) < 200:
+        x = rng.standard_normal(M)
+        k = len(pts) % M
+        x = x - (W[k] @ x + b[k]) / (W[k] @ W[k]) * W[k]
+        if np.all(p.cum_weights[0] @ x + p.cum_biases[0] > 0.1):
+            pts.append(x)
+    pts = np.array(pts)
+    n = len(pts)
+    free = tf.activation_patterns(p, pts)[:, 1, 0, None] >> np.arange(M, dtype=np.uint64) & np.uint64(1)
+    free = free.astype(bool)
+    assert np.all(tf.activation_patterns(p, pts)[:, 0, 0] == 2 ** M - 1)
+    ds = tf.Dataset(pts, np.arange(n), rng.standard_normal((n, M)))
+    _, g = tf.gradient(p, ds, "input", per_cluster=True)
+    truncated_by_gradient = g.biases[:, 1, :] != 0
+    assert np.array_equal(truncated_by_gradient, ~free), (
+        f"{np.count_nonzero(truncated_by_gradient & free)} coordinates truncated by the gradient are "
+        f"free in activation_patterns, {np.count_nonzero(~truncated_by_gradient & ~free)} the other way")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_free_points_give_no_gradient(kind):
     """Section 6: with the input cost, points free in every coordinate of layer l do not
@@ -309,6 +363,30 @@ def test_cumulative_to_layer_gradient_matches_backprop():
         assert_close(gl.biases, rl["biases"].sum(0), 1e-12, "dC/db_l")
         if kind == "output":
             assert_close(gl.out_weight, rl["out_weight"].sum(0), 1e-12, "dC/dW_out")
+
+
+def test_model_section7_layer_to_cumulative_formula():
+    """MODEL.md section 7, the other direction, on the two references: layer gradients
+    (G_k, beta_k) pushed to cumulative ones with A_k = (W^(k))^-1."""
+    for kind in KINDS:
+        prob = make_problem(34, L=3, M=3, N=25, P=2)
+        p = prob.params
+        t = prob.targets_in if kind == "input" else prob.targets_out
+        rc = reference_gradient(p, prob.points, prob.labels, t, kind, "cumulative")
+        rl = reference_gradient(p, prob.points, prob.labels, t, kind, "layers")
+        G, beta = rl["weights"].sum(0), rl["biases"].sum(0)
+        L, M = G.shape[0], G.shape[1]
+        A = [np.eye(M)] + [np.linalg.inv(p.cum_weights[k]) for k in range(L)]
+        cb = [np.zeros(M)] + [p.cum_biases[k] for k in range(L)]
+        for k in range(1, L + 1):
+            dW = G[k - 1] @ A[k - 1].T - np.outer(beta[k - 1], A[k - 1] @ cb[k - 1])
+            db = beta[k - 1].copy()
+            if k < L:
+                Wn = p.weights[k]
+                dW += -Wn.T @ G[k] @ A[k].T + np.outer(Wn.T @ beta[k], A[k] @ cb[k])
+                db -= Wn.T @ beta[k]
+            assert_close(dW, rc["weights"].sum(0)[k - 1], 1e-11, f"{kind} dC/dW^({k})")
+            assert_close(db, rc["biases"].sum(0)[k - 1], 1e-11, f"{kind} dC/db^({k})")
 
 
 # ------------------------------------------------------- dtypes and memory layouts

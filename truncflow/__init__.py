@@ -6,7 +6,14 @@ Public API (see README.md for a tour):
     cost, gradient, Gradient            costs and exact generalized gradients
     simulate, Result, load_result       the gradient flow and what a run records
 """
-from .params import MAX_CONDITION, Params
+import os as _os
+
+# Idle worker threads sleep instead of spinning: with spinning OpenMP workers a
+# process that shares its cores (tests, notebooks, other jobs) runs 5-30x slower.
+# Set before numba starts its threads; a value the user chose is kept.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .params import MAX_CONDITION, Params  # noqa: E402
 from .data import Dataset, gaussian_clusters, load_points, uniform_balls
 from .compute import (Gradient, activation_patterns, cost, cumulative_to_layer_gradient,
                       gradient, truncate)

@@ -162,7 +162,8 @@ def load_points(path, *, points_key: str = "points", labels_key: str = "labels")
     - ``.npz``: arrays named ``points_key`` (N, M) and ``labels_key`` (N,).
     - ``.npy`` and ``.csv``: one (N, M + 1) table whose last column is the label.
 
-    Returns ``(points (N, M) float64, labels (N,) int64)``. Raises ValueError naming
+    Returns ``(points (N, M), labels (N,) int64)``; float32 points stay float32, other
+    numeric points become float64. Raises ValueError naming
     the file and the problem (missing file, unknown suffix, missing key, bad shape).
     """
     path = Path(path)
@@ -195,5 +196,9 @@ def load_points(path, *, points_key: str = "points", labels_key: str = "labels")
     if np.issubdtype(labels.dtype, np.floating):
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
             raise ValueError(f"{path}: labels must be integers")
-        labels = labels.astype(np.int64)
-    return np.asarray(points), labels
+    elif not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: labels must be integers, got dtype {labels.dtype}")
+    points = np.asarray(points)
+    if points.dtype not in (np.float32, np.float64):
+        points = points.astype(np.float64)
+    return points, labels.astype(np.int64, copy=False)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ._validate import as_float_array, require_finite
 
-#: A cumulative weight matrix whose 2-norm condition number exceeds this is
+#: A cumulative weight matrix whose condition number (1-norm) exceeds this is
 #: refused: beyond it the truncation map cannot be computed to useful accuracy.
 MAX_CONDITION = 1e12
 
@@ -49,8 +49,9 @@ def invert_cumulative(cum_weights: np.ndarray) -> np.ndarray:
 
 
 def _readonly(a: np.ndarray | None) -> np.ndarray | None:
+    """A private read-only float64 copy: the caller's arrays are neither frozen nor shared."""
     if a is not None:
-        a = np.ascontiguousarray(a, dtype=np.float64)
+        a = np.array(a, dtype=np.float64, order="C", copy=True)
         a.setflags(write=False)
     return a
 

@@ -4,13 +4,18 @@ Kernels import their flags from here and never set their own, so one place
 decides whether floating-point reassociation is allowed (it is not: results are
 exact to round-off and identical on any number of threads).
 """
-import numpy as np
-
 #: Passed as ``fastmath=`` to every kernel. False: IEEE semantics, reproducible sums.
 FASTMATH = False
 
 #: Options shared by every kernel: ``cache=True`` so a second process starts in seconds.
 JIT_OPTIONS = dict(cache=True, fastmath=FASTMATH, nogil=True)
+
+#: Tiled kernels whose inner loops are sums over the points of a tile: reassociation
+#: lets those sums vectorize, and contraction fuses multiply-adds. Still deterministic
+#: (the same code sums the same tile the same way on any number of threads); no
+#: assumptions about NaN or infinity are made.
+FASTMATH_REDUCTION = {"reassoc", "contract"}
+JIT_OPTIONS_REDUCTION = dict(cache=True, fastmath=FASTMATH_REDUCTION, nogil=True)
 
 #: Smallest number of points in a chunk.
 MIN_CHUNK = 1024
@@ -31,7 +36,3 @@ def chunk_size(n_points: int) -> int:
 def n_chunks(n_points: int, size: int) -> int:
     return -(-int(n_points) // size)
 
-
-def empty_like_output(n_out: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Placeholder output layer (P = 0) for kernels run without one."""
-    return np.zeros((n_out, width)), np.zeros(n_out)

@@ -1,28 +1,38 @@
 """Cost and exact gradient in cumulative parameters (MODEL.md sections 4-6).
 
-One streaming pass over the points: each chunk runs the forward sweep and the
-reverse sweep of section 6 point by point and accumulates into its own slot of
-the per-chunk buffers; the caller adds the chunks in order. Nothing of size
-N x L x M is allocated. Sums are unscaled: the caller divides by N (cost by 2N).
+One streaming pass over the points. Each chunk runs the forward sweep and the
+reverse sweep of section 6 on tiles of ``TILE`` points stored feature-major, so
+the innermost loops run over points and vectorize, and accumulates into its own
+slot of the per-chunk buffers; the caller adds the chunks in order. Nothing of
+size N x L x M is allocated. Sums are unscaled: the caller divides by N (cost by 2N).
+
+Per layer l (0-based) and tile, with z = x~^(l), x~ = x~^(l+1), a = W^(l+1) z + b^(l+1):
+    forward   x~ = z - sum_{k: a_k <= 0} a_k v_k         (a free point stays exactly put)
+    backward  u = A^T g;  rows k with a_k > 0 get u_k (z - x~)^T, the others -u_k x~^T
+              and -u_k in the bias;  g <- W^T (D u)
+The kink convention of section 5: a coordinate with ``a_k == 0`` is truncated.
 """
 import numpy as np
 from numba import njit, prange
 
-from .config import JIT_OPTIONS
-from .forward import forward_point
+from .config import JIT_OPTIONS, JIT_OPTIONS_REDUCTION
+
+#: Points per tile: the length of the vectorized innermost loops.
+TILE = 64
 
 
-@njit(parallel=True, **JIT_OPTIONS)
+@njit(parallel=True, **JIT_OPTIONS_REDUCTION)
 def gradient_kernel(points, labels, targets, cw, cb, edges_t, out_w, out_b,
                     output_cost, n_slots, chunk):
     """Per-chunk sums of squared residuals and of the cumulative gradient.
 
     Args:
-        points (N, M), labels (N,) int64, targets (Q, M) input-space targets or
-        (Q, P) output targets; cw, cb, edges_t as in ``forward``; out_w (P, M),
-        out_b (P,) the output layer (P = 0 for the input cost); output_cost: bool;
-        n_slots: 1 for totals or Q for a per-cluster split (slot = label);
-        chunk: points per chunk.
+        points (N, M) float32/float64 any layout, labels (N,) int64, targets (Q, M)
+        input-space targets or (Q, P) output targets; cw (L, M, M), cb (L, M) the
+        cumulative parameters; edges_t (L, M, M) with edges_t[l, k, :] = v_k^(l), the
+        k-th column of (W^(l))^-1; out_w (P, M), out_b (P,) the output layer (P = 0 for
+        the input cost); output_cost: bool; n_slots: 1 for totals or Q for a
+        per-cluster split (slot = label); chunk: points per chunk.
 
     Returns, with C = ceil(N / chunk) and S = n_slots:
         sq   (C, S)          sum of |residual|^2
@@ -30,7 +40,6 @@ def gradient_kernel(points, labels, targets, cw, cb, edges_t, out_w, out_b,
         g_b  (C, S, L, M)    sum of dC_i/db^(l) times N
         g_ow (C, S, P, M)    sum of dC_i/dW_out times N   (output cost)
         g_ob (C, S, P)       sum of dC_i/db_out times N   (output cost)
-    The kink convention of section 5: a coordinate with ``a_k == 0`` is truncated.
     """
     N, M = points.shape
     L = cw.shape[0]
@@ -41,75 +50,204 @@ def gradient_kernel(points, labels, targets, cw, cb, edges_t, out_w, out_b,
     g_b = np.zeros((C, n_slots, L, M))
     g_ow = np.zeros((C, n_slots, P, M))
     g_ob = np.zeros((C, n_slots, P))
+    T = TILE
     for c in prange(C):
-        images = np.empty((L + 1, M))
-        acts = np.empty((L, M))
-        g = np.empty(M)
-        u = np.empty(M)
-        d = np.empty(M)
-        e = np.empty(P)
-        for i in range(c * chunk, min(N, (c + 1) * chunk)):
-            forward_point(points[i], cw, cb, edges_t, L, images, acts)
-            lab = labels[i]
-            s = lab if n_slots > 1 else 0
+        z = np.empty((L + 1, M, T))      # images x~^(l) of the tile, feature-major
+        act = np.empty((L, M, T))        # cumulative pre-activations
+        g = np.empty((M, T))             # adjoint dC_i/dx~^(l)
+        u = np.empty((M, T))
+        uf = np.empty((M, T))            # u on free coordinates, 0 elsewhere
+        ut = np.empty((M, T))            # u on truncated coordinates, 0 elsewhere
+        d = np.empty((M, T))             # z - x~
+        r = np.empty((max(M, P), T))     # residuals
+        wt = np.empty(T)                 # slot mask of the tile
+        lab = np.empty(T, dtype=np.int64)
+        stop = min(N, (c + 1) * chunk)
+        for start in range(c * chunk, stop, T):
+            nb = min(T, stop - start)
+            for t in range(nb):
+                lab[t] = labels[start + t]
+                for j in range(M):
+                    z[0, j, t] = points[start + t, j]
+            _forward_tile(cw, cb, edges_t, z, act, nb)
             if output_cost:
-                # e = W_out x^(L) + b_out - y, with x^(L) = sigma(a_L) = W^(L) x~^(L) + b^(L).
-                r2 = 0.0
-                for p in range(P):
-                    f = out_b[p]
-                    for j in range(M):
-                        a = acts[L - 1, j]
-                        if a > 0.0:
-                            f += out_w[p, j] * a
-                    e[p] = f - targets[lab, p]
-                    r2 += e[p] * e[p]
-                    g_ob[c, s, p] += e[p]
-                    for j in range(M):
-                        a = acts[L - 1, j]
-                        if a > 0.0:
-                            g_ow[c, s, p, j] += e[p] * a
-                sq[c, s] += r2
-                # h = W_out^T e feeds W^(L), b^(L) directly; the adjoint starts at W^(L)^T h.
-                for j in range(M):
-                    h = 0.0
-                    for p in range(P):
-                        h += out_w[p, j] * e[p]
-                    u[j] = h
-                    g_b[c, s, L - 1, j] += h
-                    for m in range(M):
-                        g_w[c, s, L - 1, j, m] += h * images[L, m]
-                for j in range(M):
-                    acc = 0.0
-                    for k in range(M):
-                        acc += cw[L - 1, k, j] * u[k]
-                    g[j] = acc
+                _output_top(out_w, out_b, cw[L - 1], targets, lab, act[L - 1], r, u, g, nb)
+                n_res = P
             else:
-                r2 = 0.0
-                for j in range(M):
-                    g[j] = images[L, j] - targets[lab, j]
-                    r2 += g[j] * g[j]
-                sq[c, s] += r2
-            # Reverse sweep: g = dC_i/dx~^(l+1) on entry to layer l (0-based).
+                for k in range(M):
+                    for t in range(nb):
+                        r[k, t] = z[L, k, t] - targets[lab[t], k]
+                        g[k, t] = r[k, t]
+                n_res = M
+            s = _first_slot(lab, nb, n_slots)
+            while s >= 0:
+                _slot_mask(lab, nb, s, n_slots, wt)
+                sq[c, s] += _masked_sum_sq(r, n_res, wt, nb)
+                if output_cost:
+                    # e = r: dC/dW_out = e x^(L)^T, x^(L) = sigma(a_L); h = W_out^T e = u feeds
+                    # W^(L), b^(L) directly: + h x~^(L)^T and + h.
+                    for k in range(M):
+                        for t in range(nb):
+                            d[k, t] = act[L - 1, k, t] if act[L - 1, k, t] > 0.0 else 0.0
+                    _masked_outer(r, d, wt, nb, g_ow[c, s], g_ob[c, s], 1.0)
+                    _masked_outer(u, z[L], wt, nb, g_w[c, s, L - 1], g_b[c, s, L - 1], 1.0)
+                s = _next_slot(lab, nb, s, n_slots)
             for l in range(L - 1, -1, -1):
-                for k in range(M):
-                    acc = 0.0
-                    for j in range(M):
-                        acc += edges_t[l, k, j] * g[j]
-                    u[k] = acc
-                for j in range(M):
-                    d[j] = images[l, j] - images[l + 1, j]
-                for j in range(M):
-                    g[j] = 0.0
-                for k in range(M):
-                    uk = u[k]
-                    if acts[l, k] > 0.0:
-                        # free row: (D u) z^T - u x~^T = u_k (z - x~)
-                        for j in range(M):
-                            g_w[c, s, l, k, j] += uk * d[j]
-                            g[j] += cw[l, k, j] * uk
-                    else:
-                        # truncated row: -u_k x~^T, and -u_k in the bias
-                        g_b[c, s, l, k] -= uk
-                        for j in range(M):
-                            g_w[c, s, l, k, j] -= uk * images[l + 1, j]
+                _backward_tile(l, cw, edges_t, z, act, g, u, uf, ut, d, nb)
+                s = _first_slot(lab, nb, n_slots)
+                while s >= 0:
+                    _slot_mask(lab, nb, s, n_slots, wt)
+                    _layer_sums(uf, ut, d, z[l + 1], wt, nb, g_w[c, s, l], g_b[c, s, l])
+                    s = _next_slot(lab, nb, s, n_slots)
     return sq, g_w, g_b, g_ow, g_ob
+
+
+@njit(**JIT_OPTIONS)
+def _forward_tile(cw, cb, edges_t, z, act, nb):
+    """act[l] = W^(l+1) z[l] + b^(l+1) and z[l+1] = z[l] - sum_{a_k <= 0} a_k v_k.
+
+    Compiled without fast-math and summing in the order of ``forward.forward_point``,
+    so the gradient and the activation patterns agree bit for bit on every kink.
+    """
+    L, M, _ = cw.shape
+    for l in range(L):
+        for k in range(M):
+            for t in range(nb):
+                act[l, k, t] = cb[l, k]
+            for j in range(M):
+                w = cw[l, k, j]
+                for t in range(nb):
+                    act[l, k, t] += w * z[l, j, t]
+        for j in range(M):
+            for t in range(nb):
+                z[l + 1, j, t] = z[l, j, t]
+        for k in range(M):
+            for j in range(M):
+                v = edges_t[l, k, j]
+                for t in range(nb):
+                    a = act[l, k, t]
+                    if a <= 0.0:
+                        z[l + 1, j, t] -= a * v
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _output_top(out_w, out_b, cw_last, targets, lab, act_last, r, h, g, nb):
+    """r = W_out sigma(a_L) + b_out - y, h = W_out^T r, g = W^(L)^T h."""
+    P, M = out_w.shape
+    for p in range(P):
+        for t in range(nb):
+            r[p, t] = out_b[p] - targets[lab[t], p]
+        for j in range(M):
+            w = out_w[p, j]
+            for t in range(nb):
+                a = act_last[j, t]
+                if a > 0.0:
+                    r[p, t] += w * a
+    for j in range(M):
+        for t in range(nb):
+            h[j, t] = 0.0
+        for p in range(P):
+            w = out_w[p, j]
+            for t in range(nb):
+                h[j, t] += w * r[p, t]
+    for j in range(M):
+        for t in range(nb):
+            g[j, t] = 0.0
+        for k in range(M):
+            w = cw_last[k, j]
+            for t in range(nb):
+                g[j, t] += w * h[k, t]
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _backward_tile(l, cw, edges_t, z, act, g, u, uf, ut, d, nb):
+    """u = A^T g split into free/truncated parts, d = z - x~, then g <- W^T (D u)."""
+    M = g.shape[0]
+    for k in range(M):
+        for t in range(nb):
+            u[k, t] = 0.0
+        for j in range(M):
+            e = edges_t[l, k, j]
+            for t in range(nb):
+                u[k, t] += e * g[j, t]
+        for t in range(nb):
+            if act[l, k, t] > 0.0:
+                uf[k, t] = u[k, t]
+                ut[k, t] = 0.0
+            else:
+                uf[k, t] = 0.0
+                ut[k, t] = u[k, t]
+    for j in range(M):
+        for t in range(nb):
+            d[j, t] = z[l, j, t] - z[l + 1, j, t]
+            g[j, t] = 0.0
+    for k in range(M):
+        for j in range(M):
+            w = cw[l, k, j]
+            for t in range(nb):
+                g[j, t] += w * uf[k, t]
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _layer_sums(uf, ut, d, xt, wt, nb, gw, gb):
+    """gw += sum_t wt_t (uf_t d_t^T - ut_t xt_t^T) and gb -= sum_t wt_t ut_t."""
+    M = uf.shape[0]
+    for k in range(M):
+        acc = 0.0
+        for t in range(nb):
+            acc += wt[t] * ut[k, t]
+        gb[k] -= acc
+        for j in range(M):
+            acc = 0.0
+            for t in range(nb):
+                acc += wt[t] * (uf[k, t] * d[j, t] - ut[k, t] * xt[j, t])
+            gw[k, j] += acc
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _masked_outer(a, bmat, wt, nb, out_outer, out_sum, sign):
+    """out_outer += sign sum_t wt_t a[:, t] bmat[:, t]^T and out_sum += sign sum_t wt_t a[:, t]."""
+    K = out_outer.shape[0]
+    J = out_outer.shape[1]
+    for k in range(K):
+        acc = 0.0
+        for t in range(nb):
+            acc += wt[t] * a[k, t]
+        out_sum[k] += sign * acc
+        for j in range(J):
+            acc = 0.0
+            for t in range(nb):
+                acc += wt[t] * a[k, t] * bmat[j, t]
+            out_outer[k, j] += sign * acc
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _masked_sum_sq(r, n_res, wt, nb):
+    acc = 0.0
+    for k in range(n_res):
+        for t in range(nb):
+            acc += wt[t] * r[k, t] * r[k, t]
+    return acc
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _slot_mask(lab, nb, s, n_slots, wt):
+    for t in range(nb):
+        wt[t] = 1.0 if (n_slots == 1 or lab[t] == s) else 0.0
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _first_slot(lab, nb, n_slots):
+    return 0 if n_slots == 1 else _next_slot(lab, nb, -1, n_slots)
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _next_slot(lab, nb, s, n_slots):
+    """The smallest label in the tile above s, or -1: slots are visited in increasing order."""
+    if n_slots == 1:
+        return -1
+    nxt = n_slots
+    for t in range(nb):
+        if lab[t] > s and lab[t] < nxt:
+            nxt = lab[t]
+    return nxt if nxt < n_slots else -1

@@ -1,0 +1,396 @@
+"""The command line: `truncflow run` / `truncflow info`, run configurations, plots.
+
+Runs use small configurations (a few thousand points) so the file stays fast once
+the kernels are compiled; the built-in default job is only loaded and validated.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import truncflow
+from truncflow.cli import main
+from truncflow.config import ConfigError, RunConfig, default_config_text, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Mirrors the built-in default (same geometry and flow) with 3,000 points.
+SMALL = """
+description = "small copy of the default job"
+seed = 0
+
+[data]
+source = "gaussian"
+n_points = 3000
+centers = [[-4.0, -4.0], [4.0, 4.0], [0.25, 0.25]]
+std = [0.5, 0.4, 0.2]
+targets = [[-1.0, -1.0], [1.5, 1.5], [0.25, 0.25]]
+
+[network]
+init = "cones"
+apexes = [[-4.0, -4.0], [4.0, 4.0]]
+edges = [[[1.0, 0.0], [0.0, 1.0]], [[-1.0, 0.0], [0.0, -1.0]]]
+
+[flow]
+kind = "input"
+t_end = 60.0
+rtol = 1e-5
+atol = 1e-8
+
+[record]
+n_records = 30
+t_first = 0.001
+
+[output]
+folder = "out"
+name = "small"
+"""
+
+
+def write(tmp_path, text, name="job.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def replace(text, old, new):
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code, err, *words):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("truncflow: error: "), err
+    assert "Traceback" not in err
+    for w in words:
+        assert w.lower() in lines[0].lower(), (w, err)
+
+
+# ------------------------------------------------------------ default job
+def test_builtin_default_loads_and_shows_truncation_setup():
+    cfg = load_config()
+    assert isinstance(cfg, RunConfig)
+    assert cfg.dataset.n_points >= 100_000
+    assert cfg.dataset.n_clusters >= 2
+    assert cfg.simulate_kwargs["kind"] == "input"
+    assert cfg.simulate_kwargs["method"] == "rk45"
+    assert cfg.text == default_config_text()
+    # Some cluster's target lies beyond all its points in every coordinate of some cone,
+    # and the cone starts with a seed of truncated points in that cluster.
+    p, ds = cfg.params, cfg.dataset
+    found = False
+    for l in range(p.n_layers):
+        W, b = p.cum_weights[l], p.cum_biases[l]
+        for q in range(ds.n_clusters):
+            a = ds.points[ds.labels == q] @ W.T + b
+            a_target = W @ ds.targets[q] + b
+            if np.all(a_target >= a.max(axis=0)) and np.any(np.all(a <= 0, axis=1)):
+                found = True
+    assert found
+
+
+def test_run_check_validates_default_without_running(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "run", "--check")
+    assert code == 0, err
+    assert "default" in out and "N=150000" in out and "configuration OK" in out
+    assert not (tmp_path / "truncflow-out").exists()
+
+
+# ----------------------------------------------------------------- runs
+def test_run_small_config_writes_result_plot_and_config(capsys, tmp_path):
+    cfg_path = write(tmp_path, SMALL)
+    out_dir = tmp_path / "results"
+    code, out, err = run_cli(capsys, "run", cfg_path, "--out", out_dir)
+    assert code == 0, err
+    assert "truncflow: small: input cost" in out.splitlines()[0]
+    assert "status: t_end" in out and "cluster 1:" in out
+    for name in ("result.npz", "plot.png", "config.toml"):
+        assert (out_dir / name).is_file(), name
+        assert str(out_dir / name) in out
+    assert (out_dir / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out_dir / "config.toml").read_text() == SMALL
+    r = truncflow.load_result(out_dir / "result.npz")
+    assert r.status == "t_end" and r.success
+    assert r.t[-1] == pytest.approx(60.0)
+    assert r.config["name"] == "small" and r.config["seed"] == 0
+    # The dynamical truncation the default job shows: cluster 1 collapses in the last layer,
+    # cluster 0 in the first; their costs go to 0 while cluster 2 keeps its spread.
+    assert r.collapsed_fraction[0, -1, 1] < 0.5
+    assert r.collapsed_fraction[-1, -1, 1] == 1.0
+    assert r.collapsed_fraction[-1, 0, 0] == 1.0
+    assert r.cost_per_cluster[-1, 1] < 1e-6 < r.cost_per_cluster[-1, 2]
+    assert "flow time" in err  # the progress bar
+
+
+def test_run_quiet_and_output_folder_from_config(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg_path = write(tmp_path, replace(SMALL, "t_end = 60.0", "t_end = 1.0"))
+    code, out, err = run_cli(capsys, "run", cfg_path, "--quiet", "--threads", "1")
+    assert code == 0, err
+    assert out == "" and err == ""
+    assert (tmp_path / "out" / "result.npz").is_file()
+
+
+def test_gd_layer_flow_with_record_times(capsys, tmp_path):
+    text = replace(SMALL, 'kind = "input"', 'kind = "input"\nwrt = "layers"\nmethod = "gd"\nlr = 0.05')
+    text = replace(text, "rtol = 1e-5\natol = 1e-8\n", "")
+    text = replace(text, "t_end = 60.0", "t_end = 2.0")
+    text = replace(text, "n_records = 30\nt_first = 0.001", "times = [0.5, 1.0, 1.5]")
+    code, out, err = run_cli(capsys, "run", write(tmp_path, text), "--out", tmp_path / "gd")
+    assert code == 0, err
+    r = truncflow.load_result(tmp_path / "gd" / "result.npz")
+    assert r.config["method"] == "gd" and r.config["wrt"] == "layers"
+    np.testing.assert_allclose(r.t, [0.0, 0.5, 1.0, 1.5, 2.0], rtol=1e-9)
+
+
+def test_output_cost_onehot_and_file_data(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([rng.normal(-2, 0.5, (1500, 2)), rng.normal(2, 0.5, (1500, 2))])
+    labels = np.repeat([0, 1], 1500)
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "pts.npz", X=pts, y=labels)
+    text = """
+[data]
+source = "file"
+path = "data/pts.npz"
+points_key = "X"
+labels_key = "y"
+dtype = "float32"
+targets = "onehot"
+[network]
+init = "random"
+layers = 2
+scale = 0.3
+seed = 4
+out_dim = 2
+[flow]
+kind = "output"
+t_end = 2.0
+rtol = 1e-4
+atol = 1e-7
+"""
+    cfg_path = write(tmp_path, text, "sub.toml")
+    cfg = load_config(cfg_path)  # the data path is relative to the config file, not the cwd
+    assert cfg.dataset.points.dtype == np.float32 and cfg.params.out_dim == 2
+    np.testing.assert_array_equal(cfg.dataset.targets, np.eye(2))
+    code, out, err = run_cli(capsys, "run", cfg_path, "--out", tmp_path / "o")
+    assert code == 0, err
+    r = truncflow.load_result(tmp_path / "o" / "result.npz")
+    assert r.cost[-1] < r.cost[0]
+
+
+def test_means_targets_from_csv(tmp_path):
+    rng = np.random.default_rng(1)
+    table = np.column_stack([rng.normal(size=(200, 2)), np.arange(200) % 2])
+    np.savetxt(tmp_path / "pts.csv", table, delimiter=",")
+    cfg = parse_config('[data]\nsource = "file"\npath = "pts.csv"\ntargets = "means"\n'
+                       '[network]\nlayers = 1\n[flow]\nt_end = 1.0\n', base_dir=tmp_path)
+    np.testing.assert_allclose(cfg.dataset.targets[1], table[1::2, :2].mean(axis=0))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.toml")), ids=lambda p: p.name)
+def test_examples_validate(path):
+    cfg = load_config(path)
+    assert cfg.description
+    assert path.read_text().lstrip().startswith("#")  # a comment header says what it shows
+
+
+# ------------------------------------------------------- stops and signals
+def test_run_met_cost_tol_at_start_is_success_with_one_record(capsys, tmp_path):
+    text = replace(SMALL, "atol = 1e-8", "atol = 1e-8\ncost_tol = 1e6")
+    code, out, err = run_cli(capsys, "run", write(tmp_path, text), "--out", tmp_path / "o")
+    assert code == 0, err
+    r = truncflow.load_result(tmp_path / "o" / "result.npz")
+    assert r.status == "cost_tol" and r.n_records == 1
+    assert (tmp_path / "o" / "plot.png").is_file()
+
+
+def test_run_that_stops_early_saves_and_exits_1(capsys, tmp_path):
+    text = replace(SMALL, "atol = 1e-8", "atol = 1e-8\nmax_evals = 10")
+    code, out, err = run_cli(capsys, "run", write(tmp_path, text), "--out", tmp_path / "o")
+    assert code == 1
+    assert "run stopped: max_evals" in err and "Traceback" not in err
+    r = truncflow.load_result(tmp_path / "o" / "result.npz")
+    assert r.status == "max_evals"
+    assert (tmp_path / "o" / "plot.png").is_file()
+
+
+DIVERGES = """
+[data]
+source = "gaussian"
+n_points = 3000
+centers = [[-4.0, -4.0], [4.0, 4.0], [0.25, 0.25]]
+std = [0.5, 0.4, 0.2]
+targets = "onehot"
+[network]
+init = "random"
+layers = 2
+scale = 0.3
+seed = 0
+out_dim = 3
+[flow]
+kind = "output"
+method = "gd"
+lr = 20.0
+t_end = 400.0
+"""
+
+
+def test_diverged_run_saves_and_exits_1(capsys, tmp_path):
+    text = DIVERGES
+    code, out, err = run_cli(capsys, "run", write(tmp_path, text), "--out", tmp_path / "o")
+    assert code == 1, (out, err)
+    r = truncflow.load_result(tmp_path / "o" / "result.npz")
+    assert r.status in ("diverged", "failed")
+    assert f"run stopped: {r.status}" in err
+    assert (tmp_path / "o" / "plot.png").is_file()
+
+
+def test_interrupt_during_run_saves_and_exits_130(capsys, tmp_path, monkeypatch):
+    real = truncflow.simulate
+
+    def interrupted(*args, callback, **kwargs):
+        def cb(t, cost):
+            callback(t, cost)
+            raise KeyboardInterrupt
+        return real(*args, callback=cb, **kwargs)
+
+    monkeypatch.setattr(truncflow, "simulate", interrupted)
+    code, out, err = run_cli(capsys, "run", write(tmp_path, SMALL), "--out", tmp_path / "o")
+    assert code == 130
+    assert "interrupted" in err.strip().splitlines()[-1]
+    assert truncflow.load_result(tmp_path / "o" / "result.npz").status == "interrupted"
+
+
+def test_interrupt_before_run_exits_130(capsys, monkeypatch):
+    import truncflow.config
+
+    def boom(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(truncflow.config, "load_config", boom)
+    code, out, err = run_cli(capsys, "run")
+    assert code == 130
+    assert err.strip() == "truncflow: interrupted"
+
+
+# ---------------------------------------------------------- user errors
+BAD = {
+    # name: (edit of SMALL as (old, new) or full text, words the one-line message contains)
+    "toml_syntax": (("t_end = 60.0", "t_end = = 60"), ["invalid TOML", "line"]),
+    "unknown_section": (("[record]", "[recording]"), ["unknown section [recording]", "[record]", "allowed"]),
+    "unknown_key": (("rtol = 1e-5", "rtoll = 1e-5"), ["unknown key 'rtoll'", "[flow]", "did you mean 'rtol'",
+                                                     "allowed keys"]),
+    "unknown_top_level_key": (("seed = 0", "sed = 0"), ["unknown top-level key 'sed'"]),
+    "wrong_type": (("t_end = 60.0", 't_end = "long"'), ["[flow] t_end", "must be a number", "string"]),
+    "wrong_type_bool": (("n_points = 3000", "n_points = true"), ["n_points", "integer", "boolean"]),
+    "wrong_shape_targets": (("targets = [[-1.0, -1.0], [1.5, 1.5], [0.25, 0.25]]",
+                             "targets = [[-1.0, -1.0], [1.5, 1.5]]"), ["targets", "2 rows", "Q=3"]),
+    "wrong_width_targets": (("targets = [[-1.0, -1.0], [1.5, 1.5], [0.25, 0.25]]",
+                             "targets = [[-1.0, -1.0, 0.0], [1.5, 1.5, 0.0], [0.25, 0.25, 0.0]]"),
+                            ["targets", "shape 3x3", "expected ?x2"]),
+    "ragged": (("centers = [[-4.0, -4.0], [4.0, 4.0], [0.25, 0.25]]",
+                "centers = [[-4.0, -4.0], [4.0], [0.25, 0.25]]"), ["centers", "different lengths"]),
+    "negative_t_end": (("t_end = 60.0", "t_end = -1.0"), ["t_end", "> 0"]),
+    "unknown_method": (("kind = \"input\"", "kind = \"input\"\nmethod = \"euler\""),
+                       ["method", "'euler'", "'rk45'", "'gd'"]),
+    "lr_with_rk45": (("rtol = 1e-5", "rtol = 1e-5\nlr = 0.1"), ["lr", "method = 'gd'"]),
+    "gd_without_lr": (("rtol = 1e-5\natol = 1e-8", "method = \"gd\""), ["lr", "required"]),
+    "missing_t_end": (("t_end = 60.0", ""), ["t_end", "required"]),
+    "negative_std": (("std = [0.5, 0.4, 0.2]", "std = [0.5, -0.4, 0.2]"), ["std", ">= 0"]),
+    "frozen_out_of_range": (("kind = \"input\"", "kind = \"input\"\nfrozen_layers = [3]"),
+                            ["frozen_layers", "[1, 2]"]),
+    "singular_edges": (("edges = [[[1.0, 0.0], [0.0, 1.0]], [[-1.0, 0.0], [0.0, -1.0]]]",
+                        "edges = [[[1.0, 1.0], [1.0, 1.0]], [[-1.0, 0.0], [0.0, -1.0]]]"), ["edges", "singular"]),
+    "apexes_layers_mismatch": (("apexes = [[-4.0, -4.0], [4.0, 4.0]]", "apexes = [[-4.0, -4.0], [4.0, 4.0]]\nlayers = 3"),
+                               ["apexes", "2 layers", "layers = 3"]),
+    "key_for_other_init": (("init = \"cones\"", "init = \"cones\"\nscale = 0.5"), ["scale", "init = 'random'"]),
+    "output_cost_without_layer": (("kind = \"input\"", "kind = \"output\""), ["output layer", "out_dim"]),
+    "record_times_beyond_t_end": (("n_records = 30\nt_first = 0.001", "times = [1.0, 99.0]"), ["times", "t_end"]),
+    "missing_data_file": (("source = \"gaussian\"\nn_points = 3000\ncenters = [[-4.0, -4.0], [4.0, 4.0], [0.25, 0.25]]\n"
+                           "std = [0.5, 0.4, 0.2]", "source = \"file\"\npath = \"nowhere.npz\""),
+                          ["[data] path", "data file not found", "nowhere.npz"]),
+    "data_key_for_other_source": (("n_points = 3000", "n_points = 3000\npath = \"x.npz\""),
+                                  ["path", "source = 'file'", "not 'gaussian'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_is_one_line_exit_2(case, capsys, tmp_path):
+    (old, new), words = BAD[case]
+    path = write(tmp_path, replace(SMALL, old, new))
+    code, out, err = run_cli(capsys, "run", path, "--out", tmp_path / "o")
+    assert_user_error(code, err, *words)
+    assert str(path) in err  # the message names the file
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ConfigError):
+        load_config(path)
+
+
+def test_missing_config_file(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "run", tmp_path / "nope.toml")
+    assert_user_error(code, err, "config file not found", "nope.toml")
+
+
+def test_config_error_is_value_error():
+    assert issubclass(ConfigError, ValueError)
+    with pytest.raises(ValueError, match=r"section \[data\] is required"):
+        parse_config("[flow]\nt_end = 1.0\n")
+
+
+def test_usage_errors_are_one_line(capsys):
+    code, out, err = run_cli(capsys, "run", "--bogus")
+    assert_user_error(code, err, "unrecognized arguments: --bogus")
+    code, out, err = run_cli(capsys, "frobnicate")
+    assert_user_error(code, err, "invalid choice")
+    code, out, err = run_cli(capsys, "run", "--threads", "0", "--check")
+    assert_user_error(code, err, "--threads")
+
+
+def test_output_folder_is_a_file(capsys, tmp_path):
+    (tmp_path / "taken").write_text("x")
+    code, out, err = run_cli(capsys, "run", write(tmp_path, SMALL), "--out", tmp_path / "taken", "--quiet")
+    assert_user_error(code, err, "not a folder")
+
+
+# ------------------------------------------------------------------ info
+def test_info(capsys):
+    code, out, err = run_cli(capsys, "info")
+    assert code == 0, err
+    import numba
+    import numpy
+    import scipy
+    for text in (f"truncflow {truncflow.__version__}", f"numpy     {numpy.__version__}",
+                 f"numba     {numba.__version__}", f"scipy     {scipy.__version__}", "python",
+                 "numba threads", "threading layer", "cpus", "kernel cache", "gradient.gradient_kernel"):
+        assert text in out, text
+
+
+# ------------------------------------------------------------ subprocess
+def test_subprocess_module_entry_point(tmp_path):
+    bad = write(tmp_path, replace(SMALL, "[record]", "[recordz]"))
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-m", "truncflow", "run", str(bad)], capture_output=True,
+                          text=True, cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("truncflow: error: ") and "unknown section [recordz]" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "truncflow", "info"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"truncflow {truncflow.__version__}" in proc.stdout

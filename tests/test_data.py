@@ -1,0 +1,162 @@
+"""Data generators, loaders, and the Dataset's handling of the points array."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import truncflow as tf
+
+CENTERS = np.array([[0.0, 0.0, 0.0], [5.0, 0.0, -1.0], [0.0, 4.0, 2.0]])
+
+
+@pytest.mark.parametrize("gen", [tf.gaussian_clusters, tf.uniform_balls])
+@pytest.mark.parametrize("n", [3, 10, 301])
+def test_generators_shapes_and_balance(gen, n):
+    pts, lab = gen(n, CENTERS, seed=1)
+    assert pts.shape == (n, 3) and pts.dtype == np.float64
+    assert lab.shape == (n,) and np.issubdtype(lab.dtype, np.integer)
+    counts = np.bincount(lab, minlength=3)
+    assert counts.sum() == n and counts.max() - counts.min() <= 1
+    assert np.all(np.diff(lab) >= 0)                      # ordered by cluster
+    assert np.all(np.isfinite(pts))
+
+
+@pytest.mark.parametrize("gen", [tf.gaussian_clusters, tf.uniform_balls])
+def test_generators_seeded(gen):
+    a = gen(50, CENTERS, seed=7)
+    b = gen(50, CENTERS, seed=7)
+    c = gen(50, CENTERS, seed=8)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    p32, _ = gen(50, CENTERS, seed=7, dtype=np.float32)
+    assert p32.dtype == np.float32 and np.array_equal(p32, a[0].astype(np.float32))
+
+
+def test_generators_geometry():
+    pts, lab = tf.uniform_balls(3000, CENTERS, radius=[0.5, 1.0, 2.0], seed=2)
+    dist = np.linalg.norm(pts - CENTERS[lab], axis=1)
+    for q, r in enumerate([0.5, 1.0, 2.0]):
+        assert dist[lab == q].max() <= r * (1 + 1e-12)
+        assert dist[lab == q].max() > 0.9 * r
+    pts, lab = tf.gaussian_clusters(30000, CENTERS, std=[0.5, 1.0, 2.0], seed=3)
+    for q, s in enumerate([0.5, 1.0, 2.0]):
+        d = pts[lab == q] - CENTERS[q]
+        assert np.all(np.abs(d.mean(axis=0)) < 0.1 * s)
+        assert np.all(np.abs(d.std(axis=0) / s - 1) < 0.05)
+
+
+def test_generator_errors():
+    with pytest.raises(ValueError, match=r"smaller than the number of clusters"):
+        tf.gaussian_clusters(2, CENTERS)
+    with pytest.raises(ValueError, match=r"std must be finite and >= 0"):
+        tf.gaussian_clusters(10, CENTERS, std=-1.0)
+    with pytest.raises(ValueError, match=r"radius must be finite and >= 0"):
+        tf.uniform_balls(10, CENTERS, radius=np.nan)
+    with pytest.raises(ValueError, match=r"centers.*non-finite"):
+        tf.uniform_balls(10, np.array([[np.nan, 0.0]]))
+
+
+# ------------------------------------------------------------------ loaders
+@pytest.fixture
+def table():
+    rng = np.random.default_rng(0)
+    pts = rng.standard_normal((12, 3))
+    lab = rng.integers(0, 4, 12)
+    return pts, lab
+
+
+def check_loaded(loaded, pts, lab, exact=True):
+    p, l = loaded
+    assert p.shape == pts.shape and l.shape == lab.shape
+    assert np.issubdtype(l.dtype, np.integer) and np.array_equal(l, lab)
+    assert np.array_equal(p, pts) if exact else np.allclose(p, pts, rtol=1e-15, atol=0)
+    ds = tf.Dataset(p, l, np.zeros((4, 3)))
+    assert ds.n_points == 12 and ds.width == 3
+
+
+def test_load_npy(tmp_path, table):
+    pts, lab = table
+    np.save(tmp_path / "d.npy", np.column_stack([pts, lab]))
+    check_loaded(tf.load_points(tmp_path / "d.npy"), pts, lab)
+    check_loaded(tf.load_points(str(tmp_path / "d.npy")), pts, lab)
+
+
+def test_load_npz(tmp_path, table):
+    pts, lab = table
+    np.savez(tmp_path / "d.npz", points=pts, labels=lab)
+    check_loaded(tf.load_points(tmp_path / "d.npz"), pts, lab)
+    np.savez(tmp_path / "e.npz", X=pts, y=lab)
+    check_loaded(tf.load_points(tmp_path / "e.npz", points_key="X", labels_key="y"), pts, lab)
+
+
+def test_load_csv(tmp_path, table):
+    pts, lab = table
+    path = tmp_path / "d.csv"
+    np.savetxt(path, np.column_stack([pts, lab]), delimiter=",", fmt="%.17g", header="x,y,z,label")
+    check_loaded(tf.load_points(path), pts, lab)
+    one = tmp_path / "one.csv"
+    one.write_text("1.5,2.5,1\n")
+    p, l = tf.load_points(one)
+    assert p.shape == (1, 2) and l.tolist() == [1]
+
+
+def test_load_errors(tmp_path, table):
+    pts, lab = table
+    with pytest.raises(ValueError, match=r"not found.*nope\.npy"):
+        tf.load_points(tmp_path / "nope.npy")
+    (tmp_path / "d.txt").write_text("1,2,0\n")
+    with pytest.raises(ValueError, match=r"d\.txt.*unknown data format '\.txt'"):
+        tf.load_points(tmp_path / "d.txt")
+    np.savez(tmp_path / "d.npz", points=pts, labels=lab)
+    with pytest.raises(ValueError, match=r"d\.npz.*no array named 'X'"):
+        tf.load_points(tmp_path / "d.npz", points_key="X")
+    with pytest.raises(ValueError, match=r"no array named 'y'.*found.*points"):
+        tf.load_points(tmp_path / "d.npz", labels_key="y")
+    np.save(tmp_path / "flat.npy", pts[:, 0])
+    with pytest.raises(ValueError, match=r"flat\.npy.*expected a table of shape \(N, M\+1\)"):
+        tf.load_points(tmp_path / "flat.npy")
+    np.save(tmp_path / "frac.npy", np.column_stack([pts, lab + 0.5]))
+    with pytest.raises(ValueError, match=r"frac\.npy.*labels must be integers"):
+        tf.load_points(tmp_path / "frac.npy")
+    (tmp_path / "bad.csv").write_text("1,2,x\n")
+    with pytest.raises(ValueError, match=r"bad\.csv"):
+        tf.load_points(tmp_path / "bad.csv")
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match=r"junk\.npy"):
+        tf.load_points(tmp_path / "junk.npy")
+
+
+# ------------------------------------------------------------------ Dataset
+def test_dataset_keeps_float64_points_without_copy():
+    pts, lab = tf.gaussian_clusters(20, CENTERS, seed=0)
+    assert pts.flags.c_contiguous
+    ds = tf.Dataset(pts, lab, CENTERS)
+    assert ds.points.dtype == np.float64 and np.shares_memory(ds.points, pts)
+    assert ds.n_points == 20 and ds.width == 3 and ds.n_clusters == 3
+    assert np.array_equal(ds.counts, np.bincount(lab, minlength=3))
+    assert ds.labels.dtype == np.int64 and not ds.labels.flags.writeable
+    assert not ds.targets.flags.writeable
+
+
+def test_dataset_keeps_float32_and_layouts():
+    pts, lab = tf.gaussian_clusters(20, CENTERS, seed=0, dtype=np.float32)
+    ds = tf.Dataset(pts, lab, CENTERS)
+    assert ds.points.dtype == np.float32 and np.shares_memory(ds.points, pts)
+    f = np.asfortranarray(pts.astype(np.float64))
+    ds = tf.Dataset(f, lab, CENTERS)
+    assert np.shares_memory(ds.points, f) and ds.points.flags.f_contiguous
+    view = f[::2, ::-1]
+    ds = tf.Dataset(view, lab[::2], CENTERS)
+    assert np.shares_memory(ds.points, f) and np.array_equal(ds.points, view)
+    ds = tf.Dataset(np.arange(6).reshape(2, 3), [0, 1], CENTERS)     # integers become float64
+    assert ds.points.dtype == np.float64
+
+
+def test_dataset_with_targets():
+    pts, lab = tf.gaussian_clusters(9, CENTERS, seed=0)
+    ds = tf.Dataset(pts, lab, CENTERS)
+    ds2 = ds.with_targets(np.zeros((3, 2)))
+    assert ds2.targets.shape == (3, 2) and np.shares_memory(ds2.points, pts)
+    assert np.array_equal(ds2.labels, ds.labels)
+    with pytest.raises(ValueError, match=r"label 2 out of range"):
+        ds.with_targets(np.zeros((2, 3)))

@@ -1,0 +1,6 @@
+"""``python -m truncflow``: the command line (see truncflow.cli)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,293 @@
+"""The ``truncflow`` command line.
+
+    truncflow run [CONFIG.toml] [--out FOLDER] [--quiet] [--threads N] [--check]
+    truncflow info
+
+``run`` without a file runs the built-in default job (truncflow/defaults/default.toml).
+Exit codes: 0 success; 1 the run stopped without success (diverged, failed, budget
+reached) -- what was recorded is still saved and plotted; 2 a usage or configuration
+error (one line on stderr, no traceback); 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+PROG = "truncflow"
+RESULT_FILE = "result.npz"
+PLOT_FILE = "plot.png"
+CONFIG_FILE = "config.toml"
+
+
+class _UsageError(Exception):
+    """Raised instead of argparse's own exit, so every user error prints one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(f"{message} (see '{PROG} --help')")
+
+
+def _one_line(message) -> str:
+    return " ".join(str(message).split())
+
+
+def _error(message) -> int:
+    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Gradient flow of deep ReLU networks seen from the input space: "
+                                            "truncation maps and dynamical truncation of training data.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser("run", help="run a job from a TOML configuration (default: the built-in job)",
+                         description="Run the gradient flow a TOML configuration describes and write "
+                                     f"{RESULT_FILE}, {PLOT_FILE} and {CONFIG_FILE} into the output folder.")
+    run.add_argument("config", nargs="?", metavar="CONFIG.toml",
+                     help="run configuration (default: the built-in default job)")
+    run.add_argument("--out", metavar="FOLDER", help="output folder (overrides [output] folder)")
+    run.add_argument("--quiet", "-q", action="store_true",
+                     help="no description, progress bar or summary; only errors and the failure message")
+    run.add_argument("--threads", type=int, metavar="N", help="number of Numba threads (default: all)")
+    run.add_argument("--check", action="store_true",
+                     help="validate the configuration, print what it would run, and exit")
+    sub.add_parser("info", help="versions, threads and the state of the compiled-kernel cache",
+                   description="Print versions, Numba threading and whether compiled kernels are cached.")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``truncflow`` script; returns the exit code."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        if args.command == "info":
+            return _info()
+        return _run(args)
+    except _UsageError as exc:
+        return _error(exc)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:  # ConfigError is a ValueError
+        return _error(exc)
+    except MemoryError:
+        return _error("out of memory (is n_points or a layer size too large?)")
+
+
+# --------------------------------------------------------------------- run
+def _set_threads(n):
+    if n is None:
+        return
+    import numba
+    top = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= n <= top:
+        raise _UsageError(f"--threads must be between 1 and {top}, got {n}")
+    numba.set_num_threads(n)
+
+
+def _run(args) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    _set_threads(args.threads)
+    folder = Path(args.out) if args.out is not None else cfg.folder
+    say = (lambda *a, **k: None) if args.quiet else print
+    say(f"{PROG}: {cfg.describe()}")
+    if cfg.description:
+        say(f"  {cfg.description}")
+    if args.check:
+        if args.quiet:
+            return 0
+        print(f"configuration OK ({cfg.source}); results would go to {folder}/")
+        return 0
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"output folder {folder} exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    from . import simulate
+
+    if not args.quiet and not _kernels_cached():
+        print("compiling the Numba kernels for the first time (takes a while; they are cached for "
+              "later runs)", file=sys.stderr)
+    kwargs = dict(cfg.simulate_kwargs)
+    t_end = kwargs["t_end"]
+    bar = _progress_bar(t_end, disable=args.quiet)
+
+    def callback(t, cost):
+        bar.update(min(float(t), t_end) - bar.n)
+        bar.set_postfix_str(f"cost {cost:.4g}", refresh=False)
+
+    started = time.perf_counter()
+    try:
+        result = simulate(cfg.params, cfg.dataset, callback=callback, config=cfg.result_config(), **kwargs)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - started
+
+    written = _write_outputs(result, cfg, folder)
+    if not args.quiet:
+        print(result.summary())
+        print(f"wall time {elapsed:.1f} s")
+        for label, path in written:
+            print(f"wrote {label}: {path}")
+    if result.status == "interrupted":
+        print(f"{PROG}: interrupted at t = {result.t[-1]:.6g}; what was recorded is in {folder}",
+              file=sys.stderr)
+        return 130
+    if not result.success:
+        print(f"{PROG}: run stopped: {result.status} ({_one_line(result.message)}); "
+              f"what was recorded is in {folder}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _kernels_cached() -> bool:
+    """Whether the kernels a run needs have an entry in Numba's cache (best effort)."""
+    try:
+        needed = {"gradient.gradient_kernel", "observe.observe_kernel"}
+        found = {name: disp for name, disp in _kernel_dispatchers() if name in needed}
+        return len(found) == len(needed) and all(
+            Path(d._cache._cache_file._index_path).is_file() for d in found.values())
+    except Exception:  # numba internals moved: say nothing
+        return True
+
+
+def _progress_bar(t_end, disable):
+    from tqdm import tqdm
+    interactive = sys.stderr.isatty()
+    return tqdm(total=t_end, disable=disable, file=sys.stderr, leave=True, dynamic_ncols=True,
+                mininterval=0.1 if interactive else 2.0,
+                desc="flow time", bar_format="{desc}: {percentage:3.0f}%|{bar}| t = {n:.4g}/{total:.4g} "
+                                             "[{elapsed}<{remaining}{postfix}]")
+
+
+def _write_outputs(result, cfg, folder: Path) -> list[tuple[str, Path]]:
+    from .plot import plot_result
+
+    written = [("result", result.save(folder / RESULT_FILE))]
+    config_path = folder / CONFIG_FILE
+    config_path.write_text(cfg.text, encoding="utf-8")
+    written.append(("config", config_path))
+    try:
+        written.append(("plot", plot_result(result, folder / PLOT_FILE, title=cfg.name)))
+    except Exception as exc:  # a plot must not lose a finished run
+        print(f"{PROG}: warning: could not write the plot: {_one_line(exc)}", file=sys.stderr)
+    return written
+
+
+# -------------------------------------------------------------------- info
+def _info() -> int:
+    import platform
+
+    import numba
+    import numpy
+    import scipy
+
+    from . import __version__
+
+    print(f"truncflow {__version__}")
+    print(f"python    {platform.python_version()} ({sys.executable})")
+    print(f"numpy     {numpy.__version__}")
+    print(f"numba     {numba.__version__}")
+    print(f"scipy     {scipy.__version__}")
+    cpus = os.cpu_count()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = cpus
+    print(f"cpus      {cpus} ({usable} usable by this process)")
+    print(f"numba threads {numba.get_num_threads()} (NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS})")
+    print(f"threading layer {_threading_layer()}")
+    for var in ("NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "NUMBA_CACHE_DIR", "OMP_WAIT_POLICY",
+                "OMP_NUM_THREADS"):
+        if var in os.environ:
+            print(f"  {var}={os.environ[var]}")
+    _cache_report()
+    return 0
+
+
+def _threading_layer() -> str:
+    import numba
+    try:
+        active = numba.threading_layer()
+        state = f"{active} (active)"
+    except ValueError:  # no parallel kernel has run in this process yet
+        state = f"not started yet (configured: {numba.config.THREADING_LAYER})"
+    available = []
+    for name, module in (("tbb", "tbbpool"), ("omp", "omppool"), ("workqueue", "workqueue")):
+        try:
+            __import__(f"numba.np.ufunc.{module}")
+            available.append(name)
+        except ImportError:
+            pass
+    return f"{state}; available: {', '.join(available) or 'none'}"
+
+
+def _kernel_dispatchers():
+    """(module.name, dispatcher) for every cached Numba kernel in truncflow.kernels."""
+    import importlib
+    import pkgutil
+
+    from numba.core.dispatcher import Dispatcher
+
+    from . import kernels
+
+    found = []
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"{kernels.__name__}.{info.name}")
+        for attr, obj in vars(module).items():
+            if isinstance(obj, Dispatcher) and getattr(obj, "__module__", None) == module.__name__:
+                found.append((f"{info.name}.{attr}", obj))
+    return sorted(found)
+
+
+def _cache_report():
+    from . import kernels
+
+    default_dir = Path(kernels.__file__).parent / "__pycache__"
+    kernels_found = _kernel_dispatchers()
+    cache_dirs = set()
+    rows = []
+    for name, disp in kernels_found:
+        cache = getattr(disp, "_cache", None)
+        index = None
+        try:
+            index = Path(cache._cache_file._index_path)
+            cache_dirs.add(Path(cache._cache_path))
+        except AttributeError:  # not a caching dispatcher, or numba internals moved
+            pass
+        if index is None:
+            rows.append((name, "no cache (cache=False)"))
+            continue
+        if index.is_file():
+            stem = index.name[: -len(".nbi")]
+            n_entries = len(list(index.parent.glob(f"{stem}.*.nbc")))
+            rows.append((name, f"cached ({n_entries} compiled signature{'s' if n_entries != 1 else ''})"))
+        else:
+            rows.append((name, "not cached: compiles on first use"))
+    if not cache_dirs:
+        cache_dirs = {default_dir}
+    for d in sorted(cache_dirs):
+        n_index = len(list(d.glob("*.nbi"))) if d.is_dir() else 0
+        print(f"kernel cache {d} ({n_index} index file{'s' if n_index != 1 else ''} *.nbi"
+              f"{'' if d.is_dir() else ', folder missing'})")
+    n_cached = sum(1 for _, s in rows if s.startswith("cached"))
+    print(f"compiled kernels cached: {n_cached} of {len(rows)}")
+    for name, state in rows:
+        print(f"  {name:32s} {state}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
