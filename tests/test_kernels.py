@@ -70,8 +70,6 @@ def test_params_round_trip(L, M):
         assert a.dtype == np.float64 and not a.flags.writeable
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Params.from_layers/from_cumulative keep the caller's "
-                   "float64 C-contiguous arrays without copying and set them read-only (params._readonly)")
 @pytest.mark.parametrize("form", ["layers", "cumulative"])
 def test_params_leave_caller_arrays_alone(form):
     """A Params is documented immutable: it must neither freeze nor alias the caller's arrays."""
@@ -278,11 +276,6 @@ def test_kink_gradient(kind, wrt, monkeypatch):
     assert diff > 1e-3 * np.max(np.abs(g.weights))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (uncommitted tiled gradient kernel): kernels/gradient.py::_forward_tile is compiled with "
-    "fastmath={'reassoc', 'contract'}, so a = b^(l) + sum_j W^(l)_kj z_j is computed with fused "
-    "multiply-adds while forward.py (fastmath=False) rounds each product; within round-off of a "
-    "hyperplane the gradient and activation_patterns/truncate disagree on a_k <= 0"))
 def test_gradient_truncates_what_patterns_report():
     """The gradient's kink decision is the one activation_patterns reports, bit for bit, even
     for points within round-off of a hyperplane (where kernels that compute
