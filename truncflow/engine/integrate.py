@@ -22,7 +22,7 @@ from scipy.integrate import RK45
 from .._validate import choice, positive
 from ..data import Dataset
 from ..params import Params
-from .record import Recorder, Result
+from .record import Recorder, Result, check_storable
 from .rhs import FlowProblem
 
 __all__ = ["simulate", "METHODS"]
@@ -139,6 +139,7 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
                       max_evals=max_evals, max_time=max_time,
                       n_points=dataset.n_points, n_clusters=dataset.n_clusters, width=dataset.width,
                       n_layers=params.n_layers, points_dtype=str(dataset.points.dtype))
+    check_storable(run_config)
     stepper = _run_rk45 if method == "rk45" else _run_gd
     return stepper(problem, t_end, schedule, Recorder(problem.dataset, kind, run_config),
                    dict(rtol=rtol, atol=atol, first_step=first_step, max_step=max_step, lr=lr),

@@ -148,6 +148,14 @@ def _json_default(obj):
     raise TypeError(f"cannot store {type(obj).__name__} in a result's configuration")
 
 
+def check_storable(config: dict) -> None:
+    """Raise ValueError now, not after the run, if ``config`` cannot be written to a result file."""
+    try:
+        json.dumps(config, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config cannot be stored with the result: {exc}") from None
+
+
 def load_result(path) -> Result:
     """Read a Result written by :meth:`Result.save`."""
     path = Path(path)
