@@ -59,6 +59,7 @@ def gradient_kernel(points, labels, targets, cw, cb, edges_t, out_w, out_b,
         uf = np.empty((M, T))            # u on free coordinates, 0 elsewhere
         ut = np.empty((M, T))            # u on truncated coordinates, 0 elsewhere
         d = np.empty((M, T))             # z - x~
+        d2 = np.empty((M, T))            # scratch
         r = np.empty((max(M, P), T))     # residuals
         wt = np.empty(T)                 # slot mask of the tile
         lab = np.empty(T, dtype=np.int64)
@@ -94,10 +95,18 @@ def gradient_kernel(points, labels, targets, cw, cb, edges_t, out_w, out_b,
                 s = _next_slot(lab, nb, s, n_slots)
             for l in range(L - 1, -1, -1):
                 _backward_tile(l, cw, edges_t, z, act, g, u, uf, ut, d, nb)
+                if n_slots == 1:
+                    _layer_sums(uf, ut, d, z[l + 1], nb, g_w[c, 0, l], g_b[c, 0, l])
+                    continue
                 s = _first_slot(lab, nb, n_slots)
                 while s >= 0:
+                    # restrict the tile to slot s: zero u on the other points (d, x~ need no mask)
                     _slot_mask(lab, nb, s, n_slots, wt)
-                    _layer_sums(uf, ut, d, z[l + 1], wt, nb, g_w[c, s, l], g_b[c, s, l])
+                    for k in range(M):
+                        for t in range(nb):
+                            u[k, t] = wt[t] * uf[k, t]
+                            d2[k, t] = wt[t] * ut[k, t]
+                    _layer_sums(u, d2, d, z[l + 1], nb, g_w[c, s, l], g_b[c, s, l])
                     s = _next_slot(lab, nb, s, n_slots)
     return sq, g_w, g_b, g_ow, g_ob
 
@@ -189,18 +198,18 @@ def _backward_tile(l, cw, edges_t, z, act, g, u, uf, ut, d, nb):
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
-def _layer_sums(uf, ut, d, xt, wt, nb, gw, gb):
-    """gw += sum_t wt_t (uf_t d_t^T - ut_t xt_t^T) and gb -= sum_t wt_t ut_t."""
+def _layer_sums(uf, ut, d, xt, nb, gw, gb):
+    """gw += sum_t (uf_t d_t^T - ut_t xt_t^T) and gb -= sum_t ut_t over the tile."""
     M = uf.shape[0]
     for k in range(M):
         acc = 0.0
         for t in range(nb):
-            acc += wt[t] * ut[k, t]
+            acc += ut[k, t]
         gb[k] -= acc
         for j in range(M):
             acc = 0.0
             for t in range(nb):
-                acc += wt[t] * (uf[k, t] * d[j, t] - ut[k, t] * xt[j, t])
+                acc += uf[k, t] * d[j, t] - ut[k, t] * xt[j, t]
             gw[k, j] += acc
 
 
