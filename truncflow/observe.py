@@ -85,17 +85,19 @@ def observe(params: Params, dataset: Dataset, kind: str = "input", *, shift=None
         var = np.maximum(s2 / n[None, :, None] - mean * mean, 0.0)
         spread = var.sum(axis=2)                              # (L, Q)
         centers = mean + shift[None]                          # (L, Q, M)
-        overall = np.einsum("q,lqm->lm", n, centers) / N      # (L, M)
         nonempty = n > 0
+        overall = np.einsum("q,lqm->lm", n[nonempty], centers[:, nonempty]) / N   # (L, M)
         within = np.einsum("q,lq->l", n[nonempty], spread[:, nonempty])
         between = np.einsum("q,lq->l", n[nonempty],
                             ((centers[:, nonempty] - overall[:, None]) ** 2).sum(axis=2))
         ratio = within / between
+        truncated_fraction = any_t / n[None, :]
+        collapsed_fraction = all_t / n[None, :]
     return Observation(
         cost=float(sq.sum() / (2 * N)),
         cost_per_cluster=sq / (2 * N),
-        truncated_fraction=any_t / n[None, :],
-        collapsed_fraction=all_t / n[None, :],
+        truncated_fraction=truncated_fraction,
+        collapsed_fraction=collapsed_fraction,
         coordinate_truncated_fraction=coord_frac,
         free_coordinates=M - coord_frac.sum(axis=2),
         spread=spread,

@@ -118,6 +118,8 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
         rtol, atol = positive(rtol, "rtol"), positive(atol, "atol")
         first_step = positive(first_step, "first_step", allow_none=True)
         max_step = positive(max_step, "max_step", allow_none=True)
+        if first_step is not None and first_step > t_end:
+            raise ValueError(f"first_step={first_step} exceeds t_end={t_end}")
     else:
         if lr is None:
             raise ValueError("method='gd' needs a learning rate: pass lr > 0")
