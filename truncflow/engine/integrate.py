@@ -194,15 +194,15 @@ def _run_rk45(problem, t_end, schedule, recorder, opts, rules, callback) -> Resu
                 break
             counters["accepted"] += 1
             counters["rejected"] += max(attempts - 1, 0)
+            cost, gn = fun.at(solver.y)   # the stepper's last evaluation (FSAL): no extra pass
+            if not (math.isfinite(cost) and math.isfinite(gn)):
+                status, detail = "diverged", f"at t = {solver.t:.6g}: {fun.failure[1] if fun.failure else 'non-finite cost'}"
+                break
             if pending and pending[0] <= solver.t:
                 dense = solver.dense_output()
                 while pending and pending[0] <= solver.t:
                     tr = pending.pop(0)
                     record(tr, solver.y if tr == solver.t else dense(tr))
-            cost, gn = fun.at(solver.y)
-            if not (math.isfinite(cost) and math.isfinite(gn)):
-                status, detail = "diverged", f"at t = {solver.t:.6g}: {fun.failure[1] if fun.failure else 'non-finite cost'}"
-                break
             if callback is not None:
                 callback(solver.t, cost)
             if solver.status == "finished":
