@@ -226,3 +226,57 @@ def test_not_params_or_dataset(prob):
         tf.truncate((prob.params.weights, prob.params.biases), prob.points)
     with pytest.raises(ValueError, match=r"dataset must be a truncflow.Dataset"):
         tf.gradient(prob.params, (prob.points, prob.labels, prob.targets_in))
+
+
+# ------------------------------------------------- found in review: more bad input
+def _small():
+    params = tf.Params.from_layers(np.eye(2)[None] * 1.5, np.array([[0.1, -0.2]]))
+    pts = np.random.default_rng(0).standard_normal((12, 2))
+    return params, tf.Dataset(pts, np.arange(12) % 2, np.zeros((2, 2)))
+
+
+def test_observe_shift_is_checked():
+    params, ds = _small()
+    with pytest.raises(ValueError, match=r"shift has shape"):
+        tf.observe(params, ds, shift=np.zeros((1, 1)))
+    with pytest.raises(ValueError, match=r"shift contains"):
+        tf.observe(params, ds, shift=np.full((2, 2), np.nan))
+
+
+def test_params_constructor_refuses_inconsistent_arrays():
+    with pytest.raises(ValueError, match=r"from_layers or Params.from_cumulative"):
+        tf.Params(np.eye(2)[None], np.zeros((1, 2)), np.eye(3)[None], np.zeros((1, 5)), np.zeros((1, 2, 2)))
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(method="rk45", lr=-1.0), "lr"),
+    (dict(method="gd", lr=0.1, rtol=-1.0), "rtol"),
+    (dict(frozen_layers=1), "frozen_layers"),
+    (dict(max_evals=2.5), "max_evals"),
+    (dict(n_records=1), "n_records"),
+])
+def test_simulate_checks_every_given_value(kwargs, word):
+    params, ds = _small()
+    with pytest.raises(ValueError, match=word):
+        tf.simulate(params, ds, 1.0, **kwargs)
+
+
+def test_load_result_corrupt_file(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match=r"cannot read result file"):
+        tf.load_result(bad)
+    partial = tmp_path / "partial.npz"
+    np.savez(partial, __meta__=np.array('{"status": "t_end"}'))
+    with pytest.raises(ValueError, match=r"missing"):
+        tf.load_result(partial)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(n_points=2.7), "n_points"),
+    (dict(n_points=10, dtype=np.int32), "dtype"),
+    (dict(n_points=10, std=[1.0, 2.0, 3.0]), "std"),
+])
+def test_generator_arguments(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        tf.gaussian_clusters(centers=np.zeros((2, 2)), **kwargs)

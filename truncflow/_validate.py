@@ -50,3 +50,13 @@ def choice(value, name: str, options) -> str:
         opts = ", ".join(repr(o) for o in options)
         raise ValueError(f"unknown {name} {value!r}: expected one of {opts}")
     return value
+
+
+def integer(value, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """Return ``int(value)`` after checking it is an integer (not a bool) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or \
+            (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    return int(value)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import choice
+from ._validate import choice, integer
 from .data import Dataset, check_points
 from .kernels import config
 from .kernels.forward import patterns_kernel, truncate_kernel
@@ -100,10 +100,9 @@ def truncate(params: Params, points, layers: int | None = None) -> np.ndarray:
     L = params.n_layers
     if layers is None:
         layers = L
-    if isinstance(layers, bool) or not isinstance(layers, (int, np.integer)) or not 0 <= layers <= L:
-        raise ValueError(f"layers must be an integer in [0, {L}], got {layers!r}")
+    layers = integer(layers, "layers", low=0, high=L)
     cw, cb, et = kernel_arrays(params)
-    return truncate_kernel(pts, cw, cb, et, int(layers), config.chunk_size(pts.shape[0]))
+    return truncate_kernel(pts, cw, cb, et, layers, config.chunk_size(pts.shape[0]))
 
 
 def activation_patterns(params: Params, points) -> np.ndarray:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validate import as_float_array, require_finite
+from ._validate import as_float_array, integer, require_finite
 
 __all__ = ["Dataset", "check_points", "gaussian_clusters", "uniform_balls", "load_points"]
 
@@ -111,12 +111,26 @@ def _split_sizes(n_points: int, n_clusters: int) -> np.ndarray:
     return sizes
 
 
-def _check_centers(centers, n_points):
+def _check_generator(centers, n_points, spread, spread_name, dtype):
+    """Validated (centers (Q, M), n_points, per-cluster spread (Q,), dtype) of a generator."""
     centers = as_float_array(centers, "centers", ndim=2)
     require_finite(centers, "centers")
-    if int(n_points) < centers.shape[0]:
-        raise ValueError(f"n_points={n_points} is smaller than the number of clusters {centers.shape[0]}")
-    return centers
+    Q, M = centers.shape
+    if Q == 0 or M == 0:
+        raise ValueError(f"centers have shape {centers.shape}: need at least one cluster and one coordinate")
+    n_points = integer(n_points, "n_points", low=1)
+    if n_points < Q:
+        raise ValueError(f"n_points={n_points} is smaller than the number of clusters {Q}")
+    spread = np.asarray(spread, dtype=np.float64)
+    if spread.ndim > 1 or spread.size not in (1, Q):
+        raise ValueError(f"{spread_name} must be one number or one per cluster ({Q}), got shape {spread.shape}")
+    spread = np.broadcast_to(spread.reshape(-1), (Q,))
+    if np.any(~np.isfinite(spread)) or np.any(spread < 0):
+        raise ValueError(f"{spread_name} must be finite and >= 0, got {spread}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    return centers, n_points, spread, dtype
 
 
 def gaussian_clusters(n_points: int, centers, std=1.0, *, seed=None, dtype=np.float64):
@@ -125,13 +139,10 @@ def gaussian_clusters(n_points: int, centers, std=1.0, *, seed=None, dtype=np.fl
     ``std`` is a scalar or one value per cluster. Returns ``(points (N, M), labels (N,))``;
     points are ordered by cluster.
     """
-    centers = _check_centers(centers, n_points)
+    centers, n_points, std, dtype = _check_generator(centers, n_points, std, "std", dtype)
     Q, M = centers.shape
-    std = np.broadcast_to(np.asarray(std, dtype=np.float64), (Q,))
-    if np.any(~np.isfinite(std)) or np.any(std < 0):
-        raise ValueError(f"std must be finite and >= 0, got {std}")
     rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(Q), _split_sizes(int(n_points), Q))
+    labels = np.repeat(np.arange(Q), _split_sizes(n_points, Q))
     points = centers[labels] + std[labels, None] * rng.standard_normal((labels.size, M))
     return points.astype(dtype, copy=False), labels
 
@@ -141,13 +152,10 @@ def uniform_balls(n_points: int, centers, radius=1.0, *, seed=None, dtype=np.flo
 
     Returns ``(points (N, M), labels (N,))``, ordered by cluster.
     """
-    centers = _check_centers(centers, n_points)
+    centers, n_points, radius, dtype = _check_generator(centers, n_points, radius, "radius", dtype)
     Q, M = centers.shape
-    radius = np.broadcast_to(np.asarray(radius, dtype=np.float64), (Q,))
-    if np.any(~np.isfinite(radius)) or np.any(radius < 0):
-        raise ValueError(f"radius must be finite and >= 0, got {radius}")
     rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(Q), _split_sizes(int(n_points), Q))
+    labels = np.repeat(np.arange(Q), _split_sizes(n_points, Q))
     direction = rng.standard_normal((labels.size, M))
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
     r = radius[labels] * rng.random(labels.size) ** (1.0 / M)
@@ -193,12 +201,14 @@ def load_points(path, *, points_key: str = "points", labels_key: str = "labels")
     except OSError as exc:
         raise ValueError(f"{path}: cannot read ({exc})") from None
     labels = np.asarray(labels)
+    points = np.asarray(points)
+    if labels.ndim != 1 or points.ndim != 2 or labels.shape[0] != points.shape[0]:
+        raise ValueError(f"{path}: expected points (N, M) and labels (N,), got {points.shape} and {labels.shape}")
     if np.issubdtype(labels.dtype, np.floating):
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
             raise ValueError(f"{path}: labels must be integers")
     elif not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{path}: labels must be integers, got dtype {labels.dtype}")
-    points = np.asarray(points)
     if points.dtype not in (np.float32, np.float64):
         points = points.astype(np.float64)
     return points, labels.astype(np.int64, copy=False)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import choice
+from ._validate import as_float_array, choice, require_finite
 from .compute import COST_KINDS, _require_dataset, _require_params, kernel_arrays
 from .data import Dataset
 from .kernels import config
@@ -66,9 +66,13 @@ def observe(params: Params, dataset: Dataset, kind: str = "input", *, shift=None
     params = _require_params(params)
     choice(kind, "kind", COST_KINDS)
     dataset = _require_dataset(dataset, params, kind)
+    N, M, L, Q = dataset.n_points, dataset.width, params.n_layers, dataset.n_clusters
     if shift is None:
         shift = cluster_means(dataset)
-    N, M, L, Q = dataset.n_points, dataset.width, params.n_layers, dataset.n_clusters
+    shift = as_float_array(shift, "shift", ndim=2)
+    if shift.shape != (Q, M):
+        raise ValueError(f"shift has shape {shift.shape}, expected (Q, M) = {(Q, M)}")
+    require_finite(shift, "shift")
     cw, cb, et = kernel_arrays(params)
     if kind == "output":
         ow, ob = np.array(params.out_weight), np.array(params.out_bias)

@@ -115,6 +115,20 @@ class Params:
     out_weight: np.ndarray | None = None
     out_bias: np.ndarray | None = None
 
+    def __post_init__(self):
+        L, M = self.cum_biases.shape if np.ndim(self.cum_biases) == 2 else (0, 0)
+        shapes = {"weights": (L, M, M), "biases": (L, M), "cum_weights": (L, M, M),
+                  "cum_biases": (L, M), "inverses": (L, M, M)}
+        for name, shape in shapes.items():
+            a = getattr(self, name)
+            if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != np.float64 or L * M == 0:
+                raise ValueError(f"Params.{name} must be a float64 array of shape {shape}: build Params "
+                                 "with Params.from_layers or Params.from_cumulative")
+        if (self.out_weight is None) != (self.out_bias is None) or (
+                self.out_weight is not None and (self.out_weight.ndim != 2 or self.out_weight.shape[1] != M
+                                                 or self.out_bias.shape != (self.out_weight.shape[0],))):
+            raise ValueError("Params.out_weight (P, M) and out_bias (P,) must be given together with matching shapes")
+
     # ----------------------------------------------------------- constructors
     @classmethod
     def from_layers(cls, weights, biases, out_weight=None, out_bias=None) -> "Params":
@@ -151,6 +165,8 @@ class Params:
 
     @classmethod
     def _build(cls, weights, biases, cum_w, cum_b, out_weight, out_bias, inverses=None) -> "Params":
+        # Without inverses (a recorded state read back by Result.params_at), the matrices
+        # were already accepted once by invert_cumulative when the run made them.
         if inverses is None:
             inverses = np.linalg.inv(cum_w)
         return cls(

@@ -19,7 +19,7 @@ import time
 import numpy as np
 from scipy.integrate import RK45
 
-from .._validate import choice, positive
+from .._validate import choice, integer, positive
 from ..data import Dataset
 from ..params import Params
 from .record import Recorder, Result, check_storable
@@ -65,9 +65,8 @@ class _Evaluator:
 
 def _record_schedule(t_end, record_times, n_records):
     if record_times is None:
-        if isinstance(n_records, bool) or not isinstance(n_records, (int, np.integer)) or n_records < 2:
-            raise ValueError(f"n_records must be an integer >= 2, got {n_records!r}")
-        times = np.concatenate([[0.0], np.geomspace(t_end * 1e-3, t_end, int(n_records) - 1)])
+        n_records = integer(n_records, "n_records", low=2, high=10**6)
+        times = np.concatenate([[0.0], np.geomspace(t_end * 1e-3, t_end, n_records - 1)])
     else:
         times = np.asarray(record_times, dtype=np.float64)
         if times.ndim != 1 or times.size == 0:
@@ -113,23 +112,25 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
     """
     choice(method, "method", METHODS)
     t_end = positive(t_end, "t_end")
-    problem = FlowProblem(params, dataset, kind=kind, wrt=wrt, train=train, frozen_layers=tuple(frozen_layers))
-    if method == "rk45":
-        rtol, atol = positive(rtol, "rtol"), positive(atol, "atol")
-        first_step = positive(first_step, "first_step", allow_none=True)
-        max_step = positive(max_step, "max_step", allow_none=True)
-        if first_step is not None and first_step > t_end:
-            raise ValueError(f"first_step={first_step} exceeds t_end={t_end}")
-    else:
-        if lr is None:
-            raise ValueError("method='gd' needs a learning rate: pass lr > 0")
-        lr = positive(lr, "lr")
+    try:
+        frozen_layers = tuple(frozen_layers)
+    except TypeError:
+        raise ValueError(f"frozen_layers must be a sequence of layer numbers, got {frozen_layers!r}") from None
+    problem = FlowProblem(params, dataset, kind=kind, wrt=wrt, train=train, frozen_layers=frozen_layers)
+    # every value given is checked, whichever method uses it
+    rtol, atol = positive(rtol, "rtol"), positive(atol, "atol")
+    first_step = positive(first_step, "first_step", allow_none=True)
+    max_step = positive(max_step, "max_step", allow_none=True)
+    lr = positive(lr, "lr", allow_none=True)
+    if first_step is not None and first_step > t_end:
+        raise ValueError(f"first_step={first_step} exceeds t_end={t_end}")
+    if method == "gd" and lr is None:
+        raise ValueError("method='gd' needs a learning rate: pass lr > 0")
     cost_tol = positive(cost_tol, "cost_tol", allow_none=True)
     grad_tol = positive(grad_tol, "grad_tol", allow_none=True)
     max_time = positive(max_time, "max_time", allow_none=True)
-    if max_evals is not None and (isinstance(max_evals, bool) or not isinstance(max_evals, (int, np.integer))
-                                  or max_evals < 1):
-        raise ValueError(f"max_evals must be a positive integer, got {max_evals!r}")
+    if max_evals is not None:
+        max_evals = integer(max_evals, "max_evals", low=1)
     if callback is not None and not callable(callback):
         raise ValueError("callback must be callable as callback(t, cost)")
     schedule = _record_schedule(t_end, record_times, n_records)
@@ -194,6 +195,7 @@ def _run_rk45(problem, t_end, schedule, recorder, opts, rules, callback) -> Resu
                 break
             counters["accepted"] += 1
             counters["rejected"] += max(attempts - 1, 0)
+            fun.failure = None            # a rejected trial state is no verdict on the flow
             cost, gn = fun.at(solver.y)   # the stepper's last evaluation (FSAL): no extra pass
             if not (math.isfinite(cost) and math.isfinite(gn)):
                 status, detail = "diverged", f"at t = {solver.t:.6g}: {fun.failure[1] if fun.failure else 'non-finite cost'}"
@@ -259,6 +261,7 @@ def _run_gd(problem, t_end, schedule, recorder, opts, rules, callback) -> Result
         k = 0
         while status is None:
             fun.at(y)
+            y_prev, t_prev = y, t
             y = y + lr * fun.rhs
             k += 1
             t = k * lr
@@ -266,6 +269,8 @@ def _run_gd(problem, t_end, schedule, recorder, opts, rules, callback) -> Result
             cost, gn = fun.at(y)
             if not (math.isfinite(cost) and math.isfinite(gn)):
                 status, detail = "diverged", f"after step {k} (t = {t:.6g}): {fun.failure[1] if fun.failure else 'non-finite cost'}"
+                if t_prev > recorder.last_time:
+                    record(t_prev, y_prev)      # the last finite iterate
                 break
             if callback is not None:
                 callback(t, cost)

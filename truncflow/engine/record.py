@@ -167,8 +167,14 @@ def load_result(path) -> Result:
                 raise ValueError(f"{path} is not a truncflow result (no __meta__ entry)")
             meta = json.loads(str(z["__meta__"]))
             series = {k: z[k] for k in z.files if k != "__meta__"}
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"cannot read result file {path}: {exc}") from None
+        missing = [k for k in ("status", "message") if k not in meta] + [k for k in _SERIES if k not in series]
+        if missing:
+            raise ValueError(f"{path} is not a complete truncflow result (missing {', '.join(missing)})")
+    except ValueError as exc:
+        msg = str(exc)
+        raise ValueError(msg if str(path) in msg else f"cannot read result file {path}: {msg}") from None
+    except Exception as exc:  # a corrupt or foreign file: zipfile, pickle, json errors
+        raise ValueError(f"cannot read result file {path}: {type(exc).__name__}: {exc}") from None
     return Result(series, meta["status"], meta["message"], meta.get("config", {}), meta.get("versions", {}))
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import choice
+from .._validate import choice, integer
 from ..compute import COST_KINDS, PARAMETRIZATIONS, Gradient, _require_dataset, _require_params, gradient
 from ..data import Dataset
 from ..params import Params
@@ -51,9 +51,7 @@ class FlowProblem:
         P = self.params.out_dim if self.kind == "output" else 0
         frozen = []
         for layer in self.frozen_layers:
-            if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 1 <= layer <= L:
-                raise ValueError(f"frozen_layers must hold layer numbers in [1, {L}], got {layer!r}")
-            frozen.append(int(layer))
+            frozen.append(integer(layer, "each of frozen_layers (a layer number)", low=1, high=L))
         self.frozen_layers = tuple(sorted(set(frozen)))
         self._shapes = [(L, M, M), (L, M), (P, M), (P,)]
         sizes = [int(np.prod(s)) for s in self._shapes]

@@ -1,8 +1,9 @@
 """Compilation settings shared by every CPU kernel, and the fixed chunking of points.
 
 Kernels import their flags from here and never set their own, so one place
-decides whether floating-point reassociation is allowed (it is not: results are
-exact to round-off and identical on any number of threads).
+decides where floating-point reassociation is allowed: only in the sums over the
+points of a tile (``JIT_OPTIONS_REDUCTION``), never where a kink is decided.
+Results are exact to round-off and identical on any number of threads.
 """
 #: Passed as ``fastmath=`` to every kernel. False: IEEE semantics, reproducible sums.
 FASTMATH = False
@@ -31,8 +32,4 @@ def chunk_size(n_points: int) -> int:
     the same inputs give bit-identical results on 1, 2 or 64 threads.
     """
     return max(MIN_CHUNK, -(-int(n_points) // MAX_CHUNKS))
-
-
-def n_chunks(n_points: int, size: int) -> int:
-    return -(-int(n_points) // size)
 
