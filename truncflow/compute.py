@@ -126,8 +126,10 @@ def _run_gradient_kernel(params: Params, dataset: Dataset, kind: str, per_cluste
         ow, ob = np.zeros((0, M)), np.zeros(0)
     n_slots = dataset.n_clusters if per_cluster else 1
     N = dataset.n_points
+    L, P = params.n_layers, ow.shape[0]
+    partial_bytes = 8 * n_slots * (1 + L * M * (M + 1) + P * (M + 1))
     parts = gradient_kernel(dataset.points, dataset.labels, dataset.targets, cw, cb, et, ow, ob,
-                            kind == "output", n_slots, config.chunk_size(N))
+                            kind == "output", n_slots, config.chunk_size(N, partial_bytes))
     # Merge chunks in a fixed order (axis 0), then scale: the result does not depend on threads.
     sq, gw, gb, gow, gob = (p.sum(axis=0) for p in parts)
     if not per_cluster:
@@ -142,6 +144,7 @@ def cost(params: Params, dataset: Dataset, kind: str = "input", *, per_cluster: 
     ``kind="input"``: residual ``x~^(L)_i - y~_{c_i}`` with targets (Q, M);
     ``kind="output"``: residual ``F(x_i) - y_{c_i}`` with targets (Q, P).
     Returns a float, or (Q,) per-cluster costs summing to it when ``per_cluster``.
+    (It runs the gradient pass: one streaming pass either way.)
     """
     c, _ = gradient(params, dataset, kind, per_cluster=per_cluster)
     return c

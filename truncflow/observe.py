@@ -30,6 +30,7 @@ class Observation:
                                      M for an untouched cluster, 0 for a collapsed one
         spread               (L, Q)  ``tr Cov(x~^(l))`` over the cluster's images
         collapse_ratio       (L,)    within-cluster over between-cluster scatter of the images
+                                     (NaN when there is no between-cluster scatter, e.g. Q = 1)
         n_patterns           int     number of distinct activation patterns (all layers jointly)
         pattern_hash         (N,) uint64  per-point hash of the pattern, to count changes
     Empty clusters give NaN in the per-cluster fractions and spreads.
@@ -79,8 +80,9 @@ def observe(params: Params, dataset: Dataset, kind: str = "input", *, shift=None
     else:
         ow, ob = np.zeros((0, M)), np.zeros(0)
     hashes = np.empty(N, dtype=np.uint64)
+    partial_bytes = 8 * (Q + L * Q * (3 * M + 2))
     parts = observe_kernel(dataset.points, dataset.labels, dataset.targets, np.ascontiguousarray(shift),
-                           cw, cb, et, ow, ob, kind == "output", Q, config.chunk_size(N), hashes)
+                           cw, cb, et, ow, ob, kind == "output", Q, config.chunk_size(N, partial_bytes), hashes)
     sq, truncated, any_t, all_t, s1, s2 = (p.sum(axis=0) for p in parts)
     n = dataset.counts.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -94,7 +96,7 @@ def observe(params: Params, dataset: Dataset, kind: str = "input", *, shift=None
         within = np.einsum("q,lq->l", n[nonempty], spread[:, nonempty])
         between = np.einsum("q,lq->l", n[nonempty],
                             ((centers[:, nonempty] - overall[:, None]) ** 2).sum(axis=2))
-        ratio = within / between
+        ratio = np.where(between > 0, within / between, np.nan)
         truncated_fraction = any_t / n[None, :]
         collapsed_fraction = all_t / n[None, :]
     return Observation(

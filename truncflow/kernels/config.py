@@ -22,14 +22,19 @@ JIT_OPTIONS_REDUCTION = dict(cache=True, fastmath=FASTMATH_REDUCTION, nogil=True
 MIN_CHUNK = 1024
 #: Largest number of chunks a pass splits the points into.
 MAX_CHUNKS = 256
+#: Budget for the per-chunk partial sums of one pass (bytes).
+PARTIALS_BUDGET = 256 * 2**20
 
 
-def chunk_size(n_points: int) -> int:
+def chunk_size(n_points: int, partial_bytes: int = 0) -> int:
     """Points per chunk for a pass over ``n_points`` points.
 
-    Depends on the number of points only, never on the number of threads: each
-    chunk accumulates separately and chunk results are added in a fixed order, so
-    the same inputs give bit-identical results on 1, 2 or 64 threads.
+    ``partial_bytes`` is the size of one chunk's partial sums: the number of chunks
+    is also capped so that all of them fit in :data:`PARTIALS_BUDGET`. The result
+    depends on the problem only, never on the number of threads: each chunk
+    accumulates separately and chunk results are added in a fixed order, so the
+    same inputs give bit-identical results on 1, 2 or 64 threads.
     """
-    return max(MIN_CHUNK, -(-int(n_points) // MAX_CHUNKS))
+    max_chunks = max(1, min(MAX_CHUNKS, PARTIALS_BUDGET // max(int(partial_bytes), 1)))
+    return max(MIN_CHUNK, -(-int(n_points) // max_chunks))
 
