@@ -80,6 +80,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`truncflow info | head`): stop quietly
+        sys.stdout = None
+        return 0
     except (ValueError, OSError) as exc:  # ConfigError is a ValueError
         return _error(exc)
     except MemoryError:
