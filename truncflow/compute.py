@@ -17,10 +17,10 @@ from .kernels.gradient import gradient_kernel
 from .params import Params
 
 __all__ = ["Gradient", "truncate", "activation_patterns", "cost", "gradient",
-           "cumulative_to_layer_gradient", "COST_KINDS", "PARAMETRIZATIONS"]
+           "cumulative_to_layer_gradient", "aligned_scale_gradient", "COST_KINDS", "PARAMETRIZATIONS"]
 
 COST_KINDS = ("input", "output")
-PARAMETRIZATIONS = ("cumulative", "layers")
+PARAMETRIZATIONS = ("cumulative", "layers", "aligned")
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,11 +28,13 @@ class Gradient:
     """A gradient of the cost, in the parametrization ``wrt`` names.
 
     Attributes (float64):
-        weights    (L, M, M)  dC/dW^(l) (cumulative) or dC/dW_l (layers)
-        biases     (L, M)     dC/db^(l) (cumulative) or dC/db_l (layers)
+        weights    (L, M, M)  dC/dW^(l) (cumulative) or dC/dW_l (layers);
+                   (L, M) dC/dlambda^(l) for "aligned" (the gradient restricted to the
+                   aligned family W^(l) = diag(lambda^(l)) R^(l), frames fixed)
+        biases     (L, M)     dC/db^(l) (cumulative, aligned) or dC/db_l (layers)
         out_weight (P, M) or None   dC/dW_out (output cost only)
         out_bias   (P,) or None     dC/db_out (output cost only)
-        wrt        "cumulative" or "layers"
+        wrt        "cumulative", "layers" or "aligned"
     A per-cluster gradient carries a leading axis of length Q on every array.
     """
 
@@ -157,7 +159,10 @@ def gradient(params: Params, dataset: Dataset, kind: str = "input", wrt: str = "
     Args:
         params, dataset: the network and the data.
         kind: "input" or "output" cost.
-        wrt: "cumulative" for ``(dC/dW^(l), dC/db^(l))`` or "layers" for ``(dC/dW_l, dC/db_l)``.
+        wrt: "cumulative" for ``(dC/dW^(l), dC/db^(l))``, "layers" for ``(dC/dW_l, dC/db_l)``,
+            or, for aligned params (:meth:`Params.aligned`), "aligned" for
+            ``(dC/dlambda^(l), dC/db^(l))`` with ``dC/dlambda^(l) = diag(dC/dW^(l) R^(l)^T)``
+            (MODEL.md section 9).
         per_cluster: split cost and gradient over the Q clusters (they sum to the totals).
     Returns:
         ``(cost, grad)``: cost a float (or (Q,) array), grad a :class:`Gradient`.
@@ -166,8 +171,12 @@ def gradient(params: Params, dataset: Dataset, kind: str = "input", wrt: str = "
     choice(kind, "kind", COST_KINDS)
     choice(wrt, "wrt", PARAMETRIZATIONS)
     dataset = _require_dataset(dataset, params, kind)
+    if wrt == "aligned" and not params.is_aligned:
+        raise ValueError("wrt='aligned' needs aligned parameters: build them with Params.aligned")
     c, g = _run_gradient_kernel(params, dataset, kind, per_cluster)
-    if wrt == "layers":
+    if wrt == "aligned":
+        g = Gradient(aligned_scale_gradient(params, g.weights), g.biases, g.out_weight, g.out_bias, "aligned")
+    elif wrt == "layers":
         if per_cluster:
             parts = [cumulative_to_layer_gradient(params, g.cluster(q)) for q in range(dataset.n_clusters)]
             stack = lambda name: None if getattr(parts[0], name) is None else np.stack([getattr(p, name) for p in parts])
@@ -177,6 +186,11 @@ def gradient(params: Params, dataset: Dataset, kind: str = "input", wrt: str = "
     if not per_cluster:
         c = float(c)
     return c, g
+
+
+def aligned_scale_gradient(params: Params, weight_gradient: np.ndarray) -> np.ndarray:
+    """``dC/dlambda^(l)_k = (dC/dW^(l) R^(l)^T)_kk`` from cumulative weight gradients (..., L, M, M)."""
+    return np.einsum("...lkj,lkj->...lk", weight_gradient, params.frames)
 
 
 def cumulative_to_layer_gradient(params: Params, grad: Gradient) -> Gradient:

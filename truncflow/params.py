@@ -16,7 +16,10 @@ from ._validate import as_float_array, require_finite
 #: refused: beyond it the truncation map cannot be computed to useful accuracy.
 MAX_CONDITION = 1e12
 
-__all__ = ["Params", "MAX_CONDITION", "invert_cumulative"]
+#: Largest ``max |R R^T - I|`` accepted for a frame of the aligned model.
+ORTHOGONALITY_TOL = 1e-10
+
+__all__ = ["Params", "MAX_CONDITION", "ORTHOGONALITY_TOL", "invert_cumulative"]
 
 
 def invert_cumulative(cum_weights: np.ndarray) -> np.ndarray:
@@ -103,8 +106,12 @@ class Params:
         inverses     (L, M, M)  ``A_l = (W^(l))^-1``
         out_weight   (P, M) or None   ordinary output layer ``W_out``
         out_bias     (P,) or None     ordinary output bias ``b_out``
+        frames       (L, M, M) or None   the fixed orthogonal frames ``R^(l)`` of the
+                     aligned model (MODEL.md section 9), ``W^(l) = diag(lambda^(l)) R^(l)``;
+                     None for a general network. Aligned params also have
+                     :attr:`scales` and :attr:`thresholds`.
 
-    Build with :meth:`from_layers` or :meth:`from_cumulative`.
+    Build with :meth:`from_layers`, :meth:`from_cumulative` or :meth:`aligned`.
     """
 
     weights: np.ndarray
@@ -114,6 +121,7 @@ class Params:
     inverses: np.ndarray
     out_weight: np.ndarray | None = None
     out_bias: np.ndarray | None = None
+    frames: np.ndarray | None = None
 
     def __post_init__(self):
         L, M = self.cum_biases.shape if np.ndim(self.cum_biases) == 2 else (0, 0)
@@ -128,6 +136,9 @@ class Params:
                 self.out_weight is not None and (self.out_weight.ndim != 2 or self.out_weight.shape[1] != M
                                                  or self.out_bias.shape != (self.out_weight.shape[0],))):
             raise ValueError("Params.out_weight (P, M) and out_bias (P,) must be given together with matching shapes")
+        if self.frames is not None and (not isinstance(self.frames, np.ndarray) or self.frames.shape != (L, M, M)):
+            raise ValueError(f"Params.frames must be None or an array of shape {(L, M, M)}: build aligned "
+                             "parameters with Params.aligned")
 
     # ----------------------------------------------------------- constructors
     @classmethod
@@ -164,7 +175,43 @@ class Params:
         return cls._build(weights, biases, cum_w, cum_b, out_weight, out_bias, inverses)
 
     @classmethod
-    def _build(cls, weights, biases, cum_w, cum_b, out_weight, out_bias, inverses=None) -> "Params":
+    def aligned(cls, frames, scales, biases, out_weight=None, out_bias=None) -> "Params":
+        """The aligned model of MODEL.md section 9: ``W^(l) = diag(scales[l]) frames[l]``.
+
+        Args:
+            frames: (L, M, M) orthogonal matrices ``R^(l)`` (refused unless
+                ``max |R R^T - I| <= ORTHOGONALITY_TOL``).
+            scales: (L, M) positive ``lambda^(l)``.
+            biases: (L, M) cumulative biases ``b^(l)``.
+            out_weight, out_bias: optional output layer (P, M), (P,).
+        In the rotated coordinates ``w = R^(l) z`` layer l clips from below at the
+        thresholds ``t^(l) = -b^(l) / lambda^(l)``; its apex is ``R^(l)^T t^(l)``.
+        """
+        frames = as_float_array(frames, "frames", ndim=3)
+        scales = as_float_array(scales, "scales", ndim=2)
+        biases = as_float_array(biases, "biases", ndim=2)
+        L, M, M2 = frames.shape
+        if L == 0 or M == 0 or M != M2:
+            raise ValueError(f"frames has shape {frames.shape}, expected (L, M, M) with L, M >= 1")
+        for name, a in (("scales", scales), ("biases", biases)):
+            if a.shape != (L, M):
+                raise ValueError(f"{name} has shape {a.shape}, expected {(L, M)} to match frames {frames.shape}")
+            require_finite(a, name)
+        require_finite(frames, "frames")
+        if not np.all(scales > 0):
+            l, k = (int(i) for i in np.argwhere(~(scales > 0))[0])
+            raise ValueError(f"scales must be positive: scales[{l}, {k}] = {scales[l, k]!r} (layer {l + 1})")
+        defect = np.abs(frames @ np.swapaxes(frames, 1, 2) - np.eye(M)).max(axis=(1, 2))
+        if np.any(defect > ORTHOGONALITY_TOL):
+            l = int(np.argmax(defect))
+            raise ValueError(f"frames[{l}] (layer {l + 1}) is not orthogonal: max |R R^T - I| = {defect[l]:.3g} "
+                             f"> {ORTHOGONALITY_TOL:g}")
+        params = cls.from_cumulative(scales[:, :, None] * frames, biases, out_weight, out_bias)
+        return cls._build(params.weights, params.biases, params.cum_weights, params.cum_biases,
+                          params.out_weight, params.out_bias, params.inverses, frames)
+
+    @classmethod
+    def _build(cls, weights, biases, cum_w, cum_b, out_weight, out_bias, inverses=None, frames=None) -> "Params":
         # Without inverses (a recorded state read back by Result.params_at), the matrices
         # were already accepted once by invert_cumulative when the run made them.
         if inverses is None:
@@ -177,6 +224,7 @@ class Params:
             inverses=_readonly(inverses),
             out_weight=_readonly(out_weight),
             out_bias=_readonly(out_bias),
+            frames=_readonly(frames),
         )
 
     @classmethod
@@ -214,6 +262,28 @@ class Params:
     def has_output(self) -> bool:
         return self.out_weight is not None
 
+    @property
+    def is_aligned(self) -> bool:
+        """True for parameters of the aligned model (built with :meth:`aligned`)."""
+        return self.frames is not None
+
+    def _require_aligned(self, what: str):
+        if self.frames is None:
+            raise AttributeError(f"{what} exist only for aligned parameters: build them with Params.aligned")
+
+    @property
+    def scales(self) -> np.ndarray:
+        """(L, M) ``lambda^(l)`` of aligned parameters, ``W^(l) = diag(lambda^(l)) R^(l)``."""
+        self._require_aligned("scales")
+        return np.einsum("lkj,lkj->lk", self.cum_weights, self.frames)
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """(L, M) ``t^(l) = -b^(l) / lambda^(l)`` of aligned parameters: in the coordinates
+        ``w = R^(l) z`` layer l maps w to ``max(w, t^(l))``."""
+        self._require_aligned("thresholds")
+        return -self.cum_biases / self.scales
+
     def cones(self) -> tuple[np.ndarray, np.ndarray]:
         """Cones of the truncation maps (MODEL.md section 3).
 
@@ -226,8 +296,11 @@ class Params:
 
     def with_output(self, out_weight, out_bias) -> "Params":
         """The same hidden layers with another output layer (None to drop it)."""
+        if self.frames is not None:
+            return Params.aligned(self.frames, self.scales, self.cum_biases, out_weight, out_bias)
         return Params.from_cumulative(self.cum_weights, self.cum_biases, out_weight, out_bias)
 
     def __repr__(self) -> str:
         out = "" if self.out_weight is None else f", P={self.out_dim}"
-        return f"Params(L={self.n_layers}, M={self.width}{out})"
+        aligned = ", aligned" if self.frames is not None else ""
+        return f"Params(L={self.n_layers}, M={self.width}{out}{aligned})"

@@ -4,7 +4,8 @@
 it takes a step, estimates the local error and alone decides whether to accept
 the step and how long the next one is; records at requested times come from the
 step's dense-output interpolant. ``method="gd"`` is gradient descent, the explicit
-Euler scheme with fixed step ``lr``.
+Euler scheme with fixed step ``lr``. ``method="events"`` solves the aligned model
+exactly from event to event (:mod:`truncflow.engine.events`).
 
 A state where the network cannot be evaluated (a singular cumulative weight, a
 non-finite cost) gives the stepper a NaN derivative, which its error control
@@ -23,11 +24,12 @@ from .._validate import choice, integer, positive
 from ..data import Dataset
 from ..params import Params
 from .record import Recorder, Result, check_storable
+from .events import check_events_problem, run_events
 from .rhs import FlowProblem
 
 __all__ = ["simulate", "METHODS"]
 
-METHODS = ("rk45", "gd")
+METHODS = ("rk45", "gd", "events")
 _RK45_EVALS_PER_ATTEMPT = 6  # Dormand-Prince: 5 stages + the derivative at the new point (FSAL)
 
 
@@ -82,21 +84,28 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
              first_step: float | None = None, max_step: float | None = None,
              record_times=None, n_records: int = 50, cost_tol: float | None = None,
              grad_tol: float | None = None, max_evals: int | None = None, max_time: float | None = None,
-             callback=None, config: dict | None = None) -> Result:
+             callback=None, config: dict | None = None, record_truncation_times: bool = False) -> Result:
     """Integrate the gradient flow ``d/ds theta = -grad C(theta)`` (MODEL.md section 8).
 
     Args:
         params, dataset: initial parameters and the data.
         t_end: flow time to reach (> 0).
         kind: "input" or "output" cost.
-        wrt: "cumulative" (flow W^(l), b^(l)) or "layers" (flow W_l, b_l: the continuous
-            limit of full-batch gradient descent). Records carry both forms either way.
+        wrt: "cumulative" (flow W^(l), b^(l)), "layers" (flow W_l, b_l: the continuous
+            limit of full-batch gradient descent) or "aligned" (aligned params only: flow
+            the scales lambda^(l) and biases b^(l), frames fixed; MODEL.md section 9).
+            Records carry both forms either way.
         method: "rk45" (adaptive Dormand-Prince with error control ``rtol``, ``atol``,
-            optional ``first_step``, ``max_step``) or "gd" (gradient descent: Euler
-            steps of length ``lr`` until ``t >= t_end``).
+            optional ``first_step``, ``max_step``), "gd" (gradient descent: Euler
+            steps of length ``lr`` until ``t >= t_end``) or "events" (the aligned model
+            with the input cost solved exactly from event to event, for one layer or
+            clusters separated by the layers; ``wrt`` must be "aligned", ``train`` "all"
+            or "biases"; step-size options do not apply; ``record_truncation_times``
+            keeps every point's first truncation time per layer and coordinate in
+            ``result.truncation_times``).
         train: "all", "weights" or "biases": which parameters move (the output layer's
-            weight follows "weights", its bias "biases"); ``frozen_layers``: 1-based
-            hidden layers that stay fixed.
+            weight follows "weights", its bias "biases"; for "aligned", "weights" are
+            the scales); ``frozen_layers``: 1-based hidden layers that stay fixed.
         record_times: times in [0, t_end] to record at (0 is always recorded, and so is
             the final state); default ``n_records`` times, 0 then log-spaced from
             ``t_end/1000``. "gd" records the first iterate at or after each time.
@@ -126,6 +135,14 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
         raise ValueError(f"first_step={first_step} exceeds t_end={t_end}")
     if method == "gd" and lr is None:
         raise ValueError("method='gd' needs a learning rate: pass lr > 0")
+    if method == "events" and wrt != "aligned":
+        raise ValueError(f"method='events' solves the aligned flow: pass wrt='aligned' (got wrt={wrt!r})")
+    if not isinstance(record_truncation_times, bool):
+        raise ValueError(f"record_truncation_times must be True or False, got {record_truncation_times!r}")
+    if record_truncation_times and method != "events":
+        raise ValueError("record_truncation_times=True needs method='events' (the exact solver)")
+    if method == "events":
+        check_events_problem(problem)
     cost_tol = positive(cost_tol, "cost_tol", allow_none=True)
     grad_tol = positive(grad_tol, "grad_tol", allow_none=True)
     max_time = positive(max_time, "max_time", allow_none=True)
@@ -143,11 +160,14 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
                       n_points=dataset.n_points, n_clusters=dataset.n_clusters, width=dataset.width,
                       n_layers=params.n_layers, points_dtype=str(dataset.points.dtype))
     check_storable(run_config)
+    rules = dict(cost_tol=cost_tol, grad_tol=grad_tol, max_evals=max_evals, max_time=max_time)
+    if method == "events":
+        return run_events(problem, t_end, schedule, Recorder(problem.dataset, kind, run_config), rules,
+                          callback, record_truncation_times)
     stepper = _run_rk45 if method == "rk45" else _run_gd
     return stepper(problem, t_end, schedule, Recorder(problem.dataset, kind, run_config),
                    dict(rtol=rtol, atol=atol, first_step=first_step, max_step=max_step, lr=lr),
-                   dict(cost_tol=cost_tol, grad_tol=grad_tol, max_evals=max_evals, max_time=max_time),
-                   callback)
+                   rules, callback)
 
 
 def _stop_reason(cost, grad_norm, n_evals, started, rules):

@@ -28,6 +28,10 @@ _SERIES = {
     "weights": "(L, M, M)", "biases": "(L, M)", "cum_weights": "(L, M, M)", "cum_biases": "(L, M)",
     "out_weight": "(P, M)", "out_bias": "(P,)",
 }
+#: Per-record arrays of runs of the aligned model only.
+_ALIGNED_SERIES = {"scales": "(L, M)", "thresholds": "(L, M)"}
+#: Prefix of the run-level arrays (``Result.arrays``) in a result file.
+_ARRAY_PREFIX = "run__"
 
 #: Status codes: why a run stopped. The first three are successes.
 STATUS_MESSAGES = {
@@ -64,7 +68,10 @@ class Result:
         (points whose activation pattern changed since the previous record; 0 first),
         steps_accepted, steps_rejected, evaluations (T,): counters at each record,
         weights, biases, cum_weights, cum_biases (T, L, M, M) / (T, L, M),
-        out_weight (T, P, M), out_bias (T, P) (P = 0 without output layer).
+        out_weight (T, P, M), out_bias (T, P) (P = 0 without output layer);
+        aligned runs also scales (T, L, M) and thresholds (T, L, M).
+    Run-level arrays in ``arrays``: "frames" (L, M, M) for aligned runs;
+    "truncation_times" (N, L, M) when the event solver was asked for them.
     Scalars: status (see STATUS_MESSAGES), message, success, config (dict), versions (dict).
     ``params`` is the list of recorded :class:`Params`; ``final`` the last one.
     """
@@ -74,6 +81,7 @@ class Result:
     message: str
     config: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    arrays: dict = field(default_factory=dict)
 
     def __getattr__(self, name):
         series = self.__dict__.get("series", {})
@@ -95,7 +103,17 @@ class Result:
         has_out = s["out_weight"].shape[1] > 0
         return Params._build(s["weights"][index], s["biases"][index], s["cum_weights"][index],
                              s["cum_biases"][index], s["out_weight"][index] if has_out else None,
-                             s["out_bias"][index] if has_out else None)
+                             s["out_bias"][index] if has_out else None, frames=self.arrays.get("frames"))
+
+    @property
+    def truncation_times(self) -> np.ndarray:
+        """(N, L, M) first time each point is truncated in each layer and coordinate
+        (inf if never; 0 if truncated at the start): runs of ``method="events"`` with
+        ``record_truncation_times=True`` only."""
+        if "truncation_times" not in self.arrays:
+            raise AttributeError("this run did not record truncation times: use method='events' "
+                                 "with record_truncation_times=True")
+        return self.arrays["truncation_times"]
 
     @property
     def params(self) -> list[Params]:
@@ -131,7 +149,9 @@ class Result:
         meta = {"status": self.status, "message": self.message, "config": self.config,
                 "versions": self.versions, "format": 1}
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, __meta__=np.array(json.dumps(meta, default=_json_default)), **self.series)
+        arrays = {_ARRAY_PREFIX + k: v for k, v in self.arrays.items()}
+        np.savez_compressed(path, __meta__=np.array(json.dumps(meta, default=_json_default)),
+                            **self.series, **arrays)
         return path
 
     def __repr__(self) -> str:
@@ -166,7 +186,8 @@ def load_result(path) -> Result:
             if "__meta__" not in z.files:
                 raise ValueError(f"{path} is not a truncflow result (no __meta__ entry)")
             meta = json.loads(str(z["__meta__"]))
-            series = {k: z[k] for k in z.files if k != "__meta__"}
+            series = {k: z[k] for k in z.files if k != "__meta__" and not k.startswith(_ARRAY_PREFIX)}
+            arrays = {k[len(_ARRAY_PREFIX):]: z[k] for k in z.files if k.startswith(_ARRAY_PREFIX)}
         missing = [k for k in ("status", "message") if k not in meta] + [k for k in _SERIES if k not in series]
         if missing:
             raise ValueError(f"{path} is not a complete truncflow result (missing {', '.join(missing)})")
@@ -175,7 +196,8 @@ def load_result(path) -> Result:
         raise ValueError(msg if str(path) in msg else f"cannot read result file {path}: {msg}") from None
     except Exception as exc:  # a corrupt or foreign file: zipfile, pickle, json errors
         raise ValueError(f"cannot read result file {path}: {type(exc).__name__}: {exc}") from None
-    return Result(series, meta["status"], meta["message"], meta.get("config", {}), meta.get("versions", {}))
+    return Result(series, meta["status"], meta["message"], meta.get("config", {}), meta.get("versions", {}),
+                  arrays)
 
 
 class Recorder:
@@ -188,6 +210,7 @@ class Recorder:
         self._shift = cluster_means(dataset)
         self._last_hash = None
         self._rows: dict[str, list] = {k: [] for k in _SERIES}
+        self.arrays: dict = {}
 
     def record(self, t: float, params: Params, grad_norm: float, counters: dict) -> float:
         """Observe ``params`` at time t and keep one record; returns the cost."""
@@ -209,13 +232,25 @@ class Recorder:
             "out_weight": params.out_weight if P else np.zeros((0, M)),
             "out_bias": params.out_bias if P else np.zeros(0),
         }
+        if params.is_aligned:
+            row.update(scales=params.scales, thresholds=params.thresholds)
+            self.arrays.setdefault("frames", np.array(params.frames))
         for k, v in row.items():
-            self._rows[k].append(np.array(v, copy=True))
+            self._rows.setdefault(k, []).append(np.array(v, copy=True))
         return obs.cost
 
     @property
     def n_records(self) -> int:
         return len(self._rows["t"])
+
+    @property
+    def times(self) -> list[float]:
+        """The record times so far."""
+        return [float(t) for t in self._rows["t"]]
+
+    def column(self, name: str) -> np.ndarray:
+        """One per-record quantity of the records so far, stacked (leading axis: records)."""
+        return np.array(self._rows[name])
 
     @property
     def last_time(self) -> float | None:
@@ -224,4 +259,4 @@ class Recorder:
     def result(self, status: str, detail: str = "") -> Result:
         series = {k: np.array(v) for k, v in self._rows.items()}
         message = STATUS_MESSAGES[status] + (f": {detail}" if detail else "")
-        return Result(series, status, message, dict(self.config), package_versions())
+        return Result(series, status, message, dict(self.config), package_versions(), dict(self.arrays))

@@ -2,8 +2,9 @@
 
 The state vector of a flow holds, in this order, the weights (L*M*M), the biases
 (L*M) and, for the output cost, the output weight (P*M) and bias (P) of the chosen
-parametrization ("cumulative": W^(l), b^(l); "layers": W_l, b_l). Frozen
-components stay in the vector with a zero derivative.
+parametrization ("cumulative": W^(l), b^(l); "layers": W_l, b_l; "aligned": the
+scales lambda^(l) (L*M) and biases b^(l) of W^(l) = diag(lambda^(l)) R^(l), frames
+fixed). Frozen components stay in the vector with a zero derivative.
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ class FlowProblem:
         params: the initial parameters (fixes L, M and whether there is an output layer).
         dataset: the data.
         kind: "input" or "output" cost.
-        wrt: "cumulative" or "layers": the parameters that flow.
-        train: "all", "weights" or "biases": which of them move (output layer included).
+        wrt: "cumulative", "layers" or "aligned" (aligned params only): the parameters that flow.
+        train: "all", "weights" or "biases": which of them move (output layer included);
+            for "aligned", "weights" means the scales lambda.
         frozen_layers: 1-based indices of hidden layers whose weights and biases stay fixed.
     """
 
@@ -47,16 +49,19 @@ class FlowProblem:
         choice(self.wrt, "wrt", PARAMETRIZATIONS)
         choice(self.train, "train", TRAIN_OPTIONS)
         self.dataset = _require_dataset(self.dataset, self.params, self.kind)
+        if self.wrt == "aligned" and not self.params.is_aligned:
+            raise ValueError("wrt='aligned' needs aligned parameters: build them with Params.aligned")
         L, M = self.params.n_layers, self.params.width
         P = self.params.out_dim if self.kind == "output" else 0
         frozen = []
         for layer in self.frozen_layers:
             frozen.append(integer(layer, "each of frozen_layers (a layer number)", low=1, high=L))
         self.frozen_layers = tuple(sorted(set(frozen)))
-        self._shapes = [(L, M, M), (L, M), (P, M), (P,)]
+        w_shape = (L, M) if self.wrt == "aligned" else (L, M, M)
+        self._shapes = [w_shape, (L, M), (P, M), (P,)]
         sizes = [int(np.prod(s)) for s in self._shapes]
         self._offsets = np.cumsum([0] + sizes)
-        w_mask = np.full((L, M, M), self.train in ("all", "weights"))
+        w_mask = np.full(w_shape, self.train in ("all", "weights"))
         b_mask = np.full((L, M), self.train in ("all", "biases"))
         for layer in self.frozen_layers:
             w_mask[layer - 1] = False
@@ -76,6 +81,8 @@ class FlowProblem:
         """Flat state vector of ``params`` in this problem's parametrization."""
         if self.wrt == "cumulative":
             parts = [params.cum_weights, params.cum_biases]
+        elif self.wrt == "aligned":
+            parts = [params.scales, params.cum_biases]
         else:
             parts = [params.weights, params.biases]
         if self.kind == "output":
@@ -95,6 +102,8 @@ class FlowProblem:
             ow, ob = self.params.out_weight, self.params.out_bias
         if self.wrt == "cumulative":
             return Params.from_cumulative(w, b, ow, ob)
+        if self.wrt == "aligned":
+            return Params.aligned(self.params.frames, w, b, ow, ob)
         return Params.from_layers(w, b, ow, ob)
 
     def gradient_vector(self, grad: Gradient) -> np.ndarray:
