@@ -5,6 +5,10 @@ Public API (see README.md for a tour):
     truncate, activation_patterns       truncation maps and activation patterns
     cost, gradient, Gradient            costs and exact generalized gradients
     simulate, Result, load_result       the gradient flow and what a run records
+    cluster_statistics                  per-cluster flow derivatives in one pass
+    separation_report, threshold_gradient, threshold_velocity
+                                        the aligned model's effective equations (MODEL.md section 9)
+    cone_minimizer, predicted_cost      minimizers built by hand (MODEL.md section 10)
 """
 import os as _os
 
@@ -19,6 +23,9 @@ from .compute import (Gradient, activation_patterns, cost, cumulative_to_layer_g
                       gradient, truncate)
 from .observe import Observation, observe
 from .engine.integrate import simulate
+from .statistics import ClusterStatistics, cluster_statistics
+from .minimizers import cone_minimizer, predicted_cost
+from .aligned import SeparationReport, separation_report, threshold_gradient, threshold_velocity
 from .engine.record import Result, load_result
 
 __version__ = "0.1.0"
@@ -27,5 +34,7 @@ __all__ = [
     "MAX_CONDITION", "Params", "Dataset", "gaussian_clusters", "uniform_balls", "load_points",
     "Gradient", "truncate", "activation_patterns", "cost", "gradient",
     "cumulative_to_layer_gradient", "Observation", "observe", "simulate", "Result", "load_result",
+    "ClusterStatistics", "cluster_statistics", "cone_minimizer", "predicted_cost",
+    "SeparationReport", "separation_report", "threshold_gradient", "threshold_velocity",
     "__version__",
 ]

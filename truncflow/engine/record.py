@@ -30,6 +30,13 @@ _SERIES = {
 }
 #: Per-record arrays of runs of the aligned model only.
 _ALIGNED_SERIES = {"scales": "(L, M)", "thresholds": "(L, M)"}
+#: Why an optional quantity may be missing from a Result.
+_ABSENT_HINTS = {
+    "truncation_times": "they are recorded by method='events' with record_truncation_times=True",
+    "thresholds": "thresholds are recorded for aligned parameters (Params.aligned) only",
+    "scales": "scales are recorded for aligned parameters (Params.aligned) only",
+    "frames": "frames are recorded for aligned parameters (Params.aligned) only",
+}
 #: Prefix of the run-level arrays (``Result.arrays``) in a result file.
 _ARRAY_PREFIX = "run__"
 
@@ -70,8 +77,10 @@ class Result:
         weights, biases, cum_weights, cum_biases (T, L, M, M) / (T, L, M),
         out_weight (T, P, M), out_bias (T, P) (P = 0 without output layer);
         aligned runs also scales (T, L, M) and thresholds (T, L, M).
-    Run-level arrays in ``arrays``: "frames" (L, M, M) for aligned runs;
-    "truncation_times" (N, L, M) when the event solver was asked for them.
+    Run-level arrays in ``arrays`` (also attributes): "frames" (L, M, M) for aligned
+    runs; "truncation_times" (N, L, M) when the event solver was asked for them: the
+    first time each point is truncated in each layer and coordinate (0 if at the
+    start, inf if never).
     Scalars: status (see STATUS_MESSAGES), message, success, config (dict), versions (dict).
     ``params`` is the list of recorded :class:`Params`; ``final`` the last one.
     """
@@ -87,6 +96,11 @@ class Result:
         series = self.__dict__.get("series", {})
         if name in series:
             return series[name]
+        arrays = self.__dict__.get("arrays", {})
+        if name in arrays:
+            return arrays[name]
+        if name in _ABSENT_HINTS:
+            raise AttributeError(f"this run has no {name}: {_ABSENT_HINTS[name]}")
         raise AttributeError(name)
 
     @property
@@ -104,16 +118,6 @@ class Result:
         return Params._build(s["weights"][index], s["biases"][index], s["cum_weights"][index],
                              s["cum_biases"][index], s["out_weight"][index] if has_out else None,
                              s["out_bias"][index] if has_out else None, frames=self.arrays.get("frames"))
-
-    @property
-    def truncation_times(self) -> np.ndarray:
-        """(N, L, M) first time each point is truncated in each layer and coordinate
-        (inf if never; 0 if truncated at the start): runs of ``method="events"`` with
-        ``record_truncation_times=True`` only."""
-        if "truncation_times" not in self.arrays:
-            raise AttributeError("this run did not record truncation times: use method='events' "
-                                 "with record_truncation_times=True")
-        return self.arrays["truncation_times"]
 
     @property
     def params(self) -> list[Params]:

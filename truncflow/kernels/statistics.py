@@ -1,0 +1,223 @@
+"""Per-cluster flow derivatives: truncation counts, moments, cost and gradient in one pass.
+
+One streaming pass over the points, tiled exactly like ``gradient.gradient_kernel``:
+each chunk loads tiles of ``TILE`` points feature-major, runs ``_forward_tile`` once,
+then
+
+1. per layer l (0-based) and cluster s present in the tile, splits the cluster's points
+   by the cone coordinates ``a = act[l] = W^(l+1) z + b^(l+1)`` of the layer's input
+   images ``z = x~^(l)``: per coordinate k the number of truncated points (a_k <= 0),
+   the sums of z over the free (a_k > 0) and over the truncated points, and optionally
+   the sums of z z^T (upper triangle only; the caller mirrors it);
+2. runs the per-cluster reverse sweep of ``gradient_kernel`` with the same helpers, so
+   the cost and the per-cluster cumulative gradient come out of the same pass.
+
+The kink is decided on the very ``act`` values the gradient uses (``a_k == 0`` is
+truncated), so the counts agree with ``activation_patterns`` bit for bit. Each chunk
+writes only its own slot of the per-chunk buffers; the caller adds them in chunk order,
+so the result does not depend on the number of threads. Sums are unscaled.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .config import JIT_OPTIONS_REDUCTION
+from .gradient import (TILE, _backward_tile, _first_slot, _forward_tile, _layer_sums, _masked_outer,
+                       _masked_sum_sq, _next_slot, _output_top, _slot_mask)
+
+
+@njit(parallel=True, **JIT_OPTIONS_REDUCTION)
+def statistics_kernel(points, labels, targets, cw, cb, edges_t, out_w, out_b,
+                      output_cost, n_clusters, second_moments, chunk):
+    """Per-chunk cluster statistics of every layer's input images, cost and gradient.
+
+    Args:
+        points (N, M) float32/float64 any layout, labels (N,) int64 in [0, Q),
+        targets (Q, M) or (Q, P); cw (L, M, M), cb (L, M), edges_t (L, M, M) as in
+        ``gradient_kernel``; out_w (P, M), out_b (P,) the output layer (P = 0 for the
+        input cost); output_cost: bool; n_clusters: Q; second_moments: bool;
+        chunk: points per chunk.
+
+    Returns, with C = ceil(N / chunk), L2 = L if second_moments else 0:
+        sq        (C, Q)             sum of |residual|^2
+        g_w       (C, Q, L, M, M)    sum of dC_i/dW^(l) times N
+        g_b       (C, Q, L, M)       sum of dC_i/db^(l) times N
+        g_ow      (C, Q, P, M)       sum of dC_i/dW_out times N   (output cost)
+        g_ob      (C, Q, P)          sum of dC_i/db_out times N   (output cost)
+        truncated (C, L, Q, M) int64         number of points with a_k <= 0
+        free1     (C, L, Q, M, M)            [.., k, :] sum of z over the points with a_k > 0
+        con1      (C, L, Q, M, M)            [.., k, :] sum of z over the points with a_k <= 0
+        free2     (C, L2, Q, M, M, M)        [.., k, i, j] sum of z_i z_j, a_k > 0, j >= i only
+        con2      (C, L2, Q, M, M, M)        likewise over a_k <= 0
+    """
+    N, M = points.shape
+    L = cw.shape[0]
+    P = out_w.shape[0]
+    Q = n_clusters
+    C = (N + chunk - 1) // chunk
+    L2 = L if second_moments else 0
+    sq = np.zeros((C, Q))
+    g_w = np.zeros((C, Q, L, M, M))
+    g_b = np.zeros((C, Q, L, M))
+    g_ow = np.zeros((C, Q, P, M))
+    g_ob = np.zeros((C, Q, P))
+    truncated = np.zeros((C, L, Q, M), dtype=np.int64)
+    free1 = np.zeros((C, L, Q, M, M))
+    con1 = np.zeros((C, L, Q, M, M))
+    free2 = np.zeros((C, L2, Q, M, M, M))
+    con2 = np.zeros((C, L2, Q, M, M, M))
+    T = TILE
+    for c in prange(C):
+        z = np.empty((L + 1, M, T))      # images x~^(l) of the tile, feature-major
+        act = np.empty((L, M, T))        # cumulative pre-activations (cone coordinates)
+        g = np.empty((M, T))             # adjoint dC_i/dx~^(l)
+        u = np.empty((M, T))
+        uf = np.empty((M, T))            # u on free coordinates, 0 elsewhere
+        ut = np.empty((M, T))            # u on truncated coordinates, 0 elsewhere
+        d = np.empty((M, T))             # z - x~
+        d2 = np.empty((M, T))            # scratch
+        r = np.empty((max(M, P), T))     # residuals
+        wf = np.empty((M, T))            # slot mask times 1[a_k > 0]
+        wc = np.empty((M, T))            # slot mask times 1[a_k <= 0]
+        pair = np.empty(T)               # z_i z_j of the tile
+        wt = np.empty(T)                 # slot mask of the tile
+        lab = np.empty(T, dtype=np.int64)
+        stop = min(N, (c + 1) * chunk)
+        for start in range(c * chunk, stop, T):
+            nb = min(T, stop - start)
+            for t in range(nb):
+                lab[t] = labels[start + t]
+                for j in range(M):
+                    z[0, j, t] = points[start + t, j]
+            _forward_tile(cw, cb, edges_t, z, act, nb)
+            _tile_moments(z, act, lab, nb, Q, second_moments, wt, wf, wc, pair,
+                          truncated[c], free1[c], con1[c], free2[c], con2[c])
+            _tile_gradient(cw, edges_t, targets, out_w, out_b, output_cost, Q, z, act, lab, nb,
+                           g, u, uf, ut, d, d2, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
+    return sq, g_w, g_b, g_ow, g_ob, truncated, free1, con1, free2, con2
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _tile_moments(z, act, lab, nb, n_slots, second_moments, wt, wf, wc, pair,
+                  truncated, free1, con1, free2, con2):
+    """Add the tile's truncation counts and moments, per layer and cluster present.
+
+    z (L+1, M, T) images, act (L, M, T) cone coordinates; wt (T,), wf, wc (M, T) and
+    pair (T,) scratch; truncated (L, Q, M), free1/con1 (L, Q, M, M),
+    free2/con2 (L, Q, M, M, M) (or (0, ...) without second moments): this chunk's slots.
+    """
+    L = act.shape[0]
+    for l in range(L):
+        s = _first_slot(lab, nb, n_slots)
+        while s >= 0:
+            _slot_mask(lab, nb, s, n_slots, wt)
+            _split_mask(act[l], wt, nb, wf, wc)
+            _first_moments(z[l], wf, wc, nb, truncated[l, s], free1[l, s], con1[l, s])
+            if second_moments:
+                _second_moments(z[l], wf, wc, pair, nb, free2[l, s], con2[l, s])
+            s = _next_slot(lab, nb, s, n_slots)
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _split_mask(act_l, wt, nb, wf, wc):
+    """wf[k, t] = wt[t] 1[a_k > 0], wc[k, t] = wt[t] 1[a_k <= 0] (the kink is truncated)."""
+    M = act_l.shape[0]
+    for k in range(M):
+        for t in range(nb):
+            f = wt[t] if act_l[k, t] > 0.0 else 0.0
+            wf[k, t] = f
+            wc[k, t] = wt[t] - f
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _first_moments(zl, wf, wc, nb, truncated, free1, con1):
+    """truncated[k] += sum_t wc[k, t]; free1[k, j] += sum_t wf[k, t] z[j, t]; con1 likewise.
+
+    zl (M, T); truncated (M,) int64; free1, con1 (M, M). The count is a sum of 0.0/1.0
+    over at most TILE terms, exact in float64.
+    """
+    M = zl.shape[0]
+    for k in range(M):
+        n = 0.0
+        for t in range(nb):
+            n += wc[k, t]
+        truncated[k] += np.int64(n)
+        for j in range(M):
+            acc_f = 0.0
+            acc_c = 0.0
+            for t in range(nb):
+                acc_f += wf[k, t] * zl[j, t]
+                acc_c += wc[k, t] * zl[j, t]
+            free1[k, j] += acc_f
+            con1[k, j] += acc_c
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _second_moments(zl, wf, wc, pair, nb, free2, con2):
+    """free2[k, i, j] += sum_t wf[k, t] z[i, t] z[j, t] for j >= i; con2 likewise with wc.
+
+    zl (M, T), pair (T,) scratch, free2, con2 (M, M, M); the lower triangle is left alone.
+    """
+    M = zl.shape[0]
+    for i in range(M):
+        for j in range(i, M):
+            for t in range(nb):
+                pair[t] = zl[i, t] * zl[j, t]
+            for k in range(M):
+                acc_f = 0.0
+                acc_c = 0.0
+                for t in range(nb):
+                    acc_f += wf[k, t] * pair[t]
+                    acc_c += wc[k, t] * pair[t]
+                free2[k, i, j] += acc_f
+                con2[k, i, j] += acc_c
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _tile_gradient(cw, edges_t, targets, out_w, out_b, output_cost, n_slots, z, act, lab, nb,
+                   g, u, uf, ut, d, d2, r, wt, sq, g_w, g_b, g_ow, g_ob):
+    """The tile's residuals and reverse sweep, step for step as in ``gradient_kernel``.
+
+    z, act from ``_forward_tile``; g, u, uf, ut, d, d2 (M, T), r (max(M, P), T), wt (T,)
+    scratch; sq (S,), g_w (S, L, M, M), g_b (S, L, M), g_ow (S, P, M), g_ob (S, P): this
+    chunk's slots, S = n_slots (1 for totals, Q per cluster).
+    """
+    L = cw.shape[0]
+    M = g.shape[0]
+    P = out_w.shape[0]
+    if output_cost:
+        _output_top(out_w, out_b, cw[L - 1], targets, lab, act[L - 1], r, u, g, nb)
+        n_res = P
+    else:
+        for k in range(M):
+            for t in range(nb):
+                r[k, t] = z[L, k, t] - targets[lab[t], k]
+                g[k, t] = r[k, t]
+        n_res = M
+    s = _first_slot(lab, nb, n_slots)
+    while s >= 0:
+        _slot_mask(lab, nb, s, n_slots, wt)
+        sq[s] += _masked_sum_sq(r, n_res, wt, nb)
+        if output_cost:
+            # e = r: dC/dW_out = e x^(L)^T with x^(L) = sigma(a_L); h = W_out^T e (in u)
+            # feeds W^(L), b^(L) directly: + h x~^(L)^T and + h.
+            for k in range(M):
+                for t in range(nb):
+                    d[k, t] = act[L - 1, k, t] if act[L - 1, k, t] > 0.0 else 0.0
+            _masked_outer(r, d, wt, nb, g_ow[s], g_ob[s], 1.0)
+            _masked_outer(u, z[L], wt, nb, g_w[s, L - 1], g_b[s, L - 1], 1.0)
+        s = _next_slot(lab, nb, s, n_slots)
+    for l in range(L - 1, -1, -1):
+        _backward_tile(l, cw, edges_t, z, act, g, u, uf, ut, d, nb)
+        if n_slots == 1:
+            _layer_sums(uf, ut, d, z[l + 1], nb, g_w[0, l], g_b[0, l])
+            continue
+        s = _first_slot(lab, nb, n_slots)
+        while s >= 0:
+            # restrict the tile to slot s: zero u on the other points (d, x~ need no mask)
+            _slot_mask(lab, nb, s, n_slots, wt)
+            for k in range(M):
+                for t in range(nb):
+                    u[k, t] = wt[t] * uf[k, t]
+                    d2[k, t] = wt[t] * ut[k, t]
+            _layer_sums(u, d2, d, z[l + 1], nb, g_w[s, l], g_b[s, l])
+            s = _next_slot(lab, nb, s, n_slots)
