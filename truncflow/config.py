@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Dataset, gaussian_clusters, load_points, uniform_balls
+from .engine.events import check_events_problem
 from .engine.integrate import METHODS
 from .engine.rhs import TRAIN_OPTIONS, FlowProblem
 from .compute import COST_KINDS, PARAMETRIZATIONS
@@ -61,12 +62,15 @@ SCHEMA: dict[str, dict[str, str]] = {
     },
     "network": {
         "layers": "number of hidden layers L",
-        "init": '"identity", "random", "cones", "layers" or "cumulative"',
+        "init": '"identity", "random", "cones", "aligned", "layers" or "cumulative"',
         "scale": "random: W_l = I + scale * G / sqrt(M)",
         "bias_scale": "random: b_l ~ N(0, bias_scale^2)",
-        "seed": "random: seed of the layers (and of a random output layer)",
+        "seed": "random: seed of the layers (and of a random output layer); aligned: of random frames",
         "apexes": "cones: L x M list of cone apexes p^(l)",
         "edges": "cones: L x M x M list, edges[l][j][k] = coordinate j of edge v_k (default identity)",
+        "frames": 'aligned: L x M x M list of orthogonal frames R^(l), or "identity" (default) or "random"',
+        "scales": "aligned: scales lambda^(l), one number or an L x M list (default 1)",
+        "thresholds": "aligned: L x M list of thresholds t^(l) (the layer clips R^(l) z from below at t^(l))",
         "weights": "layers: L x M x M layer weights W_l",
         "biases": "layers: L x M layer biases b_l",
         "cum_weights": "cumulative: L x M x M cumulative weights W^(l)",
@@ -77,8 +81,8 @@ SCHEMA: dict[str, dict[str, str]] = {
     },
     "flow": {
         "kind": '"input" or "output" cost',
-        "wrt": '"cumulative" or "layers": the parameters that flow',
-        "method": '"rk45" or "gd"',
+        "wrt": '"cumulative", "layers" or "aligned" (init = "aligned"): the parameters that flow',
+        "method": '"rk45", "gd" or "events" (exact, aligned model, input cost)',
         "train": '"all", "weights" or "biases"',
         "frozen_layers": "list of 1-based hidden layers that stay fixed",
         "t_end": "flow time to reach (> 0)",
@@ -87,6 +91,7 @@ SCHEMA: dict[str, dict[str, str]] = {
         "first_step": "rk45: first step",
         "max_step": "rk45: largest step",
         "lr": "gd: learning rate (step in flow time)",
+        "record_truncation_times": "events: keep every point's first truncation time (true or false)",
         "cost_tol": "stop when the cost falls below",
         "grad_tol": "stop when the gradient norm falls below",
         "max_evals": "stop after this many gradient evaluations",
@@ -104,7 +109,7 @@ SCHEMA: dict[str, dict[str, str]] = {
 }
 
 DATA_SOURCES = ("gaussian", "balls", "file")
-INITS = ("identity", "random", "cones", "layers", "cumulative")
+INITS = ("identity", "random", "cones", "aligned", "layers", "cumulative")
 DTYPES = {"float64": np.float64, "float32": np.float32}
 TARGET_WORDS = ("centers", "means", "onehot")
 
@@ -119,9 +124,10 @@ _INIT_ONLY = {
     "apexes": ("cones",), "edges": ("cones",),
     "weights": ("layers",), "biases": ("layers",),
     "cum_weights": ("cumulative",), "cum_biases": ("cumulative",),
+    "frames": ("aligned",), "scales": ("aligned",), "thresholds": ("aligned",),
 }
 _METHOD_ONLY = {"rtol": ("rk45",), "atol": ("rk45",), "first_step": ("rk45",), "max_step": ("rk45",),
-                "lr": ("gd",)}
+                "lr": ("gd",), "record_truncation_times": ("events",)}
 
 DEFAULT_FOLDER = "truncflow-out"
 
@@ -161,8 +167,10 @@ class RunConfig:
         ds, p = self.dataset, self.params
         if kw["method"] == "rk45":
             how = f"rk45, rtol {kw['rtol']:g}, atol {kw['atol']:g}"
-        else:
+        elif kw["method"] == "gd":
             how = f"gd, lr {kw['lr']:g}"
+        else:
+            how = "exact event-driven solution"
         frozen = f", frozen layers {list(kw['frozen_layers'])}" if kw["frozen_layers"] else ""
         out = f", P={p.out_dim}" if kw["kind"] == "output" else ""
         return (f"{self.name}: {kw['kind']} cost, {kw['wrt']} flow ({how}), train {kw['train']}{frozen}, "
@@ -529,9 +537,10 @@ class _Builder:
             self.fail(sec, None, 'the output cost ([flow] kind = "output") needs an output layer: '
                                  "give out_dim (a random output layer) or out_weight and out_bias")
         net_seed = self.integer(sec, n, "seed", default=seed, minimum=0)
-        if "seed" in n and init != "random" and (out_dim is None or ow is not None):
-            self.fail(sec, "seed", f"applies only to init = 'random' or a random output layer (out_dim), "
-                                   f"not init = {init!r}")
+        random_frames = init == "aligned" and n.get("frames") == "random"
+        if "seed" in n and init != "random" and not random_frames and (out_dim is None or ow is not None):
+            self.fail(sec, "seed", f"applies only to init = 'random', random frames or a random output layer "
+                                   f"(out_dim), not init = {init!r}")
         if ow is None and out_dim is not None and init != "random":
             rng = np.random.default_rng(net_seed)
             ow = rng.standard_normal((out_dim, M)) / np.sqrt(M)
@@ -567,6 +576,25 @@ class _Builder:
             cum_b = -np.einsum("lij,lj->li", cum_w, apexes)
             params = self.api(sec, None, Params.from_cumulative, cum_w, cum_b, ow, ob)
             desc = "cones"
+        elif init == "aligned":
+            t = stack("thresholds", 2, f"L x M={M} thresholds")
+            L = t.shape[0]
+            frames = n.get("frames", "identity")
+            if frames == "identity":
+                frames = np.tile(np.eye(M), (L, 1, 1))
+            elif frames == "random":
+                q, r = np.linalg.qr(np.random.default_rng(net_seed).standard_normal((L, M, M)))
+                frames = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
+            elif isinstance(frames, str):
+                self.fail(sec, "frames", f'must be "identity", "random" or an L x M x M list, got {_short(frames)}')
+            else:
+                frames = self.array(sec, n, "frames", 3, shape=(L, M, M), what=f"L={L} x M={M} x M={M} frames")
+            if isinstance(n.get("scales"), list):
+                scales = self.array(sec, n, "scales", 2, shape=(L, M), what=f"L={L} x M={M} scales")
+            else:
+                scales = np.full((L, M), self.number(sec, n, "scales", default=1.0, positive=True))
+            params = self.api(sec, None, Params.aligned, frames, scales, -scales * t, ow, ob)
+            desc = "aligned"
         elif init == "layers":
             w = stack("weights", 3, f"L x M={M} x M={M}")
             L = w.shape[0]
@@ -601,16 +629,23 @@ class _Builder:
             kw["atol"] = self.number(sec, f, "atol", default=1e-9, positive=True)
             kw["first_step"] = self.number(sec, f, "first_step", positive=True)
             kw["max_step"] = self.number(sec, f, "max_step", positive=True)
-        else:
+        elif method == "gd":
             if "lr" not in f:
                 self.fail(sec, "lr", 'is required for method = "gd" (the learning rate, > 0)')
             kw["lr"] = self.number(sec, f, "lr", positive=True)
+        else:
+            v = f.get("record_truncation_times", False)
+            if not isinstance(v, bool):
+                self.fail(sec, "record_truncation_times", f"must be true or false, got {_short(v)}")
+            kw["record_truncation_times"] = v
         for key in ("cost_tol", "grad_tol", "max_time"):
             kw[key] = self.number(sec, f, key, positive=True)
         kw["max_evals"] = self.integer(sec, f, "max_evals", minimum=1)
         # Let the engine check the rest (frozen layers in range, something left to train, shapes).
-        self.api(sec, "frozen_layers" if frozen else None, FlowProblem, params, dataset, kind=kind, wrt=wrt,
-                 train=train, frozen_layers=frozen)
+        problem = self.api(sec, "frozen_layers" if frozen else None, FlowProblem, params, dataset, kind=kind,
+                           wrt=wrt, train=train, frozen_layers=frozen)
+        if method == "events":
+            self.api(sec, "method", check_events_problem, problem)
         return kw
 
     def build_record(self, kw):
