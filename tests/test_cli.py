@@ -394,3 +394,92 @@ def test_subprocess_module_entry_point(tmp_path):
                           cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert f"truncflow {truncflow.__version__}" in proc.stdout
+
+
+# ------------------------------------------------ aligned model, events, plot
+ALIGNED = """
+seed = 1
+[data]
+source = "gaussian"
+n_points = 2000
+centers = [[0.0, 0.0]]
+std = 1.0
+targets = [[3.0, 3.0]]
+[network]
+init = "aligned"
+frames = "random"
+scales = 2.0
+thresholds = [[-1.0, -0.5]]
+[flow]
+wrt = "aligned"
+method = "events"
+train = "biases"
+t_end = 20.0
+record_truncation_times = true
+[record]
+n_records = 12
+"""
+
+
+def test_aligned_events_config_runs_and_plot_command_redraws(capsys, tmp_path):
+    out_dir = tmp_path / "al"
+    code, out, err = run_cli(capsys, "run", write(tmp_path, ALIGNED), "--out", out_dir)
+    assert code == 0, err
+    assert "aligned flow (exact event-driven solution)" in out
+    r = truncflow.load_result(out_dir / "result.npz")
+    assert r.final.is_aligned and r.truncation_times.shape == (2000, 1, 2)
+    assert np.all(r.scales == 2.0)                                   # biases only
+    assert r.thresholds[-1, 0, 0] > r.thresholds[0, 0, 0]            # rising towards the target
+    assert r.sample_points.shape == (2000, 2)
+    for name in ("plot.png", "snapshots.png"):
+        assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    redraw = tmp_path / "redraw"
+    code, out, err = run_cli(capsys, "plot", out_dir / "result.npz", "--out", redraw, "--snapshots", 3)
+    assert code == 0, err
+    for name in ("plot.png", "snapshots.png"):
+        assert (redraw / name).stat().st_size > 10_000 and str(redraw / name) in out
+
+
+@pytest.mark.parametrize("M", [1, 3, 5])
+def test_snapshots_in_every_dimension(tmp_path, M):
+    from truncflow.plot import plot_snapshots
+    rng = np.random.default_rng(M)
+    ds = truncflow.Dataset(rng.standard_normal((300, M)), np.arange(300) % 2, rng.standard_normal((2, M)))
+    r = truncflow.simulate(truncflow.Params.random(2, M, scale=0.3, seed=M), ds, 0.5, n_records=3)
+    path = plot_snapshots(r, tmp_path / f"s{M}.png", n_snapshots=2)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["plot", "missing.npz"], ["result file not found", "missing.npz"]),
+    (["plot", "CONFIG"], ["not a truncflow result file"]),
+    (["plot", "RESULT", "--snapshots", "0"], ["--snapshots", "between 1 and 12"]),
+])
+def test_plot_command_user_errors(capsys, tmp_path, argv, words):
+    config = write(tmp_path, ALIGNED)
+    np.savez(tmp_path / "r.npz", x=np.zeros(2))
+    argv = [str(config) if a == "CONFIG" else str(tmp_path / "r.npz") if a == "RESULT" else a for a in argv]
+    code, out, err = run_cli(capsys, *argv)
+    assert_user_error(code, err, *words)
+
+
+BAD_ALIGNED = {
+    "events_without_aligned": (('wrt = "aligned"', 'wrt = "cumulative"'), ["[flow]", "method='events'", "aligned"]),
+    "events_train_weights": (('train = "biases"', 'train = "weights"'), ["train='all' or 'biases'"]),
+    "truncation_times_with_rk45": (('method = "events"', 'method = "rk45"'),
+                                   ["record_truncation_times", "method = 'events'"]),
+    "frames_not_orthogonal": (('frames = "random"', "frames = [[[1.0, 0.5], [0.0, 1.0]]]"), ["not orthogonal"]),
+    "frames_word": (('frames = "random"', 'frames = "rotated"'), ["frames", '"identity", "random"']),
+    "scales_negative": (("scales = 2.0", "scales = -1.0"), ["scales", "> 0"]),
+    "thresholds_shape": (("thresholds = [[-1.0, -0.5]]", "thresholds = [[-1.0]]"), ["thresholds"]),
+    "aligned_key_for_cones": (('init = "aligned"', 'init = "cones"\napexes = [[0.0, 0.0]]'),
+                              ["init = 'aligned'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ALIGNED))
+def test_bad_aligned_config_is_one_line_exit_2(case, capsys, tmp_path):
+    (old, new), words = BAD_ALIGNED[case]
+    path = write(tmp_path, replace(ALIGNED, old, new))
+    code, out, err = run_cli(capsys, "run", path, "--out", tmp_path / "o")
+    assert_user_error(code, err, *words)

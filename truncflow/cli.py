@@ -1,6 +1,7 @@
 """The ``truncflow`` command line.
 
     truncflow run [CONFIG.toml] [--out FOLDER] [--quiet] [--threads N] [--check]
+    truncflow plot RESULT.npz [--out FOLDER] [--snapshots K]
     truncflow info
 
 ``run`` without a file runs the built-in default job (truncflow/defaults/default.toml).
@@ -21,6 +22,7 @@ __all__ = ["main"]
 PROG = "truncflow"
 RESULT_FILE = "result.npz"
 PLOT_FILE = "plot.png"
+SNAPSHOTS_FILE = "snapshots.png"
 CONFIG_FILE = "config.toml"
 
 
@@ -59,6 +61,13 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, metavar="N", help="number of Numba threads (default: all)")
     run.add_argument("--check", action="store_true",
                      help="validate the configuration, print what it would run, and exit")
+    plot = sub.add_parser("plot", help="draw the plots of a saved result",
+                          description=f"Draw {PLOT_FILE} (cost, truncated fractions, thresholds or apexes "
+                                      f"against time) and {SNAPSHOTS_FILE} (data and cones at a few records) "
+                                      "of a result file written by 'truncflow run' or Result.save.")
+    plot.add_argument("result", metavar="RESULT.npz", help="a result file")
+    plot.add_argument("--out", metavar="FOLDER", help="folder for the PNG files (default: the result's folder)")
+    plot.add_argument("--snapshots", type=int, default=4, metavar="K", help="number of snapshots (default 4)")
     sub.add_parser("info", help="versions, threads and the state of the compiled-kernel cache",
                    description="Print versions, Numba threading and whether compiled kernels are cached.")
     return parser
@@ -74,6 +83,8 @@ def main(argv=None) -> int:
             return 2
         if args.command == "info":
             return _info()
+        if args.command == "plot":
+            return _plot(args)
         return _run(args)
     except _UsageError as exc:
         return _error(exc)
@@ -177,17 +188,43 @@ def _progress_bar(t_end, disable):
 
 
 def _write_outputs(result, cfg, folder: Path) -> list[tuple[str, Path]]:
-    from .plot import plot_result
-
     written = [("result", result.save(folder / RESULT_FILE))]
     config_path = folder / CONFIG_FILE
     config_path.write_text(cfg.text, encoding="utf-8")
     written.append(("config", config_path))
-    try:
-        written.append(("plot", plot_result(result, folder / PLOT_FILE, title=cfg.name)))
-    except Exception as exc:  # a plot must not lose a finished run
-        print(f"{PROG}: warning: could not write the plot: {_one_line(exc)}", file=sys.stderr)
+    return written + _write_plots(result, folder, cfg.name)
+
+
+def _write_plots(result, folder: Path, title: str, n_snapshots: int = 4) -> list[tuple[str, Path]]:
+    """Both plots of a result; a plot that fails is a warning, never a lost run."""
+    from .plot import plot_result, plot_snapshots
+
+    written = []
+    for label, draw, name, kw in (("plot", plot_result, PLOT_FILE, {}),
+                                  ("snapshots", plot_snapshots, SNAPSHOTS_FILE, {"n_snapshots": n_snapshots})):
+        try:
+            written.append((label, draw(result, folder / name, title=title, **kw)))
+        except Exception as exc:
+            print(f"{PROG}: warning: could not write the {label}: {_one_line(exc)}", file=sys.stderr)
     return written
+
+
+# -------------------------------------------------------------------- plot
+def _plot(args) -> int:
+    from .engine.record import load_result
+
+    if not 1 <= args.snapshots <= 12:
+        raise _UsageError(f"--snapshots must be between 1 and 12, got {args.snapshots}")
+    path = Path(args.result)
+    result = load_result(path)
+    folder = Path(args.out) if args.out is not None else path.parent
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"output folder {folder} exists and is not a folder")
+    name = result.config.get("name") if isinstance(result.config, dict) else None
+    written = _write_plots(result, folder, name or path.stem, args.snapshots)
+    for label, out in written:
+        print(f"wrote {label}: {out}")
+    return 0 if len(written) == 2 else 1
 
 
 # -------------------------------------------------------------------- info

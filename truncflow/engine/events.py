@@ -36,6 +36,8 @@ class SeparationWarning(UserWarning):
 def check_events_problem(problem, method_name="events"):
     """Raise ValueError unless the exact solver applies to this FlowProblem."""
     params, dataset = problem.params, problem.dataset
+    if problem.wrt != "aligned":
+        raise ValueError(f"method='{method_name}' solves the aligned flow: pass wrt='aligned' (got wrt={problem.wrt!r})")
     if not params.is_aligned:
         raise ValueError(f"method='{method_name}' solves the aligned model: build params with Params.aligned")
     if problem.kind != "input":

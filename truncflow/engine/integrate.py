@@ -135,8 +135,6 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
         raise ValueError(f"first_step={first_step} exceeds t_end={t_end}")
     if method == "gd" and lr is None:
         raise ValueError("method='gd' needs a learning rate: pass lr > 0")
-    if method == "events" and wrt != "aligned":
-        raise ValueError(f"method='events' solves the aligned flow: pass wrt='aligned' (got wrt={wrt!r})")
     if not isinstance(record_truncation_times, bool):
         raise ValueError(f"record_truncation_times must be True or False, got {record_truncation_times!r}")
     if record_truncation_times and method != "events":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,8 @@ _ABSENT_HINTS = {
     "scales": "scales are recorded for aligned parameters (Params.aligned) only",
     "frames": "frames are recorded for aligned parameters (Params.aligned) only",
 }
+#: Points of the data kept with a result (a fixed random subsample) for snapshots.
+SAMPLE_SIZE = 2000
 #: Prefix of the run-level arrays (``Result.arrays``) in a result file.
 _ARRAY_PREFIX = "run__"
 
@@ -77,8 +80,9 @@ class Result:
         weights, biases, cum_weights, cum_biases (T, L, M, M) / (T, L, M),
         out_weight (T, P, M), out_bias (T, P) (P = 0 without output layer);
         aligned runs also scales (T, L, M) and thresholds (T, L, M).
-    Run-level arrays in ``arrays`` (also attributes): "frames" (L, M, M) for aligned
-    runs; "truncation_times" (N, L, M) when the event solver was asked for them: the
+    Run-level arrays in ``arrays`` (also attributes): "sample_points" (S, M) and
+    "sample_labels" (S,), a fixed random subsample of at most SAMPLE_SIZE points of
+    the data (for snapshots of data and cones); "frames" (L, M, M) for aligned runs; "truncation_times" (N, L, M) when the event solver was asked for them: the
     first time each point is truncated in each layer and coordinate (0 if at the
     start, inf if never).
     Scalars: status (see STATUS_MESSAGES), message, success, config (dict), versions (dict).
@@ -185,6 +189,8 @@ def load_result(path) -> Result:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"result file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a truncflow result file (.npz, as written by Result.save)")
     try:
         with np.load(path, allow_pickle=False) as z:
             if "__meta__" not in z.files:
@@ -204,6 +210,14 @@ def load_result(path) -> Result:
                   arrays)
 
 
+def data_sample(dataset, size: int = SAMPLE_SIZE) -> dict:
+    """A fixed random subsample of the data (seed 0): {"sample_points", "sample_labels"}."""
+    N = dataset.n_points
+    idx = np.arange(N) if N <= size else np.sort(np.random.default_rng(0).choice(N, size, replace=False))
+    return {"sample_points": np.asarray(dataset.points[idx], dtype=np.float64),
+            "sample_labels": np.asarray(dataset.labels[idx])}
+
+
 class Recorder:
     """Collects records during a run; turns them into a :class:`Result`."""
 
@@ -214,7 +228,7 @@ class Recorder:
         self._shift = cluster_means(dataset)
         self._last_hash = None
         self._rows: dict[str, list] = {k: [] for k in _SERIES}
-        self.arrays: dict = {}
+        self.arrays: dict = data_sample(dataset)
 
     def record(self, t: float, params: Params, grad_norm: float, counters: dict) -> float:
         """Observe ``params`` at time t and keep one record; returns the cost."""
