@@ -28,7 +28,7 @@ from .minimizers import cone_minimizer, predicted_cost
 from .aligned import SeparationReport, separation_report, threshold_gradient, threshold_velocity
 from .engine.record import Result, load_result
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "MAX_CONDITION", "Params", "Dataset", "gaussian_clusters", "uniform_balls", "load_points",
