@@ -24,7 +24,7 @@ from ..aligned import ALIGNED_TRAIN, layer_point_sets, separation_report
 from ..compute import gradient
 from ..params import Params
 from .record import Recorder
-from ..kernels.events import threshold_events_kernel
+from ..kernels.events import sort_problem_rows, threshold_events_kernel
 
 __all__ = ["run_events", "SeparationWarning"]
 
@@ -70,23 +70,25 @@ class _Problems:
         self.lam0, self.b0 = lam, b
         eta = np.einsum("lkj,qj->lkq", params.frames, dataset.targets)         # (L, M, Q)
         self.eta = np.ascontiguousarray(eta.reshape(L * M, Q))
-        w_parts, c_parts, order_parts, sizes = [], [], [], []
         self.walls = np.full((L, M), np.inf)
+        w_parts, c_parts, point_parts, sizes = [], [], [], []
         for l, idx in enumerate(self.sets):
-            w = np.asarray(dataset.points[idx], dtype=np.float64) @ params.frames[l].T   # (n_l, M)
-            order = np.argsort(w, axis=0, kind="stable")
-            w_parts.append(np.take_along_axis(w, order, axis=0).T.ravel())
-            c_parts.append(dataset.labels[idx][order].T.ravel())
-            order_parts.append(idx[order].T.ravel())
-            sizes += [len(idx)] * M
+            w_rows = params.frames[l] @ np.asarray(dataset.points[idx], dtype=np.float64).T   # (M, n_l)
+            n = len(idx)
+            w, cls, col = np.empty(M * n), np.empty(M * n, dtype=np.int64), np.empty(M * n, dtype=np.int64)
+            sort_problem_rows(np.ascontiguousarray(w_rows), np.ascontiguousarray(dataset.labels[idx]), w, cls, col)
+            w_parts.append(w)
+            c_parts.append(cls)
+            point_parts.append(idx[col])
+            sizes += [n] * M
             if L > 1:
                 later = dataset.labels > l       # clusters the layer sees as original points
                 if later.any():
                     self.walls[l] = (np.asarray(dataset.points[later], dtype=np.float64) @ params.frames[l].T).min(axis=0)
         self.walls = self.walls.ravel()
         self.w = np.concatenate(w_parts)
-        self.cls = np.concatenate(c_parts).astype(np.int64)
-        self.point = np.concatenate(order_parts)       # original index of each flat entry
+        self.cls = np.concatenate(c_parts)
+        self.point = np.concatenate(point_parts)       # original index of each flat entry
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.box = [self._box(dataset, l) for l in range(L)] if L > 1 else None
 
@@ -159,10 +161,12 @@ def run_events(problem, t_end, schedule, recorder: Recorder, rules, callback,
     params, dataset = problem.params, problem.dataset
     problems = _Problems(params, dataset, problem.train, problem.frozen_layers)
     schedule = np.asarray(schedule, dtype=np.float64)
-    _, _, wall_time, _ = problems.solve(schedule[-1:])
     status, detail = None, ""
-    first_wall = float(wall_time.min())
+    first_wall = np.inf
+    if np.isfinite(problems.walls).any():   # a first pass finds where the hypothesis would break
+        first_wall = float(problems.solve(schedule[-1:])[2].min())
     if np.isfinite(first_wall):
+        wall_time = problems.solve(schedule[-1:])[2]
         l, k = np.unravel_index(int(np.argmin(wall_time)), wall_time.shape)
         status = "failed"
         detail = (f"at t = {first_wall:.10g} the threshold of layer {l + 1}, coordinate {k} reaches a point of "

@@ -190,7 +190,8 @@ def load_result(path) -> Result:
     if not path.is_file():
         raise ValueError(f"result file not found: {path}")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a truncflow result file (.npz, as written by Result.save)")
+        raise ValueError(f"cannot read result file {path}: not a truncflow result file (.npz, as written by "
+                         "Result.save)")
     try:
         with np.load(path, allow_pickle=False) as z:
             if "__meta__" not in z.files:

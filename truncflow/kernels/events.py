@@ -231,3 +231,21 @@ def threshold_events_kernel(w, cls, eta, offsets, t0, coef, biases_only, frozen,
                     for i in range(q, p):
                         counts[cls[i]] += 1
     return values, events, wall_time
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def sort_problem_rows(w_rows, labels, w_out, cls_out, point_out):
+    """Sort each row of ``w_rows`` (P, n) ascending, in parallel over rows.
+
+    Writes ``w_out`` (P * n,) the sorted values row after row, ``cls_out`` the
+    labels of the points in that order and ``point_out`` their column indices.
+    """
+    P, n = w_rows.shape
+    for p in prange(P):
+        order = np.argsort(w_rows[p])
+        base = p * n
+        for j in range(n):
+            i = order[j]
+            w_out[base + j] = w_rows[p, i]
+            cls_out[base + j] = labels[i]
+            point_out[base + j] = i
