@@ -309,3 +309,18 @@ def test_events_cost_tol_stops_at_a_record(tmp_path):
     assert np.array_equal(back.truncation_times, r.truncation_times)
     with pytest.raises(AttributeError, match="record_truncation_times=True"):
         tf.simulate(p, ds, 1.0, wrt="aligned", n_records=2).truncation_times
+
+
+def test_events_report_a_later_layer_reaching_an_earlier_clusters_images():
+    """Layer 1 carries cluster 0 up towards 10; layer 2 (frame -1) lifts its threshold
+    towards cluster 1's target and meets cluster 0's images (at -max(x, t1)) from below:
+    the records show layer 2 truncating cluster 0, and the run says so ("failed")."""
+    x = np.array([[0.0], [1.0], [20.0], [21.0]])
+    ds = tf.Dataset(x, [0, 0, 1, 1], np.array([[10.0], [5.0]]))
+    p = tf.Params.aligned(np.stack([np.eye(1), -np.eye(1)]), [[1.0], [1.0]], [[-0.5], [20.5]])
+    assert tf.separation_report(p, ds).holds
+    r = tf.simulate(p, ds, 40.0, wrt="aligned", method="events", train="biases", n_records=30)
+    assert r.status == "failed"
+    assert "layer 2 truncates points of cluster 0" in r.message and "not exact" in r.message
+    frac = r.coordinate_truncated_fraction[:, 1, 0, 0]
+    assert frac[0] == 0 and frac[-1] > 0
