@@ -135,8 +135,8 @@ def _forward_tile(cw, cb, edges_t, z, act, nb):
                 v = edges_t[l, k, j]
                 for t in range(nb):
                     a = act[l, k, t]
-                    if a <= 0.0:
-                        z[l + 1, j, t] -= a * v
+                    # a free coordinate subtracts a zero: the same value as skipping it
+                    z[l + 1, j, t] -= (a if a <= 0.0 else 0.0) * v
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
