@@ -483,3 +483,11 @@ def test_bad_aligned_config_is_one_line_exit_2(case, capsys, tmp_path):
     path = write(tmp_path, replace(ALIGNED, old, new))
     code, out, err = run_cli(capsys, "run", path, "--out", tmp_path / "o")
     assert_user_error(code, err, *words)
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "examples").glob("*.py")), ids=lambda p: p.name)
+def test_example_scripts_parse_their_arguments(script):
+    """Each example imports and parses its command line (running them all is the README's job)."""
+    proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--out" in proc.stdout
