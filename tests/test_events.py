@@ -141,10 +141,35 @@ def test_weights_and_biases_by_hand_one_segment():
     assert_close(r.scales ** 2 + r.cum_biases ** 2, np.full((3, 1, 1), r2), 1e-14, "r conserved")
 
 
-def test_antiderivative_matches_quadrature():
-    for a, t, x in [(0.3, -1.0, 0.2), (2.0, 3.0, 2.5), (-1.5, 0.5, -1.0), (10.0, -20.0, 9.99), (0.0, 1e-3, 0.5)]:
-        exact = quad(lambda s: 1 / ((1 + s * s) ** 2 * (s - a)), t, x, epsabs=1e-15, epsrel=1e-13, limit=200)[0]
-        assert_close(delta_antiderivative(t, x, a), exact, 1e-12, f"a={a}, t={t}, x={x}")
+def _quad_pieces(a, t, x):
+    """The integral of 1/((1+s^2)^2 (s-a)) from t to x by adaptive quadrature, split where it bends."""
+    lo, hi = sorted([t, x])
+    cuts = [lo] + [c for c in (-4 * (1 + abs(a)), -10, -1, 0, 1, 10, 4 * (1 + abs(a))) if lo < c < hi] + [hi]
+    f = lambda s: 1 / ((1 + s * s) ** 2 * (s - a))
+    total = sum(quad(f, u, v, epsabs=0, epsrel=1e-13, limit=200)[0] for u, v in zip(cuts[:-1], cuts[1:]))
+    return total if t <= x else -total
+
+
+@pytest.mark.parametrize("a, t, x", [
+    (0.3, -1.0, 0.2), (2.0, 3.0, 2.5), (-1.5, 0.5, -1.0), (10.0, -20.0, 9.99), (0.0, 1e-3, 0.5),
+    # far from the target the partial fractions cancel: the far field is integrated in 1/s
+    (0.0, 1000.0, 5.0), (0.0, 1000.0, 900.0), (1.0, -1000.0, -3.0), (30.0, -5000.0, 20.0), (-2.0, 50.0, 1e4),
+])
+def test_antiderivative_matches_quadrature(a, t, x):
+    assert_close(delta_antiderivative(t, x, a), _quad_pieces(a, t, x), 1e-11, f"a={a}, t={t}, x={x}")
+
+
+def test_threshold_far_from_its_target_both_flow():
+    """One point at -5, target 0, t0 = 1000, lambda = 1, weights and biases flow: the
+    threshold falls through a range where kappa = (1+t^2)^2/r^2 is huge; the exact
+    solution agrees with DOP853 at rtol 1e-13 (it lost 4e-3 before the far-field fix)."""
+    ds = one_coordinate_dataset([-5.0], [0], [0.0])
+    p = tf.Params.aligned(np.eye(1)[None], [[1.0]], [[-1000.0]])
+    times = np.array([0.0, 1e-7, 3e-6, 1e-3])
+    r = tf.simulate(p, ds, 1e-3, wrt="aligned", method="events", record_times=times)
+    ref, _ = reference_threshold(np.array([-5.0]), np.array([0]), np.array([0.0]), 1000.0,
+                                 1.0 + 1000.0 ** 2, "all", 1, times)
+    assert_close(r.thresholds[:, 0, 0], ref, 1e-10, floor=1.0)
 
 
 def test_sliding_threshold_stops_on_the_point():
@@ -270,7 +295,7 @@ def test_events_stop_where_a_threshold_reaches_a_later_cluster():
     p = tf.Params.aligned(np.stack([np.eye(1), -np.eye(1)]), [[1.0], [1.0]], [[-0.5], [3.5]])
     assert tf.separation_report(p, ds).holds
     r = tf.simulate(p, ds, 30.0, wrt="aligned", method="events", train="biases", n_records=10)
-    assert r.status == "failed" and "reaches a point of a later cluster" in r.message
+    assert r.status == "failed" and "layer 1, coordinate 0 reaches a point of cluster 1" in r.message
     # layer 1: N = 4, n = 1: t = 10 - 9.5 exp(-s/4) hits 1 at s1 = 4 ln(9.5/9); n = 2:
     # t = 10 - 9 exp(-(s-s1)/2) hits 3 at s1 + 2 ln(9/7).
     s_wall = 4 * math.log(9.5 / 9) + 2 * math.log(9 / 7)
@@ -324,3 +349,26 @@ def test_events_report_a_later_layer_reaching_an_earlier_clusters_images():
     assert "layer 2 truncates points of cluster 0" in r.message and "not exact" in r.message
     frac = r.coordinate_truncated_fraction[:, 1, 0, 0]
     assert frac[0] == 0 and frac[-1] > 0
+
+
+def test_events_report_the_earliest_break_before_a_wall():
+    """Layer 2 meets cluster 0's images (between t = 0.60 and 0.65) before layer 1 reaches
+    cluster 1's points (t = 0.85): the earlier break is the one reported."""
+    x = np.array([0.0, 0.5, 1.0, 3.0, 3.5, 4.0])[:, None]
+    ds = tf.Dataset(x, [0, 0, 0, 1, 1, 1], np.array([[10.0], [-5.0]]))
+    p = tf.Params.aligned(np.stack([np.eye(1), -np.eye(1)]), [[1.0], [1.0]], [[-0.2], [3.8]])
+    r = tf.simulate(p, ds, 50.0, wrt="aligned", method="events", train="biases",
+                    record_times=np.arange(0, 1.0, 0.05))
+    assert r.status == "failed" and "layer 2 truncates points of cluster 0" in r.message
+    assert "0.65" in r.message
+
+
+def test_events_record_t_end_and_keep_the_output_layer():
+    params, ds = one_layer_problem()
+    with_out = params.with_output(np.eye(3)[:2], np.zeros(2))
+    r = tf.simulate(with_out, ds, 5.0, wrt="aligned", method="events", record_times=[0.5, 1.0])
+    assert np.array_equal(r.t, [0.0, 0.5, 1.0, 5.0]) and r.status == "t_end"
+    assert r.final.has_output and np.array_equal(r.final.out_weight, with_out.out_weight)
+    assert r.config["record_truncation_times"] is False
+    with pytest.raises(ValueError, match="max_evals does not apply to method='events'"):
+        tf.simulate(params, ds, 1.0, wrt="aligned", method="events", max_evals=10)

@@ -127,7 +127,7 @@ _INIT_ONLY = {
     "frames": ("aligned",), "scales": ("aligned",), "thresholds": ("aligned",),
 }
 _METHOD_ONLY = {"rtol": ("rk45",), "atol": ("rk45",), "first_step": ("rk45",), "max_step": ("rk45",),
-                "lr": ("gd",), "record_truncation_times": ("events",)}
+                "lr": ("gd",), "record_truncation_times": ("events",), "max_evals": ("rk45", "gd")}
 
 DEFAULT_FOLDER = "truncflow-out"
 

@@ -200,7 +200,7 @@ class Params:
         require_finite(frames, "frames")
         if not np.all(scales > 0):
             l, k = (int(i) for i in np.argwhere(~(scales > 0))[0])
-            raise ValueError(f"scales must be positive: scales[{l}, {k}] = {scales[l, k]!r} (layer {l + 1})")
+            raise ValueError(f"scales must be positive: scales[{l}, {k}] = {float(scales[l, k])!r} (layer {l + 1})")
         defect = np.abs(frames @ np.swapaxes(frames, 1, 2) - np.eye(M)).max(axis=(1, 2))
         if np.any(defect > ORTHOGONALITY_TOL):
             l = int(np.argmax(defect))

@@ -71,6 +71,7 @@ class _Problems:
         eta = np.einsum("lkj,qj->lkq", params.frames, dataset.targets)         # (L, M, Q)
         self.eta = np.ascontiguousarray(eta.reshape(L * M, Q))
         self.walls = np.full((L, M), np.inf)
+        self.wall_cluster = np.full((L, M), -1)
         w_parts, c_parts, point_parts, sizes = [], [], [], []
         for l, idx in enumerate(self.sets):
             w_rows = params.frames[l] @ np.asarray(dataset.points[idx], dtype=np.float64).T   # (M, n_l)
@@ -81,10 +82,12 @@ class _Problems:
             c_parts.append(cls)
             point_parts.append(idx[col])
             sizes += [n] * M
-            if L > 1:
-                later = dataset.labels > l       # clusters the layer sees as original points
-                if later.any():
-                    self.walls[l] = (np.asarray(dataset.points[later], dtype=np.float64) @ params.frames[l].T).min(axis=0)
+            for c in range(l + 1, L):            # later clusters: the layer sees their original points
+                own = dataset.labels == c
+                if own.any():
+                    lowest = (np.asarray(dataset.points[own], dtype=np.float64) @ params.frames[l].T).min(axis=0)
+                    self.wall_cluster[l] = np.where(lowest < self.walls[l], c, self.wall_cluster[l])
+                    self.walls[l] = np.minimum(self.walls[l], lowest)
         self.walls = self.walls.ravel()
         self.w = np.concatenate(w_parts)
         self.cls = np.concatenate(c_parts)
@@ -160,23 +163,22 @@ def run_events(problem, t_end, schedule, recorder: Recorder, rules, callback,
     check_events_problem(problem)
     params, dataset = problem.params, problem.dataset
     problems = _Problems(params, dataset, problem.train, problem.frozen_layers)
-    schedule = np.asarray(schedule, dtype=np.float64)
-    status, detail = None, ""
-    first_wall = np.inf
+    schedule = np.unique(np.append(np.asarray(schedule, dtype=np.float64), t_end))   # t_end is recorded
+    wall_detail, first_wall = "", np.inf
     if np.isfinite(problems.walls).any():   # a first pass finds where the hypothesis would break
-        first_wall = float(problems.solve(schedule[-1:])[2].min())
-    if np.isfinite(first_wall):
         wall_time = problems.solve(schedule[-1:])[2]
-        l, k = np.unravel_index(int(np.argmin(wall_time)), wall_time.shape)
-        status = "failed"
-        detail = (f"at t = {first_wall:.10g} the threshold of layer {l + 1}, coordinate {k} reaches a point of "
-                  f"a later cluster: the cluster-separated hypothesis breaks, so the exact solution stops there")
-        schedule = np.append(schedule[schedule < first_wall], first_wall)
+        first_wall = float(wall_time.min())
+        if np.isfinite(first_wall):
+            l, k = np.unravel_index(int(np.argmin(wall_time)), wall_time.shape)
+            wall_detail = (f"at t = {first_wall:.10g} the threshold of layer {l + 1}, coordinate {k} reaches a "
+                           f"point of cluster {problems.wall_cluster[l, k]}: the cluster-separated hypothesis "
+                           f"breaks there, so the exact solution stops")
+            schedule = np.append(schedule[schedule < first_wall], first_wall)
     values, events, _, trunc = problems.solve(schedule)
-    mask = problem.mask
     counters = {"accepted": 0, "rejected": 0, "evaluations": 0}
+    status, detail = None, ""
     for i, s in enumerate(schedule):
-        p = problems.params_at(values[:, :, i])
+        p = problems.params_at(values[:, :, i], params.out_weight, params.out_bias)
         c, g = gradient(p, dataset, "input", "aligned")
         gn = float(np.linalg.norm(problem.gradient_vector(g)))
         counters["accepted"] = int(events[i])
@@ -184,16 +186,19 @@ def run_events(problem, t_end, schedule, recorder: Recorder, rules, callback,
         recorder.record(float(s), p, gn, counters)
         if callback is not None:
             callback(float(s), c)
-        stop = _stop_reason(c, gn, 0, started, {**rules, "max_evals": None})
+        stop = _stop_reason(c, gn, 0, started, rules)
         if stop is not None and i < len(schedule) - 1:
-            status, detail = stop, ""
+            status = stop
             break
-    result_status = status or "t_end"
-    if problems.L > 1 and result_status != "failed":
+    if wall_detail and status is None:
+        status, detail = "failed", wall_detail
+    if problems.L > 1:
         crossed = _first_crossing_record(recorder)
-        if crossed is not None:
+        if crossed is not None and wall_detail and crossed[0] == recorder.n_records - 1:
+            crossed = None       # the record at the wall itself: the wall's message is the precise one
+        if crossed is not None:  # a break before the wall (or without one)
             i, l, c = crossed
-            result_status = "failed"
+            status = "failed"
             detail = (f"by the record at t = {recorder.times[i]:.10g} layer {l + 1} truncates points of cluster {c}: "
                       f"the cluster-separated hypothesis broke between the records at t = "
                       f"{recorder.times[i - 1]:.10g} and {recorder.times[i]:.10g}; later records are not exact")
@@ -201,6 +206,7 @@ def run_events(problem, t_end, schedule, recorder: Recorder, rules, callback,
             warnings.warn("method='events': the cluster-separated hypothesis holds at every record, but a bound "
                           "could not prove it between records (record more often to check more closely)",
                           SeparationWarning, stacklevel=3)
+    result_status = status or "t_end"
     if record_truncation_times:
         times = problems.truncation_times(trunc)
         times[times > recorder.last_time] = np.inf

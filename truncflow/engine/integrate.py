@@ -141,6 +141,9 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
         raise ValueError("record_truncation_times=True needs method='events' (the exact solver)")
     if method == "events":
         check_events_problem(problem)
+        if max_evals is not None:
+            raise ValueError("max_evals does not apply to method='events': it evaluates no gradients between "
+                             "records (use max_time, cost_tol or grad_tol)")
     cost_tol = positive(cost_tol, "cost_tol", allow_none=True)
     grad_tol = positive(grad_tol, "grad_tol", allow_none=True)
     max_time = positive(max_time, "max_time", allow_none=True)
@@ -154,7 +157,7 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
     run_config.update(t_end=t_end, kind=kind, wrt=wrt, method=method, train=train,
                       frozen_layers=list(problem.frozen_layers), rtol=rtol, atol=atol, lr=lr,
                       first_step=first_step, max_step=max_step, cost_tol=cost_tol, grad_tol=grad_tol,
-                      max_evals=max_evals, max_time=max_time,
+                      max_evals=max_evals, max_time=max_time, record_truncation_times=record_truncation_times,
                       n_points=dataset.n_points, n_clusters=dataset.n_clusters, width=dataset.width,
                       n_layers=params.n_layers, points_dtype=str(dataset.points.dtype))
     check_storable(run_config)

@@ -28,14 +28,17 @@ from .config import JIT_OPTIONS
 _BISECTIONS = 200
 
 
-@njit(**JIT_OPTIONS)
-def delta_antiderivative(t, x, a):
-    """``G(x) - G(t)`` with ``G' = 1 / ((1 + s^2)^2 (s - a))``, free of cancellation.
+#: Gauss-Legendre rule for the far field of the antiderivative (see ``delta_antiderivative``).
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(24)
+#: Beyond ``|s| = _FAR * (1 + |a|)`` the closed form cancels: integrate in u = 1/s instead.
+_FAR = 4.0
 
-    Partial fractions, with ``d = 1 + a^2``:
-    ``1/((s-a)(1+s^2)^2) = 1/(d^2 (s-a)) - (s+a)/(d^2 (1+s^2)) - (s+a)/(d (1+s^2)^2)``.
-    Valid for t, x on the same side of a.
-    """
+
+@njit(**JIT_OPTIONS)
+def _closed_form(t, x, a):
+    """``G(x) - G(t)`` by partial fractions, with ``d = 1 + a^2``:
+    ``1/((s-a)(1+s^2)^2) = 1/(d^2 (s-a)) - (s+a)/(d^2 (1+s^2)) - (s+a)/(d (1+s^2)^2)``,
+    each difference written without cancellation between its own two ends."""
     h = x - t
     d = 1.0 + a * a
     pt = 1.0 + t * t
@@ -46,6 +49,44 @@ def delta_antiderivative(t, x, a):
     d_inv = -h * (x + t) / (px * pt)                  # 1/(1+x^2) - 1/(1+t^2)
     d_frac = h * (1.0 - x * t) / (px * pt)            # x/(1+x^2) - t/(1+t^2)
     return (d_log - d_log2 - a * d_atan) / (d * d) - (-0.5 * d_inv + 0.5 * a * d_frac + 0.5 * a * d_atan) / d
+
+
+@njit(**JIT_OPTIONS)
+def _far_field(t, x, a):
+    """``G(x) - G(t)`` for t, x on the same side with ``|s| >= _FAR (1 + |a|)``: in u = 1/s the
+    integrand is ``-u^3 / ((1 + u^2)^2 (1 - a u))``, smooth on the short interval between
+    1/t and 1/x (``|a u| <= 1/4``), where a 24-point Gauss-Legendre rule is exact to round-off."""
+    u0 = 1.0 / t
+    u1 = 1.0 / x
+    mid = 0.5 * (u0 + u1)
+    half = 0.5 * (u1 - u0)
+    acc = 0.0
+    for i in range(_GL_NODES.shape[0]):
+        u = mid + half * _GL_NODES[i]
+        q = 1.0 + u * u
+        acc += _GL_WEIGHTS[i] * (-u * u * u / (q * q * (1.0 - a * u)))
+    return half * acc
+
+
+@njit(**JIT_OPTIONS)
+def delta_antiderivative(t, x, a):
+    """``G(x) - G(t)`` with ``G' = 1 / ((1 + s^2)^2 (s - a))``, for t, x on the same side of a.
+
+    Near a and the origin (``|s| < B = _FAR (1 + |a|)``) the partial-fraction closed form is
+    accurate; far out its terms are much larger than their sum, so the part of [t, x]
+    beyond B (it meets at most one side: a lies strictly between -B and B) is integrated
+    in u = 1/s instead.
+    """
+    B = _FAR * (1.0 + abs(a))
+    lo, hi = (t, x) if t <= x else (x, t)
+    sign = 1.0 if t <= x else -1.0
+    if hi <= B and lo >= -B:
+        return _closed_form(t, x, a)
+    if lo >= B or hi <= -B:
+        return sign * _far_field(lo, hi, a)
+    if hi > B:                                   # [lo, B] near, [B, hi] far
+        return sign * (_closed_form(lo, B, a) + _far_field(B, hi, a))
+    return sign * (_far_field(lo, -B, a) + _closed_form(-B, hi, a))   # [lo, -B] far, [-B, hi] near
 
 
 @njit(**JIT_OPTIONS)
