@@ -201,16 +201,27 @@ def _backward_tile(l, cw, edges_t, z, act, g, u, uf, ut, d, nb):
 def _layer_sums(uf, ut, d, xt, nb, gw, gb):
     """gw += sum_t (uf_t d_t^T - ut_t xt_t^T) and gb -= sum_t ut_t over the tile."""
     M = uf.shape[0]
+    M2 = M - M % 2
     for k in range(M):
         acc = 0.0
         for t in range(nb):
             acc += ut[k, t]
         gb[k] -= acc
-        for j in range(M):
+        for j in range(0, M2, 2):        # two columns at once: uf[k], ut[k] loaded once for both
+            acc0 = 0.0
+            acc1 = 0.0
+            for t in range(nb):
+                f = uf[k, t]
+                r = ut[k, t]
+                acc0 += f * d[j, t] - r * xt[j, t]
+                acc1 += f * d[j + 1, t] - r * xt[j + 1, t]
+            gw[k, j] += acc0
+            gw[k, j + 1] += acc1
+        if M2 < M:
             acc = 0.0
             for t in range(nb):
-                acc += uf[k, t] * d[j, t] - ut[k, t] * xt[j, t]
-            gw[k, j] += acc
+                acc += uf[k, t] * d[M - 1, t] - ut[k, t] * xt[M - 1, t]
+            gw[k, M - 1] += acc
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
