@@ -23,6 +23,7 @@ from .compute import (Gradient, activation_patterns, cost, cumulative_to_layer_g
                       gradient, truncate)
 from .observe import Observation, observe
 from .engine.integrate import simulate
+from .engine.events import SeparationWarning
 from .statistics import ClusterStatistics, cluster_statistics
 from .minimizers import cone_minimizer, predicted_cost
 from .aligned import SeparationReport, separation_report, threshold_gradient, threshold_velocity
@@ -35,6 +36,6 @@ __all__ = [
     "Gradient", "truncate", "activation_patterns", "cost", "gradient",
     "cumulative_to_layer_gradient", "Observation", "observe", "simulate", "Result", "load_result",
     "ClusterStatistics", "cluster_statistics", "cone_minimizer", "predicted_cost",
-    "SeparationReport", "separation_report", "threshold_gradient", "threshold_velocity",
+    "SeparationReport", "SeparationWarning", "separation_report", "threshold_gradient", "threshold_velocity",
     "__version__",
 ]

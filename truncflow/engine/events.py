@@ -16,6 +16,7 @@ says the hypothesis could not be proved between records.
 """
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -33,21 +34,21 @@ class SeparationWarning(UserWarning):
     """The cluster-separated hypothesis could be verified at the records only."""
 
 
-def check_events_problem(problem, method_name="events"):
+def check_events_problem(problem):
     """Raise ValueError unless the exact solver applies to this FlowProblem."""
     params, dataset = problem.params, problem.dataset
     if problem.wrt != "aligned":
-        raise ValueError(f"method='{method_name}' solves the aligned flow: pass wrt='aligned' (got wrt={problem.wrt!r})")
+        raise ValueError(f"method='events' solves the aligned flow: pass wrt='aligned' (got wrt={problem.wrt!r})")
     if not params.is_aligned:
-        raise ValueError(f"method='{method_name}' solves the aligned model: build params with Params.aligned")
+        raise ValueError("method='events' solves the aligned model: build params with Params.aligned")
     if problem.kind != "input":
-        raise ValueError(f"method='{method_name}' needs the input cost (kind='input'), got kind={problem.kind!r}")
+        raise ValueError(f"method='events' needs the input cost (kind='input'), got kind={problem.kind!r}")
     if problem.train not in ALIGNED_TRAIN:
-        raise ValueError(f"method='{method_name}' needs train='all' or 'biases', got train={problem.train!r}")
+        raise ValueError(f"method='events' needs train='all' or 'biases', got train={problem.train!r}")
     if params.n_layers > 1:
         report = separation_report(params, dataset)
         if not report.holds:
-            raise ValueError(f"method='{method_name}' with {params.n_layers} layers needs the cluster-separated "
+            raise ValueError(f"method='events' with {params.n_layers} layers needs the cluster-separated "
                              f"case of MODEL.md section 9, which fails: {report.reason}")
 
 
@@ -156,8 +157,7 @@ class _Problems:
 def run_events(problem, t_end, schedule, recorder: Recorder, rules, callback,
                record_truncation_times: bool):
     """Solve ``problem`` (a FlowProblem accepted by :func:`check_events_problem`) exactly."""
-    from .integrate import _stop_reason  # noqa: PLC0415 (shared stopping rules)
-    import time
+    from .integrate import _stop_reason  # noqa: PLC0415 (integrate imports this module)
 
     started = time.monotonic()
     check_events_problem(problem)
