@@ -208,20 +208,27 @@ def _layer_sums(uf, ut, d, xt, nb, gw, gb):
             acc += ut[k, t]
         gb[k] -= acc
         for j in range(0, M2, 2):        # two columns at once: uf[k], ut[k] loaded once for both
-            acc0 = 0.0
-            acc1 = 0.0
+            # four plain multiply-add sums (each fuses to FMA) instead of two sums of differences
+            free0 = 0.0
+            free1 = 0.0
+            trunc0 = 0.0
+            trunc1 = 0.0
             for t in range(nb):
                 f = uf[k, t]
                 r = ut[k, t]
-                acc0 += f * d[j, t] - r * xt[j, t]
-                acc1 += f * d[j + 1, t] - r * xt[j + 1, t]
-            gw[k, j] += acc0
-            gw[k, j + 1] += acc1
+                free0 += f * d[j, t]
+                trunc0 += r * xt[j, t]
+                free1 += f * d[j + 1, t]
+                trunc1 += r * xt[j + 1, t]
+            gw[k, j] += free0 - trunc0
+            gw[k, j + 1] += free1 - trunc1
         if M2 < M:
-            acc = 0.0
+            free0 = 0.0
+            trunc0 = 0.0
             for t in range(nb):
-                acc += uf[k, t] * d[M - 1, t] - ut[k, t] * xt[M - 1, t]
-            gw[k, M - 1] += acc
+                free0 += uf[k, t] * d[M - 1, t]
+                trunc0 += ut[k, t] * xt[M - 1, t]
+            gw[k, M - 1] += free0 - trunc0
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
