@@ -66,49 +66,72 @@ def gradient_kernel(points, labels, targets, cw, cb, edges_t, out_w, out_b,
         stop = min(N, (c + 1) * chunk)
         for start in range(c * chunk, stop, T):
             nb = min(T, stop - start)
-            for t in range(nb):
-                lab[t] = labels[start + t]
-                for j in range(M):
-                    z[0, j, t] = points[start + t, j]
+            _load_tile(points, labels, start, nb, z[0], lab)
             _forward_tile(cw, cb, edges_t, z, act, nb)
-            if output_cost:
-                _output_top(out_w, out_b, cw[L - 1], targets, lab, act[L - 1], r, u, g, nb)
-                n_res = P
-            else:
-                for k in range(M):
-                    for t in range(nb):
-                        r[k, t] = z[L, k, t] - targets[lab[t], k]
-                        g[k, t] = r[k, t]
-                n_res = M
-            s = _first_slot(lab, nb, n_slots)
-            while s >= 0:
-                _slot_mask(lab, nb, s, n_slots, wt)
-                sq[c, s] += _masked_sum_sq(r, n_res, wt, nb)
-                if output_cost:
-                    # e = r: dC/dW_out = e x^(L)^T, x^(L) = sigma(a_L); h = W_out^T e = u feeds
-                    # W^(L), b^(L) directly: + h x~^(L)^T and + h.
-                    for k in range(M):
-                        for t in range(nb):
-                            d[k, t] = act[L - 1, k, t] if act[L - 1, k, t] > 0.0 else 0.0
-                    _masked_outer(r, d, wt, nb, g_ow[c, s], g_ob[c, s], 1.0)
-                    _masked_outer(u, z[L], wt, nb, g_w[c, s, L - 1], g_b[c, s, L - 1], 1.0)
-                s = _next_slot(lab, nb, s, n_slots)
-            for l in range(L - 1, -1, -1):
-                _backward_tile(l, cw, edges_t, z, act, g, u, uf, ut, d, nb)
-                if n_slots == 1:
-                    _layer_sums(uf, ut, d, z[l + 1], nb, g_w[c, 0, l], g_b[c, 0, l])
-                    continue
-                s = _first_slot(lab, nb, n_slots)
-                while s >= 0:
-                    # restrict the tile to slot s: zero u on the other points (d, x~ need no mask)
-                    _slot_mask(lab, nb, s, n_slots, wt)
-                    for k in range(M):
-                        for t in range(nb):
-                            u[k, t] = wt[t] * uf[k, t]
-                            d2[k, t] = wt[t] * ut[k, t]
-                    _layer_sums(u, d2, d, z[l + 1], nb, g_w[c, s, l], g_b[c, s, l])
-                    s = _next_slot(lab, nb, s, n_slots)
+            _tile_gradient(cw, edges_t, targets, out_w, out_b, output_cost, n_slots, z, act, lab, nb,
+                           g, u, uf, ut, d, d2, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
     return sq, g_w, g_b, g_ow, g_ob
+
+
+@njit(**JIT_OPTIONS)
+def _load_tile(points, labels, start, nb, z0, lab):
+    """Copy points start..start+nb feature-major into z0 (M, T) and their labels into lab."""
+    M = z0.shape[0]
+    for t in range(nb):
+        lab[t] = labels[start + t]
+        for j in range(M):
+            z0[j, t] = points[start + t, j]
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _tile_gradient(cw, edges_t, targets, out_w, out_b, output_cost, n_slots, z, act, lab, nb,
+                   g, u, uf, ut, d, d2, r, wt, sq, g_w, g_b, g_ow, g_ob):
+    """The tile's residuals and reverse sweep (section 6), accumulated per slot.
+
+    z, act from ``_forward_tile``; g, u, uf, ut, d, d2 (M, T), r (max(M, P), T), wt (T,)
+    scratch; sq (S,), g_w (S, L, M, M), g_b (S, L, M), g_ow (S, P, M), g_ob (S, P): this
+    chunk's slots, S = n_slots (1 for totals, Q per cluster).
+    """
+    L = cw.shape[0]
+    M = g.shape[0]
+    P = out_w.shape[0]
+    if output_cost:
+        _output_top(out_w, out_b, cw[L - 1], targets, lab, act[L - 1], r, u, g, nb)
+        n_res = P
+    else:
+        for k in range(M):
+            for t in range(nb):
+                r[k, t] = z[L, k, t] - targets[lab[t], k]
+                g[k, t] = r[k, t]
+        n_res = M
+    s = _first_slot(lab, nb, n_slots)
+    while s >= 0:
+        _slot_mask(lab, nb, s, n_slots, wt)
+        sq[s] += _masked_sum_sq(r, n_res, wt, nb)
+        if output_cost:
+            # e = r: dC/dW_out = e x^(L)^T with x^(L) = sigma(a_L); h = W_out^T e (in u)
+            # feeds W^(L), b^(L) directly: + h x~^(L)^T and + h.
+            for k in range(M):
+                for t in range(nb):
+                    d[k, t] = act[L - 1, k, t] if act[L - 1, k, t] > 0.0 else 0.0
+            _masked_outer(r, d, wt, nb, g_ow[s], g_ob[s], 1.0)
+            _masked_outer(u, z[L], wt, nb, g_w[s, L - 1], g_b[s, L - 1], 1.0)
+        s = _next_slot(lab, nb, s, n_slots)
+    for l in range(L - 1, -1, -1):
+        _backward_tile(l, cw, edges_t, z, act, g, u, uf, ut, d, nb)
+        if n_slots == 1:
+            _layer_sums(uf, ut, d, z[l + 1], nb, g_w[0, l], g_b[0, l])
+            continue
+        s = _first_slot(lab, nb, n_slots)
+        while s >= 0:
+            # restrict the tile to slot s: zero u on the other points (d, x~ need no mask)
+            _slot_mask(lab, nb, s, n_slots, wt)
+            for k in range(M):
+                for t in range(nb):
+                    u[k, t] = wt[t] * uf[k, t]
+                    d2[k, t] = wt[t] * ut[k, t]
+            _layer_sums(u, d2, d, z[l + 1], nb, g_w[s, l], g_b[s, l])
+            s = _next_slot(lab, nb, s, n_slots)
 
 
 @njit(**JIT_OPTIONS)
