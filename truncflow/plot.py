@@ -115,7 +115,7 @@ def apex_series(result) -> np.ndarray:
 
 
 def _plot_cones_against_time(ax, result, t, layers):
-    aligned = "thresholds" in result.series
+    aligned = "frames" in result.arrays
     values = np.asarray(result.thresholds) if aligned else apex_series(result)     # (T, L, M)
     M = values.shape[2]
     styles = ["-", "--", ":", "-."]

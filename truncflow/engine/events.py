@@ -94,15 +94,15 @@ class _Problems:
         self.cls = np.concatenate(c_parts)
         self.point = np.concatenate(point_parts)       # original index of each flat entry
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.box = [self._box(dataset, l) for l in range(L)] if L > 1 else None
 
-    def _box(self, dataset, l):
-        """(lo, hi) (M,) of cluster l's points in frame l: bounds its images after layer l."""
-        idx = self.sets[l]
-        if len(idx) == 0:
+    def box(self, l):
+        """(lo, hi) (M,) of the coordinates of layer l's points in frame l (from the sorted
+        rows: first and last), or None without points. In the separated case these are
+        cluster l's points, and the box bounds their images after layer l."""
+        first, last = self.offsets[l * self.M:(l + 1) * self.M], self.offsets[l * self.M + 1:(l + 1) * self.M + 1] - 1
+        if np.any(last < first):
             return None
-        w = np.asarray(dataset.points[idx], dtype=np.float64) @ self.frames[l].T
-        return w.min(axis=0), w.max(axis=0)
+        return self.w[first], self.w[last]
 
     def solve(self, record_times):
         trunc = np.empty(self.w.size)
@@ -143,9 +143,10 @@ class _Problems:
         coordinates over that box stay above layer l's highest threshold."""
         t_min, t_max = values.min(axis=2), values.max(axis=2)       # (L, M)
         for c in range(self.L):
-            if self.box[c] is None:
+            box = self.box(c)
+            if box is None:
                 continue
-            lo, hi = np.maximum(self.box[c][0], t_min[c]), np.maximum(self.box[c][1], t_max[c])
+            lo, hi = np.maximum(box[0], t_min[c]), np.maximum(box[1], t_max[c])
             for l in range(c + 1, self.L):
                 coef = self.frames[l] @ self.frames[c].T                 # (M, M): w^(l) = coef v
                 lowest = np.minimum(coef * lo, coef * hi).sum(axis=1)    # min over the box, per k

@@ -29,13 +29,11 @@ _SERIES = {
     "weights": "(L, M, M)", "biases": "(L, M)", "cum_weights": "(L, M, M)", "cum_biases": "(L, M)",
     "out_weight": "(P, M)", "out_bias": "(P,)",
 }
-#: Per-record arrays of runs of the aligned model only.
-_ALIGNED_SERIES = {"scales": "(L, M)", "thresholds": "(L, M)"}
 #: Why an optional quantity may be missing from a Result.
 _ABSENT_HINTS = {
     "truncation_times": "they are recorded by method='events' with record_truncation_times=True",
-    "thresholds": "thresholds are recorded for aligned parameters (Params.aligned) only",
-    "scales": "scales are recorded for aligned parameters (Params.aligned) only",
+    "thresholds": "thresholds exist for aligned parameters (Params.aligned) only",
+    "scales": "scales exist for aligned parameters (Params.aligned) only",
     "frames": "frames are recorded for aligned parameters (Params.aligned) only",
 }
 #: Points of the data kept with a result (a fixed random subsample) for snapshots.
@@ -79,7 +77,8 @@ class Result:
         steps_accepted, steps_rejected, evaluations (T,): counters at each record,
         weights, biases, cum_weights, cum_biases (T, L, M, M) / (T, L, M),
         out_weight (T, P, M), out_bias (T, P) (P = 0 without output layer);
-        aligned runs also scales (T, L, M) and thresholds (T, L, M).
+        aligned runs also ``scales`` and ``thresholds`` (T, L, M), derived from the
+        cumulative parameters and the frames.
     Run-level arrays in ``arrays`` (also attributes): "sample_points" (S, M) and
     "sample_labels" (S,), a fixed random subsample of at most SAMPLE_SIZE points of
     the data (for snapshots of data and cones); "frames" (L, M, M) for aligned runs; "truncation_times" (N, L, M) when the event solver was asked for them: the
@@ -114,6 +113,22 @@ class Result:
     @property
     def n_records(self) -> int:
         return len(self.series["t"])
+
+    @property
+    def scales(self) -> np.ndarray:
+        """(T, L, M) ``lambda^(l)`` of an aligned run: ``W^(l) = diag(lambda^(l)) R^(l)``."""
+        frames = self._frames("scales")
+        return np.einsum("tlkj,lkj->tlk", self.series["cum_weights"], frames)
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """(T, L, M) thresholds ``t^(l) = -b^(l) / lambda^(l)`` of an aligned run."""
+        return -self.series["cum_biases"] / self.scales
+
+    def _frames(self, what: str) -> np.ndarray:
+        if "frames" not in self.arrays:
+            raise AttributeError(f"this run has no {what}: {_ABSENT_HINTS[what]}")
+        return self.arrays["frames"]
 
     def params_at(self, index: int) -> Params:
         """The :class:`Params` of record ``index``, both forms exactly as recorded."""
@@ -252,10 +267,9 @@ class Recorder:
             "out_bias": params.out_bias if P else np.zeros(0),
         }
         if params.is_aligned:
-            row.update(scales=params.scales, thresholds=params.thresholds)
             self.arrays.setdefault("frames", np.array(params.frames))
         for k, v in row.items():
-            self._rows.setdefault(k, []).append(np.array(v, copy=True))
+            self._rows[k].append(np.array(v, copy=True))
         return obs.cost
 
     @property
