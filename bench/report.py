@@ -15,7 +15,6 @@ import platform
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -246,7 +245,7 @@ def main(argv=None):
     # 4. memory and start-up
     n_mem = 10**5 if quick else 10**7
     ratio, inputs = peak_memory(n_mem, 8, 3)
-    say(f"## Memory and start-up")
+    say("## Memory and start-up")
     say()
     say(f"- Peak memory of one gradient at N = {n_mem:.0e}, M = 8, L = 3 (inputs plus everything the "
         f"evaluation allocates, sampled with psutil): **{ratio:.4f}×** the input arrays and parameters "

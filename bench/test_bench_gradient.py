@@ -4,7 +4,6 @@ Groups compare truncflow with PyTorch autograd (float64, float32) on the same
 network, data and number of threads. `python bench/report.py` writes the report.
 """
 import numba
-import numpy as np
 import pytest
 
 import truncflow as tf

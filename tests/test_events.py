@@ -18,7 +18,7 @@ import truncflow as tf
 from truncflow.engine.events import SeparationWarning
 from truncflow.kernels.events import delta_antiderivative
 from conftest import assert_close
-from test_aligned import one_layer_problem, rotation, separated_problem
+from test_aligned import one_layer_problem, separated_problem
 
 
 # ------------------------------------------------ independent numerical reference
@@ -372,3 +372,14 @@ def test_events_record_t_end_and_keep_the_output_layer():
     assert r.config["record_truncation_times"] is False
     with pytest.raises(ValueError, match="max_evals does not apply to method='events'"):
         tf.simulate(params, ds, 1.0, wrt="aligned", method="events", max_evals=10)
+
+
+def test_separation_between_records_is_proved_by_the_bound():
+    """In the separated problem the images of cluster 0 stay far above layer 2's
+    thresholds: the bounding-box argument proves separation between records, so no
+    SeparationWarning is issued."""
+    params, ds = separated_problem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SeparationWarning)
+        r = tf.simulate(params, ds, 10.0, wrt="aligned", method="events", n_records=3)
+    assert r.status == "t_end"

@@ -69,10 +69,7 @@ def separation_report(params: Params, dataset: Dataset) -> SeparationReport:
     entering the layer is ``<= 0``. One streaming pass (the activation-pattern kernel).
     """
     params = _require_params(params)
-    if not isinstance(dataset, Dataset):
-        raise ValueError(f"dataset must be a truncflow.Dataset, got {type(dataset).__name__}")
-    if dataset.width != params.width:
-        raise ValueError(f"dataset points have width {dataset.width} but the network has width M={params.width}")
+    dataset = _require_dataset(dataset, params, None)      # the targets play no part here
     L, M, Q = params.n_layers, params.width, dataset.n_clusters
     patterns = activation_patterns(params, dataset.points)           # (N, L, words)
     full = _all_free_words(M)

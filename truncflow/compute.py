@@ -68,12 +68,15 @@ def _require_params(params) -> Params:
     return params
 
 
-def _require_dataset(dataset, params: Params, kind: str) -> Dataset:
+def _require_dataset(dataset, params: Params, kind: str | None) -> Dataset:
+    """The dataset, checked against the network; its targets too unless ``kind`` is None."""
     if not isinstance(dataset, Dataset):
         raise ValueError(f"dataset must be a truncflow.Dataset, got {type(dataset).__name__}")
     M = params.width
     if dataset.width != M:
         raise ValueError(f"dataset points have width {dataset.width} but the network has width M={M}")
+    if kind is None:
+        return dataset
     if kind == "input":
         if dataset.targets.shape[1] != M:
             raise ValueError(f"input cost needs targets of shape (Q, {M}); got {dataset.targets.shape}")

@@ -267,7 +267,7 @@ class _Builder:
                         raise ConfigError(f"{self.source}: unknown key '{sub}' in [{key}]{hint}; allowed keys: "
                                           + ", ".join(SCHEMA[key]))
                     if isinstance(subvalue, dict):
-                        self.fail(key, sub, f"must be a value, not a table")
+                        self.fail(key, sub, "must be a value, not a table")
             elif key not in SCHEMA[""]:
                 if key in sections:
                     self.fail("", None, f"'{key}' must be a section [{key}], not a value")
