@@ -192,7 +192,7 @@ def test_derived_properties():
 def test_several_chunks(kind):
     """N = 2100 > 2 * MIN_CHUNK: chunks of 1024, 1024 and 52 points, merged in order."""
     N, L, M, Q, P = 2100, 2, 3, 3, 2
-    assert config.chunk_size(N, _partial_bytes(L, M, Q, P, True)) == config.MIN_CHUNK == 1024
+    assert config.chunk_size(N, _partial_bytes(L, M, 4, Q, P, True)) == config.MIN_CHUNK == 1024
     prob = make_problem(72, L=L, M=M, N=N, Q=Q, P=P)
     ds = prob.dataset(kind)
     st = cluster_statistics(prob.params, ds, kind, second_moments=True)
@@ -204,7 +204,7 @@ def test_chunks_fit_the_partials_budget():
     """Second moments make the per-chunk buffers large: the chunking counts them."""
     N, L, M, Q, P = 10 ** 7, 3, 65, 3, 0
     for second in (False, True):
-        per_chunk = _partial_bytes(L, M, Q, P, second)
+        per_chunk = _partial_bytes(L, M, 68, Q, P, second)
         assert per_chunk >= 8 * (2 * L * Q * M * M + (2 * L * Q * M ** 3 if second else 0))
         n_chunks = -(-N // config.chunk_size(N, per_chunk))
         assert n_chunks == 1 or n_chunks * per_chunk <= config.PARTIALS_BUDGET
@@ -293,7 +293,7 @@ def _all_arrays(st):
 def test_bit_identical_on_1_and_2_threads():
     N = 6000
     prob = make_problem(62, L=2, M=4, N=N, Q=3, P=2)
-    assert -(-N // config.chunk_size(N, _partial_bytes(2, 4, 3, 2, True))) >= 5      # several chunks
+    assert -(-N // config.chunk_size(N, _partial_bytes(2, 4, 4, 3, 2, True))) >= 5      # several chunks
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba has a single thread")
     before = numba.get_num_threads()

@@ -13,7 +13,7 @@ from ._validate import choice, integer
 from .data import Dataset, check_points
 from .kernels import config
 from .kernels.forward import patterns_kernel, truncate_kernel
-from .kernels.gradient import gradient_kernel
+from .kernels.gradient import BLOCK, gradient_kernel
 from .params import Params
 
 __all__ = ["Gradient", "truncate", "activation_patterns", "cost", "gradient",
@@ -60,6 +60,33 @@ def kernel_arrays(params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cw, cb, edges_t) as C-contiguous writable float64, the kernels' parameter layout."""
     edges_t = np.ascontiguousarray(np.swapaxes(params.inverses, 1, 2))
     return np.array(params.cum_weights), np.array(params.cum_biases), edges_t
+
+
+def tile_arrays(params: Params, targets: np.ndarray, kind: str) -> tuple[np.ndarray, ...]:
+    """The tiled kernels' arrays (``kernels.gradient``), zero-padded to width Mp.
+
+    Mp is M rounded up to a multiple of ``kernels.gradient.BLOCK``. Returns float64
+    C-contiguous (targets, cw, cb, inv, edges_t, cw_t, out_w, out_b): targets (Q, Mp)
+    for the input cost or (Q, P) unchanged for the output cost; cw, inv, edges_t, cw_t
+    (L, Mp, Mp) = W^(l), A^(l) = (W^(l))^-1, A^T, W^T; cb (L, Mp); out_w (P, Mp) and
+    out_b (P,) (P = 0 for the input cost). Padded entries are zero, so padded
+    coordinates of every image stay zero.
+    """
+    L, M = params.n_layers, params.width
+    Mp = -(-M // BLOCK) * BLOCK
+
+    def pad(a, axes):
+        widths = [(0, Mp - M) if ax in axes else (0, 0) for ax in range(a.ndim)]
+        return np.ascontiguousarray(np.pad(np.asarray(a, dtype=np.float64), widths))
+
+    cw = pad(params.cum_weights, (1, 2))
+    inv = pad(params.inverses, (1, 2))
+    if kind == "output":
+        out_w, out_b, targets = pad(params.out_weight, (1,)), np.array(params.out_bias), np.array(targets)
+    else:
+        out_w, out_b, targets = np.zeros((0, Mp)), np.zeros(0), pad(targets, (1,))
+    return (targets, cw, pad(params.cum_biases, (1,)), inv, np.ascontiguousarray(np.swapaxes(inv, 1, 2)),
+            np.ascontiguousarray(np.swapaxes(cw, 1, 2)), out_w, out_b)
 
 
 def _require_params(params) -> Params:
@@ -123,22 +150,18 @@ def activation_patterns(params: Params, points) -> np.ndarray:
 
 
 def _run_gradient_kernel(params: Params, dataset: Dataset, kind: str, per_cluster: bool):
-    cw, cb, et = kernel_arrays(params)
-    M = params.width
-    if kind == "output":
-        ow, ob = np.array(params.out_weight), np.array(params.out_bias)
-    else:
-        ow, ob = np.zeros((0, M)), np.zeros(0)
+    arrays = tile_arrays(params, dataset.targets, kind)
     n_slots = dataset.n_clusters if per_cluster else 1
-    N = dataset.n_points
-    L, P = params.n_layers, ow.shape[0]
-    partial_bytes = 8 * n_slots * (1 + L * M * (M + 1) + P * (M + 1))
-    parts = gradient_kernel(dataset.points, dataset.labels, dataset.targets, cw, cb, et, ow, ob,
+    N, L, M = dataset.n_points, params.n_layers, params.width
+    Mp, P = arrays[1].shape[1], arrays[6].shape[0]
+    partial_bytes = 8 * n_slots * (1 + L * Mp * (Mp + 1) + P * (Mp + 1))
+    parts = gradient_kernel(dataset.points, dataset.labels, *arrays,
                             kind == "output", n_slots, config.chunk_size(N, partial_bytes))
     # Merge chunks in a fixed order (axis 0), then scale: the result does not depend on threads.
     sq, gw, gb, gow, gob = (p.sum(axis=0) for p in parts)
     if not per_cluster:
         sq, gw, gb, gow, gob = sq[0], gw[0], gb[0], gow[0], gob[0]
+    gw, gb, gow = gw[..., :M, :M], gb[..., :M], gow[..., :M]    # drop the padding
     out = (gow / N, gob / N) if kind == "output" else (None, None)
     return sq / (2 * N), Gradient(gw / N, gb / N, out[0], out[1], "cumulative")
 

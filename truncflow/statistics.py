@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validate import choice
-from .compute import COST_KINDS, Gradient, _require_dataset, _require_params, kernel_arrays
+from .compute import COST_KINDS, Gradient, _require_dataset, _require_params, tile_arrays
 from .data import Dataset
 from .kernels import config
 from .kernels.statistics import statistics_kernel
@@ -98,9 +98,9 @@ def _require_bool(value, name: str) -> bool:
     return bool(value)
 
 
-def _partial_bytes(L: int, M: int, Q: int, P: int, second_moments: bool) -> int:
-    """Bytes of one chunk's partial results: gradient, counts, first and second moments."""
-    gradient_part = Q * (1 + L * M * (M + 1) + P * (M + 1))
+def _partial_bytes(L: int, M: int, Mp: int, Q: int, P: int, second_moments: bool) -> int:
+    """Bytes of one chunk's partial results: gradient (padded width Mp), counts, moments."""
+    gradient_part = Q * (1 + L * Mp * (Mp + 1) + P * (Mp + 1))
     moments = L * Q * M * (1 + 2 * M) + (2 * L * Q * M ** 3 if second_moments else 0)
     return 8 * (gradient_part + moments)
 
@@ -129,16 +129,13 @@ def cluster_statistics(params: Params, dataset: Dataset, kind: str = "input", *,
     second_moments = _require_bool(second_moments, "second_moments")
     dataset = _require_dataset(dataset, params, kind)
     N, M, L, Q = dataset.n_points, params.width, params.n_layers, dataset.n_clusters
-    cw, cb, et = kernel_arrays(params)
-    if kind == "output":
-        ow, ob = np.array(params.out_weight), np.array(params.out_bias)
-    else:
-        ow, ob = np.zeros((0, M)), np.zeros(0)
-    chunk = config.chunk_size(N, _partial_bytes(L, M, Q, ow.shape[0], second_moments))
-    parts = statistics_kernel(dataset.points, dataset.labels, dataset.targets, cw, cb, et, ow, ob,
-                              kind == "output", Q, second_moments, chunk)
+    arrays = tile_arrays(params, dataset.targets, kind)
+    Mp, P = arrays[1].shape[1], arrays[6].shape[0]
+    chunk = config.chunk_size(N, _partial_bytes(L, M, Mp, Q, P, second_moments))
+    parts = statistics_kernel(dataset.points, dataset.labels, *arrays, kind == "output", Q, second_moments, chunk)
     # Merge chunks in a fixed order (axis 0): the result does not depend on threads.
     sq, gw, gb, gow, gob, truncated, free1, con1, free2, con2 = (p.sum(axis=0) for p in parts)
+    gw, gb, gow = gw[..., :M, :M], gb[..., :M], gow[..., :M]    # drop the padding
     out = (gow / N, gob / N) if kind == "output" else (None, None)
     grad = Gradient(gw / N, gb / N, out[0], out[1], "cumulative")
     cost_per_cluster = sq / (2 * N)

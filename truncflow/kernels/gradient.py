@@ -11,6 +11,14 @@ Per layer l (0-based) and tile, with z = x~^(l), x~ = x~^(l+1), a = W^(l+1) z + 
     backward  u = A^T g;  rows k with a_k > 0 get u_k (z - x~)^T, the others -u_k x~^T
               and -u_k in the bias;  g <- W^T (D u)
 The kink convention of section 5: a coordinate with ``a_k == 0`` is truncated.
+
+Register blocking. The widths of the parameter arrays are padded with zeros to a
+multiple of ``BLOCK`` (``compute.tile_arrays``), so every matrix-vector product runs
+in 4 x 4 blocks whose 16 weights stay in registers while the points stream past, and
+the gradient sums in 2 x 4 blocks. Padded coordinates stay exactly zero, and the
+forward products keep the order of ``forward.forward_point`` (bias first, then
+j = 0, 1, ... ; adding the padding's zeros changes no value), so the gradient and
+the activation patterns agree on every kink.
 """
 import numpy as np
 from numba import njit, prange
@@ -18,31 +26,39 @@ from numba import njit, prange
 from .config import JIT_OPTIONS, JIT_OPTIONS_REDUCTION
 
 #: Points per tile: the length of the vectorized innermost loops.
-TILE = 64
+TILE = 128
+#: Parameter widths are padded to a multiple of this (the register block).
+BLOCK = 4
+
+# Where ``_matvec`` starts each output row.
+_ACCUMULATE = 0     # y += W x
+_FROM_SRC = 1       # y = src + W x
+_FROM_BIAS = 2      # y = bias + W x   (a zero bias: y = W x)
 
 
 @njit(parallel=True, **JIT_OPTIONS_REDUCTION)
-def gradient_kernel(points, labels, targets, cw, cb, edges_t, out_w, out_b,
+def gradient_kernel(points, labels, targets, cw, cb, inv, edges_t, cw_t, out_w, out_b,
                     output_cost, n_slots, chunk):
     """Per-chunk sums of squared residuals and of the cumulative gradient.
 
     Args:
-        points (N, M) float32/float64 any layout, labels (N,) int64, targets (Q, M)
-        input-space targets or (Q, P) output targets; cw (L, M, M), cb (L, M) the
-        cumulative parameters; edges_t (L, M, M) with edges_t[l, k, :] = v_k^(l), the
-        k-th column of (W^(l))^-1; out_w (P, M), out_b (P,) the output layer (P = 0 for
-        the input cost); output_cost: bool; n_slots: 1 for totals or Q for a
-        per-cluster split (slot = label); chunk: points per chunk.
+        points (N, M) float32/float64 any layout, labels (N,) int64; the rest padded to
+        width Mp (a multiple of BLOCK, >= M) by ``compute.tile_arrays``: targets (Q, Mp)
+        input-space targets or (Q, P) output targets; cw (L, Mp, Mp), cb (L, Mp) the
+        cumulative parameters; inv (L, Mp, Mp) their inverses A^(l) (columns v_k);
+        edges_t (L, Mp, Mp) = A^T; cw_t (L, Mp, Mp) = W^T; out_w (P, Mp), out_b (P,)
+        the output layer (P = 0 for the input cost); output_cost: bool; n_slots: 1 for
+        totals or Q for a per-cluster split (slot = label); chunk: points per chunk.
 
-    Returns, with C = ceil(N / chunk) and S = n_slots:
-        sq   (C, S)          sum of |residual|^2
-        g_w  (C, S, L, M, M) sum of dC_i/dW^(l) times N
-        g_b  (C, S, L, M)    sum of dC_i/db^(l) times N
-        g_ow (C, S, P, M)    sum of dC_i/dW_out times N   (output cost)
-        g_ob (C, S, P)       sum of dC_i/db_out times N   (output cost)
+    Returns, with C = ceil(N / chunk) and S = n_slots (rows and columns >= M are zero):
+        sq   (C, S)            sum of |residual|^2
+        g_w  (C, S, L, Mp, Mp) sum of dC_i/dW^(l) times N
+        g_b  (C, S, L, Mp)     sum of dC_i/db^(l) times N
+        g_ow (C, S, P, Mp)     sum of dC_i/dW_out times N   (output cost)
+        g_ob (C, S, P)         sum of dC_i/db_out times N   (output cost)
     """
-    N, M = points.shape
-    L = cw.shape[0]
+    N = points.shape[0]
+    L, M, _ = cw.shape
     P = out_w.shape[0]
     C = (N + chunk - 1) // chunk
     sq = np.zeros((C, n_slots))
@@ -50,33 +66,38 @@ def gradient_kernel(points, labels, targets, cw, cb, edges_t, out_w, out_b,
     g_b = np.zeros((C, n_slots, L, M))
     g_ow = np.zeros((C, n_slots, P, M))
     g_ob = np.zeros((C, n_slots, P))
-    T = TILE
     for c in prange(C):
-        z = np.empty((L + 1, M, T))      # images x~^(l) of the tile, feature-major
-        act = np.empty((L, M, T))        # cumulative pre-activations
-        g = np.empty((M, T))             # adjoint dC_i/dx~^(l)
-        u = np.empty((M, T))
-        uf = np.empty((M, T))            # u on free coordinates, 0 elsewhere
-        ut = np.empty((M, T))            # u on truncated coordinates, 0 elsewhere
-        d = np.empty((M, T))             # z - x~
-        d2 = np.empty((M, T))            # scratch
-        r = np.empty((max(M, P), T))     # residuals
-        wt = np.empty(T)                 # slot mask of the tile
-        lab = np.empty(T, dtype=np.int64)
+        z, act, cn, g, u, uf, um, ufm, r, wt, lab = _tile_buffers(L, M, P)
         stop = min(N, (c + 1) * chunk)
-        for start in range(c * chunk, stop, T):
-            nb = min(T, stop - start)
+        for start in range(c * chunk, stop, TILE):
+            nb = min(TILE, stop - start)
             _load_tile(points, labels, start, nb, z[0], lab)
-            _forward_tile(cw, cb, edges_t, z, act, nb)
-            _tile_gradient(cw, edges_t, targets, out_w, out_b, output_cost, n_slots, z, act, lab, nb,
-                           g, u, uf, ut, d, d2, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
+            _forward_tile(cw, cb, inv, z, act, cn, nb)
+            _tile_gradient(edges_t, cw_t, targets, out_w, out_b, output_cost, n_slots, z, act, lab, nb,
+                           g, u, uf, um, ufm, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
     return sq, g_w, g_b, g_ow, g_ob
 
 
 @njit(**JIT_OPTIONS)
+def _tile_buffers(L, M, P):
+    """A chunk's scratch, feature-major (rows = padded width M, columns = TILE points).
+
+    Returns z (L+1, M, T) the images x~^(l) (zero-filled: padding rows stay zero),
+    act (L, M, T) the cumulative pre-activations, then (M, T) arrays cn (-a on
+    truncated coordinates, else 0), g (the adjoint dC_i/dx~^(l)), u (A^T g),
+    uf (u on free coordinates, else 0), um, ufm (u, uf restricted to one slot),
+    r (max(M, P), T) residuals, wt (T,) a slot mask and lab (T,) int64 labels.
+    """
+    T = TILE
+    return (np.zeros((L + 1, M, T)), np.empty((L, M, T)), np.empty((M, T)), np.empty((M, T)),
+            np.empty((M, T)), np.empty((M, T)), np.empty((M, T)), np.empty((M, T)),
+            np.empty((max(M, P), T)), np.empty(T), np.empty(T, dtype=np.int64))
+
+
+@njit(**JIT_OPTIONS)
 def _load_tile(points, labels, start, nb, z0, lab):
-    """Copy points start..start+nb feature-major into z0 (M, T) and their labels into lab."""
-    M = z0.shape[0]
+    """Copy points start..start+nb feature-major into z0[:M] (M = points' width) and labels into lab."""
+    M = points.shape[1]
     for t in range(nb):
         lab[t] = labels[start + t]
         for j in range(M):
@@ -84,19 +105,19 @@ def _load_tile(points, labels, start, nb, z0, lab):
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
-def _tile_gradient(cw, edges_t, targets, out_w, out_b, output_cost, n_slots, z, act, lab, nb,
-                   g, u, uf, ut, d, d2, r, wt, sq, g_w, g_b, g_ow, g_ob):
+def _tile_gradient(edges_t, cw_t, targets, out_w, out_b, output_cost, n_slots, z, act, lab, nb,
+                   g, u, uf, um, ufm, r, wt, sq, g_w, g_b, g_ow, g_ob):
     """The tile's residuals and reverse sweep (section 6), accumulated per slot.
 
-    z, act from ``_forward_tile``; g, u, uf, ut, d, d2 (M, T), r (max(M, P), T), wt (T,)
+    z, act from ``_forward_tile``; g, u, uf, um, ufm (M, T), r (max(M, P), T), wt (T,)
     scratch; sq (S,), g_w (S, L, M, M), g_b (S, L, M), g_ow (S, P, M), g_ob (S, P): this
     chunk's slots, S = n_slots (1 for totals, Q per cluster).
     """
-    L = cw.shape[0]
+    L = edges_t.shape[0]
     M = g.shape[0]
     P = out_w.shape[0]
     if output_cost:
-        _output_top(out_w, out_b, cw[L - 1], targets, lab, act[L - 1], r, u, g, nb)
+        _output_top(out_w, out_b, cw_t[L - 1], targets, lab, act[L - 1], r, u, g, nb)
         n_res = P
     else:
         for k in range(M):
@@ -113,58 +134,122 @@ def _tile_gradient(cw, edges_t, targets, out_w, out_b, output_cost, n_slots, z, 
             # feeds W^(L), b^(L) directly: + h x~^(L)^T and + h.
             for k in range(M):
                 for t in range(nb):
-                    d[k, t] = act[L - 1, k, t] if act[L - 1, k, t] > 0.0 else 0.0
-            _masked_outer(r, d, wt, nb, g_ow[s], g_ob[s], 1.0)
+                    um[k, t] = act[L - 1, k, t] if act[L - 1, k, t] > 0.0 else 0.0
+            _masked_outer(r, um, wt, nb, g_ow[s], g_ob[s], 1.0)
             _masked_outer(u, z[L], wt, nb, g_w[s, L - 1], g_b[s, L - 1], 1.0)
         s = _next_slot(lab, nb, s, n_slots)
     for l in range(L - 1, -1, -1):
-        _backward_tile(l, cw, edges_t, z, act, g, u, uf, ut, d, nb)
+        # u = A^T g, uf = u on free coordinates; then g <- W^T uf (not needed below layer 1)
+        _matvec(edges_t[l], g, u, u, wt[:0], _FROM_BIAS, nb)
+        for k in range(M):
+            for t in range(nb):
+                uf[k, t] = u[k, t] if act[l, k, t] > 0.0 else 0.0
+        if l > 0:
+            _matvec(cw_t[l], uf, g, g, wt[:0], _FROM_BIAS, nb)
         if n_slots == 1:
-            _layer_sums(uf, ut, d, z[l + 1], nb, g_w[0, l], g_b[0, l])
+            _layer_sums(u, uf, z[l], z[l + 1], nb, g_w[0, l], g_b[0, l])
             continue
         s = _first_slot(lab, nb, n_slots)
         while s >= 0:
-            # restrict the tile to slot s: zero u on the other points (d, x~ need no mask)
+            # restrict the tile to slot s: zero u on the other points (z, x~ need no mask)
             _slot_mask(lab, nb, s, n_slots, wt)
             for k in range(M):
                 for t in range(nb):
-                    u[k, t] = wt[t] * uf[k, t]
-                    d2[k, t] = wt[t] * ut[k, t]
-            _layer_sums(u, d2, d, z[l + 1], nb, g_w[s, l], g_b[s, l])
+                    um[k, t] = wt[t] * u[k, t]
+                    ufm[k, t] = wt[t] * uf[k, t]
+            _layer_sums(um, ufm, z[l], z[l + 1], nb, g_w[s, l], g_b[s, l])
             s = _next_slot(lab, nb, s, n_slots)
 
 
 @njit(**JIT_OPTIONS)
-def _forward_tile(cw, cb, edges_t, z, act, nb):
+def _forward_tile(cw, cb, inv, z, act, cn, nb):
     """act[l] = W^(l+1) z[l] + b^(l+1) and z[l+1] = z[l] - sum_{a_k <= 0} a_k v_k.
 
     Compiled without fast-math and summing in the order of ``forward.forward_point``,
-    so the gradient and the activation patterns agree bit for bit on every kink.
+    so the gradient and the activation patterns agree bit for bit on every kink. The
+    truncation is z[l] + A cn with cn = -a on truncated coordinates and 0 on free ones:
+    the same roundings as subtracting a_k v_k term by term (a free coordinate adds a zero).
     """
-    L, M, _ = cw.shape
+    L = cw.shape[0]
+    M = cw.shape[1]
     for l in range(L):
+        _matvec(cw[l], z[l], act[l], z[l], cb[l], _FROM_BIAS, nb)
         for k in range(M):
             for t in range(nb):
-                act[l, k, t] = cb[l, k]
-            for j in range(M):
-                w = cw[l, k, j]
-                for t in range(nb):
-                    act[l, k, t] += w * z[l, j, t]
-        for j in range(M):
-            for t in range(nb):
-                z[l + 1, j, t] = z[l, j, t]
-        for k in range(M):
-            for j in range(M):
-                v = edges_t[l, k, j]
-                for t in range(nb):
-                    a = act[l, k, t]
-                    # a free coordinate subtracts a zero: the same value as skipping it
-                    z[l + 1, j, t] -= (a if a <= 0.0 else 0.0) * v
+                a = act[l, k, t]
+                cn[k, t] = -a if a <= 0.0 else 0.0
+        _matvec(inv[l], cn, z[l + 1], z[l], cb[l], _FROM_SRC, nb)
+
+
+@njit(**JIT_OPTIONS)
+def _matvec(w, x, y, src, bias, start, nb):
+    """y[:, :nb] = base + w @ x[:, :nb], each row summed in column order j = 0, 1, ...
+
+    w (M, M) with M a multiple of BLOCK; x, y, src (M, T). ``start`` picks the base:
+    _FROM_SRC src[k, t], _FROM_BIAS bias[k] (an empty bias: none, y = w x). Without
+    fast-math: every product is rounded and added in order, like ``forward_point``.
+    """
+    M = w.shape[0]
+    for k0 in range(0, M, BLOCK):
+        _matvec_block(w, k0, 0, x, y, src, bias, start, nb)
+        for j0 in range(BLOCK, M, BLOCK):
+            _matvec_block(w, k0, j0, x, y, src, bias, _ACCUMULATE, nb)
+
+
+@njit(**JIT_OPTIONS)
+def _matvec_block(w, k0, j0, x, y, src, bias, start, nb):
+    """Rows k0..k0+3 of y: base + w[k0:k0+4, j0:j0+4] @ x[j0:j0+4]; the 16 weights in registers."""
+    w00 = w[k0, j0]
+    w01 = w[k0, j0 + 1]
+    w02 = w[k0, j0 + 2]
+    w03 = w[k0, j0 + 3]
+    w10 = w[k0 + 1, j0]
+    w11 = w[k0 + 1, j0 + 1]
+    w12 = w[k0 + 1, j0 + 2]
+    w13 = w[k0 + 1, j0 + 3]
+    w20 = w[k0 + 2, j0]
+    w21 = w[k0 + 2, j0 + 1]
+    w22 = w[k0 + 2, j0 + 2]
+    w23 = w[k0 + 2, j0 + 3]
+    w30 = w[k0 + 3, j0]
+    w31 = w[k0 + 3, j0 + 1]
+    w32 = w[k0 + 3, j0 + 2]
+    w33 = w[k0 + 3, j0 + 3]
+    # One loop per start so that the loops stay branch-free; the sums run left to right.
+    if start == _ACCUMULATE:
+        for t in range(nb):
+            x0, x1, x2, x3 = x[j0, t], x[j0 + 1, t], x[j0 + 2, t], x[j0 + 3, t]
+            y[k0, t] = y[k0, t] + w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+            y[k0 + 1, t] = y[k0 + 1, t] + w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+            y[k0 + 2, t] = y[k0 + 2, t] + w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+            y[k0 + 3, t] = y[k0 + 3, t] + w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
+    elif start == _FROM_SRC:
+        for t in range(nb):
+            x0, x1, x2, x3 = x[j0, t], x[j0 + 1, t], x[j0 + 2, t], x[j0 + 3, t]
+            y[k0, t] = src[k0, t] + w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+            y[k0 + 1, t] = src[k0 + 1, t] + w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+            y[k0 + 2, t] = src[k0 + 2, t] + w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+            y[k0 + 3, t] = src[k0 + 3, t] + w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
+    elif bias.shape[0] > 0:
+        b0, b1, b2, b3 = bias[k0], bias[k0 + 1], bias[k0 + 2], bias[k0 + 3]
+        for t in range(nb):
+            x0, x1, x2, x3 = x[j0, t], x[j0 + 1, t], x[j0 + 2, t], x[j0 + 3, t]
+            y[k0, t] = b0 + w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+            y[k0 + 1, t] = b1 + w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+            y[k0 + 2, t] = b2 + w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+            y[k0 + 3, t] = b3 + w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
+    else:
+        for t in range(nb):
+            x0, x1, x2, x3 = x[j0, t], x[j0 + 1, t], x[j0 + 2, t], x[j0 + 3, t]
+            y[k0, t] = w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+            y[k0 + 1, t] = w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+            y[k0 + 2, t] = w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+            y[k0 + 3, t] = w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
-def _output_top(out_w, out_b, cw_last, targets, lab, act_last, r, h, g, nb):
-    """r = W_out sigma(a_L) + b_out - y, h = W_out^T r, g = W^(L)^T h."""
+def _output_top(out_w, out_b, cw_t_last, targets, lab, act_last, r, h, g, nb):
+    """r = W_out sigma(a_L) + b_out - y, h = W_out^T r, g = W^(L)^T h (cw_t_last = W^(L)^T)."""
     P, M = out_w.shape
     for p in range(P):
         for t in range(nb):
@@ -182,76 +267,63 @@ def _output_top(out_w, out_b, cw_last, targets, lab, act_last, r, h, g, nb):
             w = out_w[p, j]
             for t in range(nb):
                 h[j, t] += w * r[p, t]
-    for j in range(M):
-        for t in range(nb):
-            g[j, t] = 0.0
-        for k in range(M):
-            w = cw_last[k, j]
-            for t in range(nb):
-                g[j, t] += w * h[k, t]
+    _matvec(cw_t_last, h, g, g, out_b[:0], _FROM_BIAS, nb)
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
-def _backward_tile(l, cw, edges_t, z, act, g, u, uf, ut, d, nb):
-    """u = A^T g split into free/truncated parts, d = z - x~, then g <- W^T (D u)."""
-    M = g.shape[0]
-    for k in range(M):
-        for t in range(nb):
-            u[k, t] = 0.0
-        for j in range(M):
-            e = edges_t[l, k, j]
-            for t in range(nb):
-                u[k, t] += e * g[j, t]
-        for t in range(nb):
-            if act[l, k, t] > 0.0:
-                uf[k, t] = u[k, t]
-                ut[k, t] = 0.0
-            else:
-                uf[k, t] = 0.0
-                ut[k, t] = u[k, t]
-    for j in range(M):
-        for t in range(nb):
-            d[j, t] = z[l, j, t] - z[l + 1, j, t]
-            g[j, t] = 0.0
-    for k in range(M):
-        for j in range(M):
-            w = cw[l, k, j]
-            for t in range(nb):
-                g[j, t] += w * uf[k, t]
+def _layer_sums(u, uf, z, xt, nb, gw, gb):
+    """gw += sum_t (uf_t (z_t - xt_t)^T - (u_t - uf_t) xt_t^T) and gb -= sum_t (u_t - uf_t).
 
-
-@njit(**JIT_OPTIONS_REDUCTION)
-def _layer_sums(uf, ut, d, xt, nb, gw, gb):
-    """gw += sum_t (uf_t d_t^T - ut_t xt_t^T) and gb -= sum_t ut_t over the tile."""
-    M = uf.shape[0]
-    M2 = M - M % 2
+    u, uf, z, xt (M, T) with M a multiple of BLOCK: u = A^T g, uf its free part, z the
+    layer's input images, xt its output images; gw (M, M), gb (M,).
+    """
+    M = u.shape[0]
     for k in range(M):
         acc = 0.0
         for t in range(nb):
-            acc += ut[k, t]
+            acc += u[k, t] - uf[k, t]
         gb[k] -= acc
-        for j in range(0, M2, 2):        # two columns at once: uf[k], ut[k] loaded once for both
-            # four plain multiply-add sums (each fuses to FMA) instead of two sums of differences
-            free0 = 0.0
-            free1 = 0.0
-            trunc0 = 0.0
-            trunc1 = 0.0
-            for t in range(nb):
-                f = uf[k, t]
-                r = ut[k, t]
-                free0 += f * d[j, t]
-                trunc0 += r * xt[j, t]
-                free1 += f * d[j + 1, t]
-                trunc1 += r * xt[j + 1, t]
-            gw[k, j] += free0 - trunc0
-            gw[k, j + 1] += free1 - trunc1
-        if M2 < M:
-            free0 = 0.0
-            trunc0 = 0.0
-            for t in range(nb):
-                free0 += uf[k, t] * d[M - 1, t]
-                trunc0 += ut[k, t] * xt[M - 1, t]
-            gw[k, M - 1] += free0 - trunc0
+    for k0 in range(0, M, 2):
+        for j0 in range(0, M, BLOCK):
+            _layer_sums_block(u, uf, z, xt, k0, j0, nb, gw)
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _layer_sums_block(u, uf, z, xt, k0, j0, nb, gw):
+    """gw[k0:k0+2, j0:j0+4] of ``_layer_sums``: 16 sums in registers, each operand loaded once."""
+    f00 = f01 = f02 = f03 = f10 = f11 = f12 = f13 = 0.0     # free rows: uf (z - xt)
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = 0.0     # truncated rows: (u - uf) xt
+    for t in range(nb):
+        a0 = uf[k0, t]
+        a1 = uf[k0 + 1, t]
+        b0 = u[k0, t] - a0
+        b1 = u[k0 + 1, t] - a1
+        x0, x1, x2, x3 = xt[j0, t], xt[j0 + 1, t], xt[j0 + 2, t], xt[j0 + 3, t]
+        d0, d1, d2, d3 = z[j0, t] - x0, z[j0 + 1, t] - x1, z[j0 + 2, t] - x2, z[j0 + 3, t] - x3
+        f00 += a0 * d0
+        f01 += a0 * d1
+        f02 += a0 * d2
+        f03 += a0 * d3
+        f10 += a1 * d0
+        f11 += a1 * d1
+        f12 += a1 * d2
+        f13 += a1 * d3
+        c00 += b0 * x0
+        c01 += b0 * x1
+        c02 += b0 * x2
+        c03 += b0 * x3
+        c10 += b1 * x0
+        c11 += b1 * x1
+        c12 += b1 * x2
+        c13 += b1 * x3
+    gw[k0, j0] += f00 - c00
+    gw[k0, j0 + 1] += f01 - c01
+    gw[k0, j0 + 2] += f02 - c02
+    gw[k0, j0 + 3] += f03 - c03
+    gw[k0 + 1, j0] += f10 - c10
+    gw[k0 + 1, j0 + 1] += f11 - c11
+    gw[k0 + 1, j0 + 2] += f12 - c12
+    gw[k0 + 1, j0 + 3] += f13 - c13
 
 
 @njit(**JIT_OPTIONS_REDUCTION)

@@ -21,26 +21,26 @@ import numpy as np
 from numba import njit, prange
 
 from .config import JIT_OPTIONS_REDUCTION
-from .gradient import TILE, _first_slot, _forward_tile, _load_tile, _next_slot, _slot_mask, _tile_gradient
+from .gradient import (TILE, _first_slot, _forward_tile, _load_tile, _next_slot, _slot_mask, _tile_buffers,
+                       _tile_gradient)
 
 
 @njit(parallel=True, **JIT_OPTIONS_REDUCTION)
-def statistics_kernel(points, labels, targets, cw, cb, edges_t, out_w, out_b,
+def statistics_kernel(points, labels, targets, cw, cb, inv, edges_t, cw_t, out_w, out_b,
                       output_cost, n_clusters, second_moments, chunk):
     """Per-chunk cluster statistics of every layer's input images, cost and gradient.
 
     Args:
-        points (N, M) float32/float64 any layout, labels (N,) int64 in [0, Q),
-        targets (Q, M) or (Q, P); cw (L, M, M), cb (L, M), edges_t (L, M, M) as in
-        ``gradient_kernel``; out_w (P, M), out_b (P,) the output layer (P = 0 for the
-        input cost); output_cost: bool; n_clusters: Q; second_moments: bool;
-        chunk: points per chunk.
+        points (N, M) float32/float64 any layout, labels (N,) int64 in [0, Q); targets,
+        cw, cb, inv, edges_t, cw_t, out_w, out_b padded to width Mp as for
+        ``gradient_kernel`` (``compute.tile_arrays``); output_cost: bool; n_clusters: Q;
+        second_moments: bool; chunk: points per chunk.
 
     Returns, with C = ceil(N / chunk), L2 = L if second_moments else 0:
         sq        (C, Q)             sum of |residual|^2
-        g_w       (C, Q, L, M, M)    sum of dC_i/dW^(l) times N
-        g_b       (C, Q, L, M)       sum of dC_i/db^(l) times N
-        g_ow      (C, Q, P, M)       sum of dC_i/dW_out times N   (output cost)
+        g_w       (C, Q, L, Mp, Mp)  sum of dC_i/dW^(l) times N (padding rows, columns zero)
+        g_b       (C, Q, L, Mp)      sum of dC_i/db^(l) times N
+        g_ow      (C, Q, P, Mp)      sum of dC_i/dW_out times N   (output cost)
         g_ob      (C, Q, P)          sum of dC_i/db_out times N   (output cost)
         truncated (C, L, Q, M) int64         number of points with a_k <= 0
         free1     (C, L, Q, M, M)            [.., k, :] sum of z over the points with a_k > 0
@@ -49,46 +49,35 @@ def statistics_kernel(points, labels, targets, cw, cb, edges_t, out_w, out_b,
         con2      (C, L2, Q, M, M, M)        likewise over a_k <= 0
     """
     N, M = points.shape
-    L = cw.shape[0]
+    L, Mp, _ = cw.shape
     P = out_w.shape[0]
     Q = n_clusters
     C = (N + chunk - 1) // chunk
     L2 = L if second_moments else 0
     sq = np.zeros((C, Q))
-    g_w = np.zeros((C, Q, L, M, M))
-    g_b = np.zeros((C, Q, L, M))
-    g_ow = np.zeros((C, Q, P, M))
+    g_w = np.zeros((C, Q, L, Mp, Mp))
+    g_b = np.zeros((C, Q, L, Mp))
+    g_ow = np.zeros((C, Q, P, Mp))
     g_ob = np.zeros((C, Q, P))
     truncated = np.zeros((C, L, Q, M), dtype=np.int64)
     free1 = np.zeros((C, L, Q, M, M))
     con1 = np.zeros((C, L, Q, M, M))
     free2 = np.zeros((C, L2, Q, M, M, M))
     con2 = np.zeros((C, L2, Q, M, M, M))
-    T = TILE
     for c in prange(C):
-        z = np.empty((L + 1, M, T))      # images x~^(l) of the tile, feature-major
-        act = np.empty((L, M, T))        # cumulative pre-activations (cone coordinates)
-        g = np.empty((M, T))             # adjoint dC_i/dx~^(l)
-        u = np.empty((M, T))
-        uf = np.empty((M, T))            # u on free coordinates, 0 elsewhere
-        ut = np.empty((M, T))            # u on truncated coordinates, 0 elsewhere
-        d = np.empty((M, T))             # z - x~
-        d2 = np.empty((M, T))            # scratch
-        r = np.empty((max(M, P), T))     # residuals
-        wf = np.empty((M, T))            # slot mask times 1[a_k > 0]
-        wc = np.empty((M, T))            # slot mask times 1[a_k <= 0]
-        pair = np.empty(T)               # z_i z_j of the tile
-        wt = np.empty(T)                 # slot mask of the tile
-        lab = np.empty(T, dtype=np.int64)
+        z, act, cn, g, u, uf, um, ufm, r, wt, lab = _tile_buffers(L, Mp, P)
+        wf = np.empty((M, TILE))         # slot mask times 1[a_k > 0]
+        wc = np.empty((M, TILE))         # slot mask times 1[a_k <= 0]
+        pair = np.empty(TILE)            # z_i z_j of the tile
         stop = min(N, (c + 1) * chunk)
-        for start in range(c * chunk, stop, T):
-            nb = min(T, stop - start)
+        for start in range(c * chunk, stop, TILE):
+            nb = min(TILE, stop - start)
             _load_tile(points, labels, start, nb, z[0], lab)
-            _forward_tile(cw, cb, edges_t, z, act, nb)
+            _forward_tile(cw, cb, inv, z, act, cn, nb)
             _tile_moments(z, act, lab, nb, Q, second_moments, wt, wf, wc, pair,
                           truncated[c], free1[c], con1[c], free2[c], con2[c])
-            _tile_gradient(cw, edges_t, targets, out_w, out_b, output_cost, Q, z, act, lab, nb,
-                           g, u, uf, ut, d, d2, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
+            _tile_gradient(edges_t, cw_t, targets, out_w, out_b, output_cost, Q, z, act, lab, nb,
+                           g, u, uf, um, ufm, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
     return sq, g_w, g_b, g_ow, g_ob, truncated, free1, con1, free2, con2
 
 
@@ -97,8 +86,8 @@ def _tile_moments(z, act, lab, nb, n_slots, second_moments, wt, wf, wc, pair,
                   truncated, free1, con1, free2, con2):
     """Add the tile's truncation counts and moments, per layer and cluster present.
 
-    z (L+1, M, T) images, act (L, M, T) cone coordinates; wt (T,), wf, wc (M, T) and
-    pair (T,) scratch; truncated (L, Q, M), free1/con1 (L, Q, M, M),
+    z (L+1, Mp, T) images, act (L, Mp, T) cone coordinates (rows >= M are padding and
+    ignored); wt (T,), wf, wc (M, T) and pair (T,) scratch; truncated (L, Q, M), free1/con1 (L, Q, M, M),
     free2/con2 (L, Q, M, M, M) (or (0, ...) without second moments): this chunk's slots.
     """
     L = act.shape[0]
@@ -115,8 +104,8 @@ def _tile_moments(z, act, lab, nb, n_slots, second_moments, wt, wf, wc, pair,
 
 @njit(**JIT_OPTIONS_REDUCTION)
 def _split_mask(act_l, wt, nb, wf, wc):
-    """wf[k, t] = wt[t] 1[a_k > 0], wc[k, t] = wt[t] 1[a_k <= 0] (the kink is truncated)."""
-    M = act_l.shape[0]
+    """wf[k, t] = wt[t] 1[a_k > 0], wc[k, t] = wt[t] 1[a_k <= 0] (the kink is truncated), k < M."""
+    M = wf.shape[0]
     for k in range(M):
         for t in range(nb):
             f = wt[t] if act_l[k, t] > 0.0 else 0.0
@@ -128,10 +117,10 @@ def _split_mask(act_l, wt, nb, wf, wc):
 def _first_moments(zl, wf, wc, nb, truncated, free1, con1):
     """truncated[k] += sum_t wc[k, t]; free1[k, j] += sum_t wf[k, t] z[j, t]; con1 likewise.
 
-    zl (M, T); truncated (M,) int64; free1, con1 (M, M). The count is a sum of 0.0/1.0
-    over at most TILE terms, exact in float64.
+    zl (Mp, T) (rows >= M ignored); truncated (M,) int64; free1, con1 (M, M). The count
+    is a sum of 0.0/1.0 over at most TILE terms, exact in float64.
     """
-    M = zl.shape[0]
+    M = free1.shape[0]
     for k in range(M):
         n = 0.0
         for t in range(nb):
@@ -151,9 +140,10 @@ def _first_moments(zl, wf, wc, nb, truncated, free1, con1):
 def _second_moments(zl, wf, wc, pair, nb, free2, con2):
     """free2[k, i, j] += sum_t wf[k, t] z[i, t] z[j, t] for j >= i; con2 likewise with wc.
 
-    zl (M, T), pair (T,) scratch, free2, con2 (M, M, M); the lower triangle is left alone.
+    zl (Mp, T) (rows >= M ignored), pair (T,) scratch, free2, con2 (M, M, M); the lower
+    triangle is left alone.
     """
-    M = zl.shape[0]
+    M = free2.shape[0]
     for i in range(M):
         for j in range(i, M):
             for t in range(nb):
