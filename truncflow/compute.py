@@ -66,9 +66,10 @@ def tile_arrays(params: Params, targets: np.ndarray, kind: str) -> tuple[np.ndar
     """The tiled kernels' arrays (``kernels.gradient``), zero-padded to width Mp.
 
     Mp is M rounded up to a multiple of ``kernels.gradient.BLOCK``. Returns float64
-    C-contiguous (targets, cw, cb, inv, edges_t, cw_t, out_w, out_b): targets (Q, Mp)
-    for the input cost or (Q, P) unchanged for the output cost; cw, inv, edges_t, cw_t
-    (L, Mp, Mp) = W^(l), A^(l) = (W^(l))^-1, A^T, W^T; cb (L, Mp); out_w (P, Mp) and
+    C-contiguous (targets, cw, cb, inv, back, out_w, out_b): targets (Q, Mp) for the
+    input cost or (Q, P) unchanged for the output cost; cw, inv (L, Mp, Mp) = W^(l),
+    A^(l) = (W^(l))^-1; cb (L, Mp); back (L, Mp, Mp) the reverse sweep's matrices,
+    W_(l+1)^T (layer matrices) for l < L - 1 and A^(L)^T last; out_w (P, Mp) and
     out_b (P,) (P = 0 for the input cost). Padded entries are zero, so padded
     coordinates of every image stay zero.
     """
@@ -85,8 +86,8 @@ def tile_arrays(params: Params, targets: np.ndarray, kind: str) -> tuple[np.ndar
         out_w, out_b, targets = pad(params.out_weight, (1,)), np.array(params.out_bias), np.array(targets)
     else:
         out_w, out_b, targets = np.zeros((0, Mp)), np.zeros(0), pad(targets, (1,))
-    return (targets, cw, pad(params.cum_biases, (1,)), inv, np.ascontiguousarray(np.swapaxes(inv, 1, 2)),
-            np.ascontiguousarray(np.swapaxes(cw, 1, 2)), out_w, out_b)
+    back = np.concatenate([pad(params.weights[1:], (1, 2)), inv[-1:]]).swapaxes(1, 2)
+    return (targets, cw, pad(params.cum_biases, (1,)), inv, np.ascontiguousarray(back), out_w, out_b)
 
 
 def _require_params(params) -> Params:
@@ -153,7 +154,7 @@ def _run_gradient_kernel(params: Params, dataset: Dataset, kind: str, per_cluste
     arrays = tile_arrays(params, dataset.targets, kind)
     n_slots = dataset.n_clusters if per_cluster else 1
     N, L, M = dataset.n_points, params.n_layers, params.width
-    Mp, P = arrays[1].shape[1], arrays[6].shape[0]
+    Mp, P = arrays[1].shape[1], arrays[5].shape[0]
     partial_bytes = 8 * n_slots * (1 + L * Mp * (Mp + 1) + P * (Mp + 1))
     parts = gradient_kernel(dataset.points, dataset.labels, *arrays,
                             kind == "output", n_slots, config.chunk_size(N, partial_bytes))

@@ -130,7 +130,7 @@ def cluster_statistics(params: Params, dataset: Dataset, kind: str = "input", *,
     dataset = _require_dataset(dataset, params, kind)
     N, M, L, Q = dataset.n_points, params.width, params.n_layers, dataset.n_clusters
     arrays = tile_arrays(params, dataset.targets, kind)
-    Mp, P = arrays[1].shape[1], arrays[6].shape[0]
+    Mp, P = arrays[1].shape[1], arrays[5].shape[0]
     chunk = config.chunk_size(N, _partial_bytes(L, M, Mp, Q, P, second_moments))
     parts = statistics_kernel(dataset.points, dataset.labels, *arrays, kind == "output", Q, second_moments, chunk)
     # Merge chunks in a fixed order (axis 0): the result does not depend on threads.

@@ -9,7 +9,7 @@ size N x L x M is allocated. Sums are unscaled: the caller divides by N (cost by
 Per layer l (0-based) and tile, with z = x~^(l), x~ = x~^(l+1), a = W^(l+1) z + b^(l+1):
     forward   x~ = z - sum_{k: a_k <= 0} a_k v_k         (a free point stays exactly put)
     backward  u = A^T g;  rows k with a_k > 0 get u_k (z - x~)^T, the others -u_k x~^T
-              and -u_k in the bias;  g <- W^T (D u)
+              and -u_k in the bias;  g <- W^T (D u), carried as u <- W_l^T (D u)
 The kink convention of section 5: a coordinate with ``a_k == 0`` is truncated.
 
 Register blocking. The widths of the parameter arrays are padded with zeros to a
@@ -37,8 +37,7 @@ _FROM_BIAS = 2      # y = bias + W x   (a zero bias: y = W x)
 
 
 @njit(parallel=True, **JIT_OPTIONS_REDUCTION)
-def gradient_kernel(points, labels, targets, cw, cb, inv, edges_t, cw_t, out_w, out_b,
-                    output_cost, n_slots, chunk):
+def gradient_kernel(points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, chunk):
     """Per-chunk sums of squared residuals and of the cumulative gradient.
 
     Args:
@@ -46,7 +45,8 @@ def gradient_kernel(points, labels, targets, cw, cb, inv, edges_t, cw_t, out_w, 
         width Mp (a multiple of BLOCK, >= M) by ``compute.tile_arrays``: targets (Q, Mp)
         input-space targets or (Q, P) output targets; cw (L, Mp, Mp), cb (L, Mp) the
         cumulative parameters; inv (L, Mp, Mp) their inverses A^(l) (columns v_k);
-        edges_t (L, Mp, Mp) = A^T; cw_t (L, Mp, Mp) = W^T; out_w (P, Mp), out_b (P,)
+        back (L, Mp, Mp) the transposed layer matrices W_(l+1)^T, l < L - 1, and
+        back[L - 1] = A^(L)^T (see ``_tile_gradient``); out_w (P, Mp), out_b (P,)
         the output layer (P = 0 for the input cost); output_cost: bool; n_slots: 1 for
         totals or Q for a per-cluster split (slot = label); chunk: points per chunk.
 
@@ -67,14 +67,14 @@ def gradient_kernel(points, labels, targets, cw, cb, inv, edges_t, cw_t, out_w, 
     g_ow = np.zeros((C, n_slots, P, M))
     g_ob = np.zeros((C, n_slots, P))
     for c in prange(C):
-        z, act, cn, g, u, uf, um, ufm, r, wt, lab = _tile_buffers(L, M, P)
+        z, act, cn, u, uf, um, ufm, r, wt, lab = _tile_buffers(L, M, P)
         stop = min(N, (c + 1) * chunk)
         for start in range(c * chunk, stop, TILE):
             nb = min(TILE, stop - start)
             _load_tile(points, labels, start, nb, z[0], lab)
             _forward_tile(cw, cb, inv, z, act, cn, nb)
-            _tile_gradient(edges_t, cw_t, targets, out_w, out_b, output_cost, n_slots, z, act, lab, nb,
-                           g, u, uf, um, ufm, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
+            _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, lab, nb,
+                           u, uf, um, ufm, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
     return sq, g_w, g_b, g_ow, g_ob
 
 
@@ -84,12 +84,12 @@ def _tile_buffers(L, M, P):
 
     Returns z (L+1, M, T) the images x~^(l) (zero-filled: padding rows stay zero),
     act (L, M, T) the cumulative pre-activations, then (M, T) arrays cn (-a on
-    truncated coordinates, else 0), g (the adjoint dC_i/dx~^(l)), u (A^T g),
+    truncated coordinates, else 0), u (A^T g, g the adjoint dC_i/dx~^(l+1)),
     uf (u on free coordinates, else 0), um, ufm (u, uf restricted to one slot),
     r (max(M, P), T) residuals, wt (T,) a slot mask and lab (T,) int64 labels.
     """
     T = TILE
-    return (np.zeros((L + 1, M, T)), np.empty((L, M, T)), np.empty((M, T)), np.empty((M, T)),
+    return (np.zeros((L + 1, M, T)), np.empty((L, M, T)), np.empty((M, T)),
             np.empty((M, T)), np.empty((M, T)), np.empty((M, T)), np.empty((M, T)),
             np.empty((max(M, P), T)), np.empty(T), np.empty(T, dtype=np.int64))
 
@@ -105,25 +105,31 @@ def _load_tile(points, labels, start, nb, z0, lab):
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
-def _tile_gradient(edges_t, cw_t, targets, out_w, out_b, output_cost, n_slots, z, act, lab, nb,
-                   g, u, uf, um, ufm, r, wt, sq, g_w, g_b, g_ow, g_ob):
+def _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, lab, nb,
+                   u, uf, um, ufm, r, wt, sq, g_w, g_b, g_ow, g_ob):
     """The tile's residuals and reverse sweep (section 6), accumulated per slot.
 
-    z, act from ``_forward_tile``; g, u, uf, um, ufm (M, T), r (max(M, P), T), wt (T,)
-    scratch; sq (S,), g_w (S, L, M, M), g_b (S, L, M), g_ow (S, P, M), g_ob (S, P): this
-    chunk's slots, S = n_slots (1 for totals, Q per cluster).
+    back (L, M, M) from ``compute.tile_arrays``; z, act from ``_forward_tile``; u, uf,
+    um, ufm (M, T), r (max(M, P), T), wt (T,) scratch; sq (S,), g_w (S, L, M, M),
+    g_b (S, L, M), g_ow (S, P, M), g_ob (S, P): this chunk's slots, S = n_slots (1 for
+    totals, Q per cluster).
+
+    The sweep carries u^(l) = A^(l)^T g^(l), g^(l) the adjoint of the layer's output
+    image: at the top u = A^(L)^T r (input cost) or u = W_out^T e (output cost, where
+    A^(L)^T W^(L)^T cancels), and below u^(l-1) = A^(l-1)^T W^(l)^T (D u^(l)) = W_l^T uf^(l)
+    with the layer matrix W_l = W^(l) A^(l-1): one product per layer.
     """
-    L = edges_t.shape[0]
-    M = g.shape[0]
+    L = back.shape[0]
+    M = u.shape[0]
     P = out_w.shape[0]
     if output_cost:
-        _output_top(out_w, out_b, cw_t[L - 1], targets, lab, act[L - 1], r, u, g, nb)
+        _output_top(out_w, out_b, targets, lab, act[L - 1], r, u, nb)
         n_res = P
     else:
         for k in range(M):
             for t in range(nb):
                 r[k, t] = z[L, k, t] - targets[lab[t], k]
-                g[k, t] = r[k, t]
+        _matvec(back[L - 1], r, u, u, wt[:0], _FROM_BIAS, nb)
         n_res = M
     s = _first_slot(lab, nb, n_slots)
     while s >= 0:
@@ -139,26 +145,24 @@ def _tile_gradient(edges_t, cw_t, targets, out_w, out_b, output_cost, n_slots, z
             _masked_outer(u, z[L], wt, nb, g_w[s, L - 1], g_b[s, L - 1], 1.0)
         s = _next_slot(lab, nb, s, n_slots)
     for l in range(L - 1, -1, -1):
-        # u = A^T g, uf = u on free coordinates; then g <- W^T uf (not needed below layer 1)
-        _matvec(edges_t[l], g, u, u, wt[:0], _FROM_BIAS, nb)
         for k in range(M):
             for t in range(nb):
                 uf[k, t] = u[k, t] if act[l, k, t] > 0.0 else 0.0
-        if l > 0:
-            _matvec(cw_t[l], uf, g, g, wt[:0], _FROM_BIAS, nb)
         if n_slots == 1:
             _layer_sums(u, uf, z[l], z[l + 1], nb, g_w[0, l], g_b[0, l])
-            continue
-        s = _first_slot(lab, nb, n_slots)
-        while s >= 0:
-            # restrict the tile to slot s: zero u on the other points (z, x~ need no mask)
-            _slot_mask(lab, nb, s, n_slots, wt)
-            for k in range(M):
-                for t in range(nb):
-                    um[k, t] = wt[t] * u[k, t]
-                    ufm[k, t] = wt[t] * uf[k, t]
-            _layer_sums(um, ufm, z[l], z[l + 1], nb, g_w[s, l], g_b[s, l])
-            s = _next_slot(lab, nb, s, n_slots)
+        else:
+            s = _first_slot(lab, nb, n_slots)
+            while s >= 0:
+                # restrict the tile to slot s: zero u on the other points (z, x~ need no mask)
+                _slot_mask(lab, nb, s, n_slots, wt)
+                for k in range(M):
+                    for t in range(nb):
+                        um[k, t] = wt[t] * u[k, t]
+                        ufm[k, t] = wt[t] * uf[k, t]
+                _layer_sums(um, ufm, z[l], z[l + 1], nb, g_w[s, l], g_b[s, l])
+                s = _next_slot(lab, nb, s, n_slots)
+        if l > 0:
+            _matvec(back[l - 1], uf, u, u, wt[:0], _FROM_BIAS, nb)
 
 
 @njit(**JIT_OPTIONS)
@@ -248,8 +252,8 @@ def _matvec_block(w, k0, j0, x, y, src, bias, start, nb):
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
-def _output_top(out_w, out_b, cw_t_last, targets, lab, act_last, r, h, g, nb):
-    """r = W_out sigma(a_L) + b_out - y, h = W_out^T r, g = W^(L)^T h (cw_t_last = W^(L)^T)."""
+def _output_top(out_w, out_b, targets, lab, act_last, r, h, nb):
+    """r = W_out sigma(a_L) + b_out - y and h = W_out^T r."""
     P, M = out_w.shape
     for p in range(P):
         for t in range(nb):
@@ -267,7 +271,6 @@ def _output_top(out_w, out_b, cw_t_last, targets, lab, act_last, r, h, g, nb):
             w = out_w[p, j]
             for t in range(nb):
                 h[j, t] += w * r[p, t]
-    _matvec(cw_t_last, h, g, g, out_b[:0], _FROM_BIAS, nb)
 
 
 @njit(**JIT_OPTIONS_REDUCTION)

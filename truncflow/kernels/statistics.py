@@ -26,13 +26,13 @@ from .gradient import (TILE, _first_slot, _forward_tile, _load_tile, _next_slot,
 
 
 @njit(parallel=True, **JIT_OPTIONS_REDUCTION)
-def statistics_kernel(points, labels, targets, cw, cb, inv, edges_t, cw_t, out_w, out_b,
+def statistics_kernel(points, labels, targets, cw, cb, inv, back, out_w, out_b,
                       output_cost, n_clusters, second_moments, chunk):
     """Per-chunk cluster statistics of every layer's input images, cost and gradient.
 
     Args:
         points (N, M) float32/float64 any layout, labels (N,) int64 in [0, Q); targets,
-        cw, cb, inv, edges_t, cw_t, out_w, out_b padded to width Mp as for
+        cw, cb, inv, back, out_w, out_b padded to width Mp as for
         ``gradient_kernel`` (``compute.tile_arrays``); output_cost: bool; n_clusters: Q;
         second_moments: bool; chunk: points per chunk.
 
@@ -65,7 +65,7 @@ def statistics_kernel(points, labels, targets, cw, cb, inv, edges_t, cw_t, out_w
     free2 = np.zeros((C, L2, Q, M, M, M))
     con2 = np.zeros((C, L2, Q, M, M, M))
     for c in prange(C):
-        z, act, cn, g, u, uf, um, ufm, r, wt, lab = _tile_buffers(L, Mp, P)
+        z, act, cn, u, uf, um, ufm, r, wt, lab = _tile_buffers(L, Mp, P)
         wf = np.empty((M, TILE))         # slot mask times 1[a_k > 0]
         wc = np.empty((M, TILE))         # slot mask times 1[a_k <= 0]
         pair = np.empty(TILE)            # z_i z_j of the tile
@@ -76,8 +76,8 @@ def statistics_kernel(points, labels, targets, cw, cb, inv, edges_t, cw_t, out_w
             _forward_tile(cw, cb, inv, z, act, cn, nb)
             _tile_moments(z, act, lab, nb, Q, second_moments, wt, wf, wc, pair,
                           truncated[c], free1[c], con1[c], free2[c], con2[c])
-            _tile_gradient(edges_t, cw_t, targets, out_w, out_b, output_cost, Q, z, act, lab, nb,
-                           g, u, uf, um, ufm, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
+            _tile_gradient(back, targets, out_w, out_b, output_cost, Q, z, act, lab, nb,
+                           u, uf, um, ufm, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
     return sq, g_w, g_b, g_ow, g_ob, truncated, free1, con1, free2, con2
 
 
