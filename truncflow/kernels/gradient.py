@@ -286,47 +286,53 @@ def _layer_sums(u, uf, z, xt, nb, gw, gb):
         for t in range(nb):
             acc += u[k, t] - uf[k, t]
         gb[k] -= acc
-    for k0 in range(0, M, 2):
+    for k0 in range(0, M, BLOCK):
         for j0 in range(0, M, BLOCK):
             _layer_sums_block(u, uf, z, xt, k0, j0, nb, gw)
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
 def _layer_sums_block(u, uf, z, xt, k0, j0, nb, gw):
-    """gw[k0:k0+2, j0:j0+4] of ``_layer_sums``: 16 sums in registers, each operand loaded once."""
-    f00 = f01 = f02 = f03 = f10 = f11 = f12 = f13 = 0.0     # free rows: uf (z - xt)
-    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = 0.0     # truncated rows: (u - uf) xt
+    """gw[k0:k0+4, j0:j0+4] of ``_layer_sums``: 16 sums in registers, each operand loaded once."""
+    g00 = g01 = g02 = g03 = g10 = g11 = g12 = g13 = 0.0
+    g20 = g21 = g22 = g23 = g30 = g31 = g32 = g33 = 0.0
     for t in range(nb):
-        a0 = uf[k0, t]
-        a1 = uf[k0 + 1, t]
-        b0 = u[k0, t] - a0
-        b1 = u[k0 + 1, t] - a1
+        a0, a1, a2, a3 = uf[k0, t], uf[k0 + 1, t], uf[k0 + 2, t], uf[k0 + 3, t]
+        b0, b1, b2, b3 = u[k0, t] - a0, u[k0 + 1, t] - a1, u[k0 + 2, t] - a2, u[k0 + 3, t] - a3
         x0, x1, x2, x3 = xt[j0, t], xt[j0 + 1, t], xt[j0 + 2, t], xt[j0 + 3, t]
         d0, d1, d2, d3 = z[j0, t] - x0, z[j0 + 1, t] - x1, z[j0 + 2, t] - x2, z[j0 + 3, t] - x3
-        f00 += a0 * d0
-        f01 += a0 * d1
-        f02 += a0 * d2
-        f03 += a0 * d3
-        f10 += a1 * d0
-        f11 += a1 * d1
-        f12 += a1 * d2
-        f13 += a1 * d3
-        c00 += b0 * x0
-        c01 += b0 * x1
-        c02 += b0 * x2
-        c03 += b0 * x3
-        c10 += b1 * x0
-        c11 += b1 * x1
-        c12 += b1 * x2
-        c13 += b1 * x3
-    gw[k0, j0] += f00 - c00
-    gw[k0, j0 + 1] += f01 - c01
-    gw[k0, j0 + 2] += f02 - c02
-    gw[k0, j0 + 3] += f03 - c03
-    gw[k0 + 1, j0] += f10 - c10
-    gw[k0 + 1, j0 + 1] += f11 - c11
-    gw[k0 + 1, j0 + 2] += f12 - c12
-    gw[k0 + 1, j0 + 3] += f13 - c13
+        g00 += a0 * d0 - b0 * x0
+        g01 += a0 * d1 - b0 * x1
+        g02 += a0 * d2 - b0 * x2
+        g03 += a0 * d3 - b0 * x3
+        g10 += a1 * d0 - b1 * x0
+        g11 += a1 * d1 - b1 * x1
+        g12 += a1 * d2 - b1 * x2
+        g13 += a1 * d3 - b1 * x3
+        g20 += a2 * d0 - b2 * x0
+        g21 += a2 * d1 - b2 * x1
+        g22 += a2 * d2 - b2 * x2
+        g23 += a2 * d3 - b2 * x3
+        g30 += a3 * d0 - b3 * x0
+        g31 += a3 * d1 - b3 * x1
+        g32 += a3 * d2 - b3 * x2
+        g33 += a3 * d3 - b3 * x3
+    gw[k0, j0] += g00
+    gw[k0, j0 + 1] += g01
+    gw[k0, j0 + 2] += g02
+    gw[k0, j0 + 3] += g03
+    gw[k0 + 1, j0] += g10
+    gw[k0 + 1, j0 + 1] += g11
+    gw[k0 + 1, j0 + 2] += g12
+    gw[k0 + 1, j0 + 3] += g13
+    gw[k0 + 2, j0] += g20
+    gw[k0 + 2, j0 + 1] += g21
+    gw[k0 + 2, j0 + 2] += g22
+    gw[k0 + 2, j0 + 3] += g23
+    gw[k0 + 3, j0] += g30
+    gw[k0 + 3, j0 + 1] += g31
+    gw[k0 + 3, j0 + 2] += g32
+    gw[k0 + 3, j0 + 3] += g33
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
