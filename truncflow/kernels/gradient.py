@@ -26,7 +26,7 @@ from numba import njit, prange
 from .config import JIT_OPTIONS, JIT_OPTIONS_REDUCTION
 
 #: Points per tile: the length of the vectorized innermost loops.
-TILE = 128
+TILE = 256
 #: Parameter widths are padded to a multiple of this (the register block).
 BLOCK = 4
 
