@@ -1,16 +1,19 @@
 """pytest-benchmark suite (not part of the test run): `python -m pytest bench/ --benchmark-only`.
 
-Groups compare truncflow with PyTorch autograd (float64, float32) on the same
-network, data and number of threads. `python bench/report.py` writes the report.
+Groups compare truncflow with PyTorch autograd (float64, float32) and vectorized
+NumPy on the same network, data and number of threads: N from 1e3 to 1e7 at
+M = 8, L = 3, and the grid M in {2, 8, 32} x L in {1, 3, 8} at N = 1e5.
+`python bench/report.py` writes the report.
 """
 import numba
 import pytest
 
 import truncflow as tf
-from peers import torch, torch_gradient_fn
+from peers import numpy_gradient_fn, torch, torch_gradient_fn
 from report import problem
 
-SHAPES = [(10**4, 8, 3), (10**5, 8, 3), (10**6, 8, 3), (10**5, 2, 1), (10**5, 32, 8)]
+SHAPES = ([(n, 8, 3) for n in (10**3, 10**4, 10**6, 10**7)]
+          + [(10**5, m, l) for m in (2, 8, 32) for l in (1, 3, 8)])
 
 
 @pytest.fixture(params=[1, 2], ids=lambda t: f"{t}threads")
@@ -38,3 +41,10 @@ def test_torch_gradient(benchmark, shape, dtype, threads):
     params, data = problem(*shape)
     benchmark.group = f"{shape}-{threads}"
     benchmark(torch_gradient_fn(params, data.points, data.labels, data.targets, dtype))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"N{s[0]:.0e}-M{s[1]}-L{s[2]}")
+def test_numpy_gradient(benchmark, shape, threads):
+    params, data = problem(*shape)
+    benchmark.group = f"{shape}-{threads}"
+    benchmark(numpy_gradient_fn(params, data.points, data.labels, data.targets))
