@@ -15,7 +15,7 @@ The kink convention of section 5: a coordinate with ``a_k == 0`` is truncated.
 Register blocking. The widths of the parameter arrays are padded with zeros to a
 multiple of ``BLOCK`` (``compute.tile_arrays``), so every matrix-vector product runs
 in 4 x 4 blocks whose 16 weights stay in registers while the points stream past, and
-the gradient sums in 2 x 4 blocks. Padded coordinates stay exactly zero, and the
+the gradient sums in 4 x 4 blocks. Padded coordinates stay exactly zero, and the
 forward products keep the order of ``forward.forward_point`` (bias first, then
 j = 0, 1, ... ; adding the padding's zeros changes no value), so the gradient and
 the activation patterns agree on every kink.
