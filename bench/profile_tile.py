@@ -36,10 +36,10 @@ def _forward(n, cw, cb, inv, z, act, cn):
 
 
 @njit
-def _reverse(n, back, targets, ow, ob, z, act, lab, u, uf, um, ufm, r, wt, sq, gw, gb, gow, gob):
+def _reverse(n, back, targets, ow, ob, z, act, lab, u, u_next, um, r, wt, sq, gw, gb, gow, gob):
     for _ in range(n):
         kern._tile_gradient(back, targets, ow, ob, False, 1, z, act, lab, kern.TILE,
-                            u, uf, um, ufm, r, wt, sq, gw, gb, gow, gob)
+                            u, u_next, um, r, wt, sq, gw, gb, gow, gob)
 
 
 @njit
@@ -49,9 +49,15 @@ def _product(n, w, x, y, bias):
 
 
 @njit
-def _sums(n, u, uf, z, xt, gw, gb):
+def _back_product(n, w, u, a, y):
     for _ in range(n):
-        kern._layer_sums(u, uf, z, xt, kern.TILE, gw, gb)
+        kern._back_product(w, u, a, y, kern.TILE)
+
+
+@njit
+def _sums(n, u, a, z, xt, gw, gb):
+    for _ in range(n):
+        kern._layer_sums(u, a, z, xt, kern.TILE, gw, gb)
 
 
 def _ns_per_point(fn, *args, n=20000, repeats=5):
@@ -75,25 +81,27 @@ def stage_times(m: int = 8, layers: int = 3) -> dict[str, float]:
         params, data = problem(kern.TILE, m, layers)
         targets, cw, cb, inv, back, ow, ob = tile_arrays(params, data.targets, "input")
         mp = cw.shape[1]
-        z, act, cn, u, uf, um, ufm, r, wt, lab = kern._tile_buffers(layers, mp, 0)
+        z, act, cn, u, u_next, um, r, wt, lab = kern._tile_buffers(layers, mp, 0)
         points, labels = np.array(data.points), np.array(data.labels)
         sq, gw, gb = np.zeros(1), np.zeros((1, layers, mp, mp)), np.zeros((1, layers, mp))
         gow, gob = np.zeros((1, 0, mp)), np.zeros((1, 0))
         load = _ns_per_point(_load, points, labels, z, lab)
         forward = _ns_per_point(_forward, cw, cb, inv, z, act, cn)
-        reverse = _ns_per_point(_reverse, back, targets, ow, ob, z, act, lab, u, uf, um, ufm, r, wt,
+        reverse = _ns_per_point(_reverse, back, targets, ow, ob, z, act, lab, u, u_next, um, r, wt,
                                 sq, gw, gb, gow, gob)
+        back_product = _ns_per_point(_back_product, back[0], u, act[0], u_next)
         product = _ns_per_point(_product, cw[0], z[0], act[0], cb[0])
-        sums = _ns_per_point(_sums, u, uf, z[0], z[1], gw[0, 0], gb[0, 0])
+        sums = _ns_per_point(_sums, u, act[0], z[0], z[1], gw[0, 0], gb[0, 0])
     finally:
         numba.set_num_threads(old)
     return {
         "load the tile (points to feature-major)": load,
         f"forward: {2 * layers} matrix-vector products": 2 * layers * product,
         "forward: truncation masks": forward - 2 * layers * product,
-        f"reverse: {layers} matrix-vector products": layers * product,
+        f"reverse: {layers} matrix-vector products (one on the residuals, {layers - 1} on free parts)":
+            product + (layers - 1) * back_product,
         f"reverse: {layers} gradient sums": layers * sums,
-        "reverse: residuals, free parts of u": reverse - layers * (product + sums),
+        "reverse: residuals and cost": reverse - product - (layers - 1) * back_product - layers * sums,
     }
 
 

@@ -67,14 +67,14 @@ def gradient_kernel(points, labels, targets, cw, cb, inv, back, out_w, out_b, ou
     g_ow = np.zeros((C, n_slots, P, M))
     g_ob = np.zeros((C, n_slots, P))
     for c in prange(C):
-        z, act, cn, u, uf, um, ufm, r, wt, lab = _tile_buffers(L, M, P)
+        z, act, cn, u, u_next, um, r, wt, lab = _tile_buffers(L, M, P)
         stop = min(N, (c + 1) * chunk)
         for start in range(c * chunk, stop, TILE):
             nb = min(TILE, stop - start)
             _load_tile(points, labels, start, nb, z[0], lab)
             _forward_tile(cw, cb, inv, z, act, cn, nb)
             _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, lab, nb,
-                           u, uf, um, ufm, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
+                           u, u_next, um, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
     return sq, g_w, g_b, g_ow, g_ob
 
 
@@ -84,13 +84,13 @@ def _tile_buffers(L, M, P):
 
     Returns z (L+1, M, T) the images x~^(l) (zero-filled: padding rows stay zero),
     act (L, M, T) the cumulative pre-activations, then (M, T) arrays cn (-a on
-    truncated coordinates, else 0), u (A^T g, g the adjoint dC_i/dx~^(l+1)),
-    uf (u on free coordinates, else 0), um, ufm (u, uf restricted to one slot),
-    r (max(M, P), T) residuals, wt (T,) a slot mask and lab (T,) int64 labels.
+    truncated coordinates, else 0), u and u_next (A^T g, g the adjoint dC_i/dx~^(l+1),
+    of this layer and of the one below), um (u restricted to one slot), r (max(M, P), T)
+    residuals, wt (T,) a slot mask and lab (T,) int64 labels.
     """
     T = TILE
     return (np.zeros((L + 1, M, T)), np.empty((L, M, T)), np.empty((M, T)),
-            np.empty((M, T)), np.empty((M, T)), np.empty((M, T)), np.empty((M, T)),
+            np.empty((M, T)), np.empty((M, T)), np.empty((M, T)),
             np.empty((max(M, P), T)), np.empty(T), np.empty(T, dtype=np.int64))
 
 
@@ -106,11 +106,11 @@ def _load_tile(points, labels, start, nb, z0, lab):
 
 @njit(**JIT_OPTIONS_REDUCTION)
 def _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, lab, nb,
-                   u, uf, um, ufm, r, wt, sq, g_w, g_b, g_ow, g_ob):
+                   u, u_next, um, r, wt, sq, g_w, g_b, g_ow, g_ob):
     """The tile's residuals and reverse sweep (section 6), accumulated per slot.
 
-    back (L, M, M) from ``compute.tile_arrays``; z, act from ``_forward_tile``; u, uf,
-    um, ufm (M, T), r (max(M, P), T), wt (T,) scratch; sq (S,), g_w (S, L, M, M),
+    back (L, M, M) from ``compute.tile_arrays``; z, act from ``_forward_tile``; u,
+    u_next, um (M, T), r (max(M, P), T), wt (T,) scratch; sq (S,), g_w (S, L, M, M),
     g_b (S, L, M), g_ow (S, P, M), g_ob (S, P): this chunk's slots, S = n_slots (1 for
     totals, Q per cluster).
 
@@ -145,11 +145,8 @@ def _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, la
             _masked_outer(u, z[L], wt, nb, g_w[s, L - 1], g_b[s, L - 1], 1.0)
         s = _next_slot(lab, nb, s, n_slots)
     for l in range(L - 1, -1, -1):
-        for k in range(M):
-            for t in range(nb):
-                uf[k, t] = u[k, t] if act[l, k, t] > 0.0 else 0.0
         if n_slots == 1:
-            _layer_sums(u, uf, z[l], z[l + 1], nb, g_w[0, l], g_b[0, l])
+            _layer_sums(u, act[l], z[l], z[l + 1], nb, g_w[0, l], g_b[0, l])
         else:
             s = _first_slot(lab, nb, n_slots)
             while s >= 0:
@@ -158,11 +155,11 @@ def _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, la
                 for k in range(M):
                     for t in range(nb):
                         um[k, t] = wt[t] * u[k, t]
-                        ufm[k, t] = wt[t] * uf[k, t]
-                _layer_sums(um, ufm, z[l], z[l + 1], nb, g_w[s, l], g_b[s, l])
+                _layer_sums(um, act[l], z[l], z[l + 1], nb, g_w[s, l], g_b[s, l])
                 s = _next_slot(lab, nb, s, n_slots)
         if l > 0:
-            _matvec(back[l - 1], uf, u, u, wt[:0], _FROM_BIAS, nb)
+            _back_product(back[l - 1], u, act[l], u_next, nb)
+            u, u_next = u_next, u
 
 
 @njit(**JIT_OPTIONS)
@@ -252,6 +249,49 @@ def _matvec_block(w, k0, j0, x, y, src, bias, start, nb):
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
+def _back_product(w, u, a, y, nb):
+    """y[:, :nb] = w @ uf, uf = u on free coordinates (a > 0) and 0 on truncated ones.
+
+    w (M, M) with M a multiple of BLOCK; u, a, y (M, T), y distinct from u. The reverse
+    sweep's product: the free part is taken as the operands are loaded (no pass of its own),
+    and the products fuse to multiply-adds.
+    """
+    M = w.shape[0]
+    for k0 in range(0, M, BLOCK):
+        for j0 in range(0, M, BLOCK):
+            _back_block(w, k0, j0, u, a, y, nb)
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _back_block(w, k0, j0, u, a, y, nb):
+    """Rows k0..k0+3 of ``_back_product``, adding columns j0..j0+3 (the first block stores)."""
+    w00, w01, w02, w03 = w[k0, j0], w[k0, j0 + 1], w[k0, j0 + 2], w[k0, j0 + 3]
+    w10, w11, w12, w13 = w[k0 + 1, j0], w[k0 + 1, j0 + 1], w[k0 + 1, j0 + 2], w[k0 + 1, j0 + 3]
+    w20, w21, w22, w23 = w[k0 + 2, j0], w[k0 + 2, j0 + 1], w[k0 + 2, j0 + 2], w[k0 + 2, j0 + 3]
+    w30, w31, w32, w33 = w[k0 + 3, j0], w[k0 + 3, j0 + 1], w[k0 + 3, j0 + 2], w[k0 + 3, j0 + 3]
+    if j0 == 0:
+        for t in range(nb):
+            x0 = u[0, t] if a[0, t] > 0.0 else 0.0
+            x1 = u[1, t] if a[1, t] > 0.0 else 0.0
+            x2 = u[2, t] if a[2, t] > 0.0 else 0.0
+            x3 = u[3, t] if a[3, t] > 0.0 else 0.0
+            y[k0, t] = w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+            y[k0 + 1, t] = w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+            y[k0 + 2, t] = w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+            y[k0 + 3, t] = w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
+    else:
+        for t in range(nb):
+            x0 = u[j0, t] if a[j0, t] > 0.0 else 0.0
+            x1 = u[j0 + 1, t] if a[j0 + 1, t] > 0.0 else 0.0
+            x2 = u[j0 + 2, t] if a[j0 + 2, t] > 0.0 else 0.0
+            x3 = u[j0 + 3, t] if a[j0 + 3, t] > 0.0 else 0.0
+            y[k0, t] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+            y[k0 + 1, t] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+            y[k0 + 2, t] += w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+            y[k0 + 3, t] += w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
 def _output_top(out_w, out_b, targets, lab, act_last, r, h, nb):
     """r = W_out sigma(a_L) + b_out - y and h = W_out^T r."""
     P, M = out_w.shape
@@ -274,49 +314,56 @@ def _output_top(out_w, out_b, targets, lab, act_last, r, h, nb):
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
-def _layer_sums(u, uf, z, xt, nb, gw, gb):
-    """gw += sum_t (uf_t (z_t - xt_t)^T - (u_t - uf_t) xt_t^T) and gb -= sum_t (u_t - uf_t).
+def _layer_sums(u, a, z, xt, nb, gw, gb):
+    """gw += sum_t (uf_t (z_t - xt_t)^T - ut_t xt_t^T) and gb -= sum_t ut_t.
 
-    u, uf, z, xt (M, T) with M a multiple of BLOCK: u = A^T g, uf its free part, z the
-    layer's input images, xt its output images; gw (M, M), gb (M,).
+    u, a, z, xt (M, T) with M a multiple of BLOCK: u = A^T g, a the layer's cone
+    coordinates (row k of a point is free where a_k > 0: uf, ut are u on the free and
+    on the truncated rows), z the layer's input images, xt its output images;
+    gw (M, M), gb (M,).
     """
     M = u.shape[0]
     for k in range(M):
         acc = 0.0
         for t in range(nb):
-            acc += u[k, t] - uf[k, t]
+            acc += 0.0 if a[k, t] > 0.0 else u[k, t]
         gb[k] -= acc
     for k0 in range(0, M, BLOCK):
         for j0 in range(0, M, BLOCK):
-            _layer_sums_block(u, uf, z, xt, k0, j0, nb, gw)
+            _layer_sums_block(u, a, z, xt, k0, j0, nb, gw)
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
-def _layer_sums_block(u, uf, z, xt, k0, j0, nb, gw):
-    """gw[k0:k0+4, j0:j0+4] of ``_layer_sums``: 16 sums in registers, each operand loaded once."""
+def _layer_sums_block(u, a, z, xt, k0, j0, nb, gw):
+    """gw[k0:k0+4, j0:j0+4] of ``_layer_sums``: 16 sums in registers, each operand loaded once.
+
+    Row k of a point is either free or truncated, so each entry takes one product:
+    u_k (z_j - xt_j) on a free row, -u_k xt_j on a truncated one (a select, then a
+    multiply-add: the exact products of the two-term form, whose other term is zero).
+    """
     g00 = g01 = g02 = g03 = g10 = g11 = g12 = g13 = 0.0
     g20 = g21 = g22 = g23 = g30 = g31 = g32 = g33 = 0.0
     for t in range(nb):
-        a0, a1, a2, a3 = uf[k0, t], uf[k0 + 1, t], uf[k0 + 2, t], uf[k0 + 3, t]
-        b0, b1, b2, b3 = u[k0, t] - a0, u[k0 + 1, t] - a1, u[k0 + 2, t] - a2, u[k0 + 3, t] - a3
+        f0, f1, f2, f3 = a[k0, t] > 0.0, a[k0 + 1, t] > 0.0, a[k0 + 2, t] > 0.0, a[k0 + 3, t] > 0.0
+        u0, u1, u2, u3 = u[k0, t], u[k0 + 1, t], u[k0 + 2, t], u[k0 + 3, t]
         x0, x1, x2, x3 = xt[j0, t], xt[j0 + 1, t], xt[j0 + 2, t], xt[j0 + 3, t]
-        d0, d1, d2, d3 = z[j0, t] - x0, z[j0 + 1, t] - x1, z[j0 + 2, t] - x2, z[j0 + 3, t] - x3
-        g00 += a0 * d0 - b0 * x0
-        g01 += a0 * d1 - b0 * x1
-        g02 += a0 * d2 - b0 * x2
-        g03 += a0 * d3 - b0 * x3
-        g10 += a1 * d0 - b1 * x0
-        g11 += a1 * d1 - b1 * x1
-        g12 += a1 * d2 - b1 * x2
-        g13 += a1 * d3 - b1 * x3
-        g20 += a2 * d0 - b2 * x0
-        g21 += a2 * d1 - b2 * x1
-        g22 += a2 * d2 - b2 * x2
-        g23 += a2 * d3 - b2 * x3
-        g30 += a3 * d0 - b3 * x0
-        g31 += a3 * d1 - b3 * x1
-        g32 += a3 * d2 - b3 * x2
-        g33 += a3 * d3 - b3 * x3
+        e0, e1, e2, e3 = x0 - z[j0, t], x1 - z[j0 + 1, t], x2 - z[j0 + 2, t], x3 - z[j0 + 3, t]
+        g00 -= u0 * (e0 if f0 else x0)
+        g01 -= u0 * (e1 if f0 else x1)
+        g02 -= u0 * (e2 if f0 else x2)
+        g03 -= u0 * (e3 if f0 else x3)
+        g10 -= u1 * (e0 if f1 else x0)
+        g11 -= u1 * (e1 if f1 else x1)
+        g12 -= u1 * (e2 if f1 else x2)
+        g13 -= u1 * (e3 if f1 else x3)
+        g20 -= u2 * (e0 if f2 else x0)
+        g21 -= u2 * (e1 if f2 else x1)
+        g22 -= u2 * (e2 if f2 else x2)
+        g23 -= u2 * (e3 if f2 else x3)
+        g30 -= u3 * (e0 if f3 else x0)
+        g31 -= u3 * (e1 if f3 else x1)
+        g32 -= u3 * (e2 if f3 else x2)
+        g33 -= u3 * (e3 if f3 else x3)
     gw[k0, j0] += g00
     gw[k0, j0 + 1] += g01
     gw[k0, j0 + 2] += g02

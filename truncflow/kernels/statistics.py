@@ -65,7 +65,7 @@ def statistics_kernel(points, labels, targets, cw, cb, inv, back, out_w, out_b,
     free2 = np.zeros((C, L2, Q, M, M, M))
     con2 = np.zeros((C, L2, Q, M, M, M))
     for c in prange(C):
-        z, act, cn, u, uf, um, ufm, r, wt, lab = _tile_buffers(L, Mp, P)
+        z, act, cn, u, u_next, um, r, wt, lab = _tile_buffers(L, Mp, P)
         wf = np.empty((M, TILE))         # slot mask times 1[a_k > 0]
         wc = np.empty((M, TILE))         # slot mask times 1[a_k <= 0]
         pair = np.empty(TILE)            # z_i z_j of the tile
@@ -77,7 +77,7 @@ def statistics_kernel(points, labels, targets, cw, cb, inv, back, out_w, out_b,
             _tile_moments(z, act, lab, nb, Q, second_moments, wt, wf, wc, pair,
                           truncated[c], free1[c], con1[c], free2[c], con2[c])
             _tile_gradient(back, targets, out_w, out_b, output_cost, Q, z, act, lab, nb,
-                           u, uf, um, ufm, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
+                           u, u_next, um, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
     return sq, g_w, g_b, g_ow, g_ob, truncated, free1, con1, free2, con2
 
 
