@@ -30,14 +30,32 @@ import truncflow as tf  # noqa: E402
 from peers import numpy_gradient_fn, torch, torch_gradient_fn  # noqa: E402
 
 
-def best_time(fn, repeats=3):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def interleaved_best(fns, rounds):
+    """Best time (s) of each function in ``fns`` ({name: callable}) over ``rounds`` rounds.
+
+    After one warm-up call each, every round calls the functions in turn, so that a slow
+    spell of a shared machine falls on all of them rather than on one: the ratios of the
+    best times compare like with like.
+    """
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    best = {name: np.inf for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def peer_fns(params, data):
+    """{name: callable} for truncflow and each peer on the same problem (a missing torch is left out)."""
+    fns = {"truncflow": lambda: tf.gradient(params, data),
+           "numpy": numpy_gradient_fn(params, data.points, data.labels, data.targets)}
+    if torch is not None:
+        for dtype in ("float64", "float32"):
+            fns[f"torch {dtype}"] = torch_gradient_fn(params, data.points, data.labels, data.targets, dtype)
+    return fns
 
 
 def problem(n, m, layers, q=4, seed=0, dtype=np.float64):
@@ -49,39 +67,13 @@ def problem(n, m, layers, q=4, seed=0, dtype=np.float64):
     return params, tf.Dataset(points, labels, targets)
 
 
-def gradient_time(params, data, repeats=3):
-    return best_time(lambda: tf.gradient(params, data), repeats)
-
-
-def thread_times(params, data, threads, repeats):
-    """Best times of one gradient on 1 thread and on ``threads`` threads.
-
-    The two are measured alternately (1, n, 1, n, ...), so that a slow spell of a shared
-    machine falls on both rather than on one.
-    """
-    best = {1: np.inf, threads: np.inf}
-    for k in best:
-        numba.set_num_threads(k)
-        tf.gradient(params, data)
-    for _ in range(repeats):
-        for k in best:
-            numba.set_num_threads(k)
-            t0 = time.perf_counter()
-            tf.gradient(params, data)
-            best[k] = min(best[k], time.perf_counter() - t0)
+def thread_times(params, data, threads, rounds):
+    """Best times of one gradient on 1 thread and on ``threads`` threads, measured alternately."""
+    def on(k):
+        return lambda: (numba.set_num_threads(k), tf.gradient(params, data))
+    best = interleaved_best({1: on(1), threads: on(threads)}, rounds)
     numba.set_num_threads(threads)
     return best[1], best[threads]
-
-
-def numpy_time(params, data, repeats=3):
-    return best_time(numpy_gradient_fn(params, data.points, data.labels, data.targets), repeats)
-
-
-def torch_time(params, data, dtype, repeats=3):
-    if torch is None:
-        return float("nan")
-    fn = torch_gradient_fn(params, data.points, data.labels, data.targets, dtype)
-    return best_time(fn, repeats)
 
 
 def matmul_rate(threads):
@@ -199,17 +191,18 @@ def main(argv=None):
     # 1. headline
     N = 10**5 if quick else 10**6
     params, data = problem(N, 8, 3)
-    t_tf = gradient_time(params, data, 10)
-    t64 = torch_time(params, data, "float64", 5)
-    t32 = torch_time(params, data, "float32", 5)
-    t_np = numpy_time(params, data, 5)
     params32, data32 = problem(N, 8, 3, dtype=np.float32)
-    t_tf32 = gradient_time(params32, data32, 10)
+    fns = peer_fns(params, data)
+    fns["truncflow float32"] = lambda: tf.gradient(params32, data32)
+    best = interleaved_best(fns, 10)
+    t_tf, t_tf32, t_np = best["truncflow"], best["truncflow float32"], best["numpy"]
+    t64, t32 = best.get("torch float64", np.nan), best.get("torch float32", np.nan)
     rate = matmul_rate(threads)
     useful = 6 * 3 * 8**2 * N
     say(f"## One gradient: N = {N:.0e}, M = 8, L = 3, input cost, cumulative")
     say()
-    say(f"truncflow: {t_tf / N * 1e9:.0f} ns per point (best of 10).")
+    say(f"truncflow: {t_tf / N * 1e9:.0f} ns per point. Each time is the best of 10 rounds in which "
+        f"truncflow and every peer run in turn.")
     say()
     say("| | time ratio (peer / truncflow) |")
     say("|---|---|")
@@ -252,10 +245,11 @@ def main(argv=None):
     say("|---|---|---|---|---|---|")
     for m in (2, 8, 32):
         for l in (1, 3, 8):
-            p, d = problem(n_grid, m, l)
-            t = gradient_time(p, d, 5)
-            say(f"| {m} | {l} | {t / n_grid * 1e9:.0f} | {torch_time(p, d, 'float64') / t:.1f}× | "
-                f"{torch_time(p, d, 'float32') / t:.1f}× | {numpy_time(p, d) / t:.1f}× |")
+            best = interleaved_best(peer_fns(*problem(n_grid, m, l)), 5)
+            t = best["truncflow"]
+            vs = lambda name: best.get(name, np.nan) / t
+            say(f"| {m} | {l} | {t / n_grid * 1e9:.0f} | {vs('torch float64'):.1f}× | "
+                f"{vs('torch float32'):.1f}× | {vs('numpy'):.1f}× |")
     say()
 
     # 4. memory and start-up

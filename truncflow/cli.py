@@ -250,7 +250,7 @@ def _info() -> int:
     print(f"cpus      {cpus} ({usable} usable by this process)")
     print(f"numba threads {numba.get_num_threads()} (NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS})")
     print(f"threading layer {_threading_layer()}")
-    for var in ("NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "NUMBA_CACHE_DIR", "OMP_WAIT_POLICY",
+    for var in ("NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "NUMBA_CACHE_DIR", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                 "OMP_NUM_THREADS"):
         if var in os.environ:
             print(f"  {var}={os.environ[var]}")

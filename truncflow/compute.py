@@ -77,8 +77,10 @@ def tile_arrays(params: Params, targets: np.ndarray, kind: str) -> tuple[np.ndar
     Mp = -(-M // BLOCK) * BLOCK
 
     def pad(a, axes):
-        widths = [(0, Mp - M) if ax in axes else (0, 0) for ax in range(a.ndim)]
-        return np.ascontiguousarray(np.pad(np.asarray(a, dtype=np.float64), widths))
+        a = np.asarray(a, dtype=np.float64)
+        out = np.zeros([Mp if ax in axes else n for ax, n in enumerate(a.shape)])
+        out[tuple(slice(0, n) for n in a.shape)] = a
+        return out
 
     cw = pad(params.cum_weights, (1, 2))
     inv = pad(params.inverses, (1, 2))
