@@ -30,18 +30,21 @@ import truncflow as tf  # noqa: E402
 from peers import numpy_gradient_fn, torch, torch_gradient_fn  # noqa: E402
 
 
-def interleaved_best(fns, rounds):
+def interleaved_best(fns, rounds, settle=0.0):
     """Best time (s) of each function in ``fns`` ({name: callable}) over ``rounds`` rounds.
 
     After one warm-up call each, every round calls the functions in turn, so that a slow
     spell of a shared machine falls on all of them rather than on one: the ratios of the
-    best times compare like with like.
+    best times compare like with like. ``settle`` seconds of sleep before each call let
+    the previous library's idle threads stop spinning (PyTorch's and OpenBLAS's workers
+    spin for milliseconds after a call and would take cores from the next one).
     """
     for fn in fns.values():
         fn()
     best = {name: np.inf for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            time.sleep(settle)
             t0 = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - t0)
@@ -194,7 +197,7 @@ def main(argv=None):
     params32, data32 = problem(N, 8, 3, dtype=np.float32)
     fns = peer_fns(params, data)
     fns["truncflow float32"] = lambda: tf.gradient(params32, data32)
-    best = interleaved_best(fns, 10)
+    best = interleaved_best(fns, 10, settle=0.05)
     t_tf, t_tf32, t_np = best["truncflow"], best["truncflow float32"], best["numpy"]
     t64, t32 = best.get("torch float64", np.nan), best.get("torch float32", np.nan)
     rate = matmul_rate(threads)
@@ -202,7 +205,7 @@ def main(argv=None):
     say(f"## One gradient: N = {N:.0e}, M = 8, L = 3, input cost, cumulative")
     say()
     say(f"truncflow: {t_tf / N * 1e9:.0f} ns per point. Each time is the best of 10 rounds in which "
-        f"truncflow and every peer run in turn.")
+        f"truncflow and every peer run in turn, each after a 50 ms pause.")
     say()
     say("| | time ratio (peer / truncflow) |")
     say("|---|---|")
@@ -245,7 +248,7 @@ def main(argv=None):
     say("|---|---|---|---|---|---|")
     for m in (2, 8, 32):
         for l in (1, 3, 8):
-            best = interleaved_best(peer_fns(*problem(n_grid, m, l)), 5)
+            best = interleaved_best(peer_fns(*problem(n_grid, m, l)), 5, settle=0.05)
             t = best["truncflow"]
             vs = lambda name: best.get(name, np.nan) / t
             say(f"| {m} | {l} | {t / n_grid * 1e9:.0f} | {vs('torch float64'):.1f}× | "
