@@ -5,7 +5,7 @@
 Each stage of ``truncflow.kernels.gradient`` runs 20,000 times on the same tile of
 ``TILE`` points (it stays in cache, as in the streaming kernel); the matrix-vector
 products and the gradient sums are also timed on their own, so the remainder of each
-sweep is its element-wise passes (truncation masks, residuals, free parts of u).
+sweep is its element-wise passes (truncation masks, residuals and cost).
 """
 from __future__ import annotations
 

@@ -4,8 +4,9 @@
     python bench/report.py --quick      # smaller sizes, for a smoke test
 
 Every number in one table comes from one run of this script on one machine;
-ratios, not absolute times, are the result. Times are the best of a few repeats
-after a warm-up call (compilation excluded).
+ratios, not absolute times, are the result. Times are the best of interleaved
+rounds after a warm-up call (compilation excluded): the functions compared run in
+turn, so that a slow spell of a shared machine falls on all of them.
 """
 from __future__ import annotations
 

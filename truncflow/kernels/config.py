@@ -1,8 +1,9 @@
 """Compilation settings shared by every CPU kernel, and the fixed chunking of points.
 
 Kernels import their flags from here and never set their own, so one place
-decides where floating-point reassociation is allowed: only in the sums over the
-points of a tile (``JIT_OPTIONS_REDUCTION``), never where a kink is decided.
+decides where floating-point reassociation is allowed: only in the reverse sweep
+(the sums over the points of a tile and the backward products,
+``JIT_OPTIONS_REDUCTION``), never where a kink is decided.
 Results are exact to round-off and identical on any number of threads.
 """
 #: Passed as ``fastmath=`` to every kernel. False: IEEE semantics, reproducible sums.
@@ -11,8 +12,8 @@ FASTMATH = False
 #: Options shared by every kernel: ``cache=True`` so a second process starts in seconds.
 JIT_OPTIONS = dict(cache=True, fastmath=FASTMATH, nogil=True)
 
-#: Tiled kernels whose inner loops are sums over the points of a tile: reassociation
-#: lets those sums vectorize, and contraction fuses multiply-adds. Still deterministic
+#: Tiled kernels of the reverse sweep (sums over the points of a tile, backward
+#: products): reassociation lets the sums vectorize, and contraction fuses multiply-adds. Still deterministic
 #: (the same code sums the same tile the same way on any number of threads); no
 #: assumptions about NaN or infinity are made.
 FASTMATH_REDUCTION = {"reassoc", "contract"}

@@ -116,7 +116,7 @@ def _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, la
 
     The sweep carries u^(l) = A^(l)^T g^(l), g^(l) the adjoint of the layer's output
     image: at the top u = A^(L)^T r (input cost) or u = W_out^T e (output cost, where
-    A^(L)^T W^(L)^T cancels), and below u^(l-1) = A^(l-1)^T W^(l)^T (D u^(l)) = W_l^T uf^(l)
+    A^(L)^T W^(L)^T cancels), and below u^(l-1) = A^(l-1)^T W^(l)^T (D u^(l)) = W_l^T (D u^(l))
     with the layer matrix W_l = W^(l) A^(l-1): one product per layer.
     """
     L = back.shape[0]
