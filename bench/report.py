@@ -240,6 +240,8 @@ def main(argv=None):
     for n in sizes:
         say(f"| {n:.0e} | {per_point[n] / per_point[10**5]:.2f} | {speedup[n]:.2f}× |")
     say()
+    say(_scaling_verdict(per_point, speedup, threads))
+    say()
 
     # 3. grid of shapes against every peer
     n_grid = 10**4 if quick else 10**5
@@ -286,6 +288,23 @@ def main(argv=None):
     Path(args.out).write_text("\n".join(lines) + "\n")
     _plot(per_point, speedup, HERE / "scaling.png")
     print(f"wrote {args.out}")
+
+
+def _scaling_verdict(per_point, speedup, threads):
+    """Verdicts on the two scaling targets over N = 1e5 and up: how far from each, when missed."""
+    large = [n for n in per_point if n >= 10**5]
+    spread = max(abs(per_point[n] / per_point[10**5] - 1) for n in large)
+    flat = ("met" if spread <= 0.2 else f"**not met**: {100 * spread:.0f}% apart, against 20%")
+    low = min(large, key=lambda n: speedup[n])
+    if threads < 2:
+        threads_verdict = "not measured (one thread available)"
+    elif speedup[low] >= 1.7:
+        threads_verdict = f"met (lowest {speedup[low]:.2f}× at N = {low:.0e})"
+    else:
+        threads_verdict = (f"**not met**: {speedup[low]:.2f}× at N = {low:.0e}, a factor "
+                           f"{1.7 / speedup[low]:.2f} short")
+    return (f"Targets from N = 1e5 up: time per point constant within 20%: {flat}; "
+            f"2 threads at least 1.7× faster than 1: {threads_verdict}.")
 
 
 def _where_the_time_goes(frac):
