@@ -1,52 +1,18 @@
 """The aligned model (MODEL.md section 9): construction, restricted gradient, threshold
 equation, conservation law, and the cluster-separation check.
 
-Independent references: PyTorch autograd of the cost written in the aligned
-parameters (lambda, b), the clip form ``R^T max(R z, t)`` of the truncation map
+Independent references (PyTorch autograd of the restricted cost: tests/test_torch.py):
+the clip form ``R^T max(R z, t)`` of the truncation map
 written here in NumPy, and counts of truncated points computed here.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import truncflow as tf
 from conftest import assert_close
-
-torch.set_default_dtype(torch.float64)
-
-
-def rotation(M, seed):
-    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((M, M)))
-    return q * np.sign(np.diag(r))
-
-
-def one_layer_problem(M=3, N=60, Q=3, seed=0):
-    """One aligned layer, Q clusters sharing every coordinate, thresholds inside the data."""
-    rng = np.random.default_rng(seed)
-    R = rotation(M, seed)[None]
-    x = rng.standard_normal((N, M))
-    labels = np.arange(N) % Q
-    targets = 2 * rng.standard_normal((Q, M))
-    lam = rng.uniform(0.5, 2.0, (1, M))
-    t = np.quantile(x @ R[0].T, 0.3, axis=0)[None]
-    return tf.Params.aligned(R, lam, -lam * t), tf.Dataset(x, labels, targets)
-
-
-def separated_problem(seed=1, n=80):
-    """Two aligned layers, two clusters: layer 1 truncates only cluster 0, layer 2 only
-    cluster 1 (its frame is a reflection turned by 0.2 rad, so cluster 1 lies below)."""
-    rng = np.random.default_rng(seed)
-    c, s = np.cos(0.2), np.sin(0.2)
-    R = np.stack([np.eye(2), -np.array([[c, -s], [s, c]])])
-    x = np.concatenate([0.5 * rng.standard_normal((n, 2)), 5 + 0.5 * rng.standard_normal((n, 2))])
-    labels = np.repeat([0, 1], n)
-    targets = np.array([[1.0, 1.0], [3.0, 3.0]])
-    t = np.stack([np.full(2, -0.5), (x[labels == 1] @ R[1].T).min(axis=0) + 0.3])
-    lam = np.array([[1.0, 1.5], [3.0, 2.5]])
-    return tf.Params.aligned(R, lam, -lam * t), tf.Dataset(x, labels, targets)
-
+from problems import one_layer_problem, rotation, separated_problem
 
 # ------------------------------------------------------------- construction
 def test_aligned_params_expose_frames_scales_thresholds():
@@ -101,36 +67,6 @@ def test_aligned_keeps_frames_through_records_and_files(tmp_path):
     back = tf.load_result(r.save(tmp_path / "run"))
     assert np.array_equal(back.arrays["frames"], params.frames)
     assert_close(back.final.thresholds, r.final.thresholds, 0)
-
-
-# ------------------------------------------------- restricted gradient (torch)
-def torch_aligned_cost(R, lam, b, x, labels, targets):
-    """C(lambda, b) through the general truncation map W^-1 (relu(W z + b) - b), W = diag(lambda) R."""
-    z = torch.tensor(x)
-    L = R.shape[0]
-    for l in range(L):
-        W = torch.diag(lam[l]) @ torch.tensor(R[l])
-        a = z @ W.T + b[l]
-        z = torch.linalg.solve(W, (torch.relu(a) - b[l]).T).T
-    r = z - torch.tensor(targets)[torch.tensor(labels)]
-    return (r * r).sum() / (2 * len(x))
-
-
-@pytest.mark.parametrize("case", ["one_layer", "separated"])
-def test_aligned_gradient_matches_torch(case):
-    params, ds = one_layer_problem() if case == "one_layer" else separated_problem()
-    lam = torch.tensor(params.scales, requires_grad=True)
-    b = torch.tensor(np.array(params.cum_biases), requires_grad=True)
-    c = torch_aligned_cost(params.frames, lam, b, ds.points, ds.labels, ds.targets)
-    c.backward()
-    cost, g = tf.gradient(params, ds, wrt="aligned")
-    assert g.wrt == "aligned" and g.weights.shape == params.scales.shape
-    assert_close(cost, c.item(), 1e-13, "cost")
-    assert_close(g.weights, lam.grad.numpy(), 1e-11, "dC/dlambda")
-    assert_close(g.biases, b.grad.numpy(), 1e-11, "dC/db")
-    # per cluster, the parts add up
-    _, gq = tf.gradient(params, ds, wrt="aligned", per_cluster=True)
-    assert_close(gq.weights.sum(axis=0), g.weights, 1e-13)
 
 
 # --------------------------------------------------------- threshold equation

@@ -18,7 +18,7 @@ import truncflow as tf
 from truncflow.engine.events import SeparationWarning
 from truncflow.kernels.events import delta_antiderivative
 from conftest import assert_close
-from test_aligned import one_layer_problem, separated_problem
+from problems import one_layer_problem, separated_problem
 
 
 # ------------------------------------------------ independent numerical reference

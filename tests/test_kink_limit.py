@@ -17,7 +17,9 @@ import truncflow as tf
 
 torch = pytest.importorskip("torch")
 
-from test_torch import layer1_kinks, torch_gradient  # noqa: E402
+pytestmark = pytest.mark.torch
+
+from torch_reference import layer1_kinks, torch_gradient  # noqa: E402
 
 RS = (1e2, 1e4, 1e6)
 

@@ -38,6 +38,7 @@ def test_numpy_peer_matches_truncflow():
     check(numpy_gradient_fn(params, data.points, data.labels, data.targets), params, data, 1e-12)
 
 
+@pytest.mark.torch
 @pytest.mark.skipif(torch is None, reason="torch not installed")
 @pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 1e-3)])
 def test_torch_peer_matches_truncflow(dtype, rtol):

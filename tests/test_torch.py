@@ -12,68 +12,10 @@ import truncflow as tf
 from conftest import assert_close, make_problem
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
 
-
-def torch_cost(params, points, labels, targets, kind, wrt, act=None):
-    """Per-cluster costs (Q,) and the leaf tensors (weights, biases, out_weight, out_bias).
-
-    wrt="cumulative": the network as truncation maps tau(z) = W^-1 (act(W z + b) - b) in
-    the cumulative parameters (torch.linalg.solve); wrt="layers": the ordinary forward
-    pass, and for the input cost the read-out x~^(L) = (W^(L))^-1 (x^(L) - b^(L)) with
-    W^(L), b^(L) built from the layer parameters.
-    """
-    act = torch.relu if act is None else act
-    t = lambda a: torch.tensor(np.array(a, dtype=np.float64), dtype=torch.float64)
-    x = t(points)
-    N = x.shape[0]
-    lab = torch.tensor(np.array(labels, dtype=np.int64))
-    if wrt == "cumulative":
-        W, b = t(params.cum_weights).requires_grad_(), t(params.cum_biases).requires_grad_()
-    else:
-        W, b = t(params.weights).requires_grad_(), t(params.biases).requires_grad_()
-    leaves = [W, b]
-    L = W.shape[0]
-    if wrt == "cumulative":
-        z = x
-        for l in range(L):
-            s = act(z @ W[l].T + b[l])
-            z = torch.linalg.solve(W[l], (s - b[l]).T).T
-        xt = z
-        xL = xt @ W[L - 1].T + b[L - 1]
-    else:
-        h = x
-        for l in range(L):
-            h = act(h @ W[l].T + b[l])
-        xL = h
-        if kind == "input":
-            cw, cb = torch.eye(W.shape[1], dtype=torch.float64), torch.zeros(W.shape[1], dtype=torch.float64)
-            for l in range(L):
-                cw, cb = W[l] @ cw, W[l] @ cb + b[l]
-            xt = torch.linalg.solve(cw, (xL - cb).T).T
-    if kind == "input":
-        res = xt - t(targets)[lab]
-    else:
-        ow, ob = t(params.out_weight).requires_grad_(), t(params.out_bias).requires_grad_()
-        leaves += [ow, ob]
-        res = xL @ ow.T + ob - t(targets)[lab]
-    sq = (res * res).sum(dim=1)
-    Q = targets.shape[0]
-    costs = torch.stack([sq[lab == q].sum() for q in range(Q)]) / (2 * N)
-    return costs, leaves
-
-
-def torch_gradient(params, points, labels, targets, kind, wrt, per_cluster=False, act=None):
-    """(cost, [dW, db(, dW_out, db_out)]) as numpy, per cluster (leading Q axis) or totals."""
-    costs, leaves = torch_cost(params, points, labels, targets, kind, wrt, act)
-    if not per_cluster:
-        grads = torch.autograd.grad(costs.sum(), leaves)
-        return costs.sum().item(), [g.numpy() for g in grads]
-    per = []
-    for q in range(costs.shape[0]):
-        per.append(torch.autograd.grad(costs[q], leaves, retain_graph=True, allow_unused=True))
-    stacked = [np.stack([per[q][k].numpy() if per[q][k] is not None else np.zeros(tuple(leaves[k].shape))
-                         for q in range(len(per))]) for k in range(len(leaves))]
-    return costs.detach().numpy(), stacked
+from problems import one_layer_problem, separated_problem  # noqa: E402
+from torch_reference import layer1_kinks, torch_aligned_cost, torch_gradient  # noqa: E402
 
 
 def compare(params, ds, kind, wrt, per_cluster, rtol=1e-12):
@@ -107,32 +49,6 @@ def test_float32_points(kind, wrt):
     compare(prob.params, ds, kind, wrt, per_cluster=False)   # torch runs on the float64 upcast
 
 
-def layer1_kinks(seed=3):
-    """Integer W_1, dyadic b_1 and points: half the points lie exactly on a layer-1 hyperplane."""
-    rng = np.random.default_rng(seed)
-    W1 = np.array([[1.0, 2.0, 0.0], [0.0, 1.0, 1.0], [-1.0, 0.0, 1.0]])   # det 3
-    b1 = np.array([0.25, -0.5, 0.0])
-    W2 = np.eye(3) + 0.3 * rng.standard_normal((3, 3))
-    W3 = np.eye(3) + 0.3 * rng.standard_normal((3, 3))
-    b23 = 0.3 * rng.standard_normal((2, 3))
-    x = rng.integers(-8, 9, size=(30, 3)) / 8.0
-    k = np.arange(15) % 3
-    # put point i (i < 15) on hyperplane k_i of layer 1 by solving for one coordinate exactly
-    for i in range(15):
-        if k[i] == 0:
-            x[i, 0] = -0.25 - 2 * x[i, 1]
-        elif k[i] == 1:
-            x[i, 2] = 0.5 - x[i, 1]
-        else:
-            x[i, 2] = x[i, 0]
-    ow = rng.standard_normal((2, 3))
-    ob = rng.standard_normal(2)
-    params = tf.Params.from_layers(np.stack([W1, W2, W3]), np.vstack([b1, b23]), ow, ob)
-    a1 = x @ W1.T + b1
-    assert np.all(a1[np.arange(15), k] == 0.0)
-    return params, x, np.arange(30) % 2
-
-
 @pytest.mark.parametrize("kind", ["input", "output"])
 @pytest.mark.parametrize("wrt", ["cumulative", "layers"])
 def test_layer1_kinks(kind, wrt):
@@ -146,3 +62,21 @@ def test_layer1_kinks(kind, wrt):
     relu_free_at_0 = lambda a: torch.where(a >= 0, a, torch.zeros_like(a))
     _, other = torch_gradient(params, x, labels, targets, kind, wrt, act=relu_free_at_0)
     assert np.max(np.abs(g.weights - other[0])) > 1e-3 * np.max(np.abs(g.weights))
+
+
+# ------------------------------------------------- aligned model: restricted gradient
+@pytest.mark.parametrize("case", ["one_layer", "separated"])
+def test_aligned_gradient_matches_torch(case):
+    params, ds = one_layer_problem() if case == "one_layer" else separated_problem()
+    lam = torch.tensor(params.scales, requires_grad=True)
+    b = torch.tensor(np.array(params.cum_biases), requires_grad=True)
+    c = torch_aligned_cost(params.frames, lam, b, ds.points, ds.labels, ds.targets)
+    c.backward()
+    cost, g = tf.gradient(params, ds, wrt="aligned")
+    assert g.wrt == "aligned" and g.weights.shape == params.scales.shape
+    assert_close(cost, c.item(), 1e-13, "cost")
+    assert_close(g.weights, lam.grad.numpy(), 1e-11, "dC/dlambda")
+    assert_close(g.biases, b.grad.numpy(), 1e-11, "dC/db")
+    # per cluster, the parts add up
+    _, gq = tf.gradient(params, ds, wrt="aligned", per_cluster=True)
+    assert_close(gq.weights.sum(axis=0), g.weights, 1e-13)
