@@ -24,6 +24,7 @@ import numpy as np
 from ..aligned import ALIGNED_TRAIN, layer_point_sets, separation_report
 from ..compute import gradient
 from ..params import Params
+from .control import stop_reason
 from .record import Recorder
 from ..kernels.events import sort_problem_rows, threshold_events_kernel
 
@@ -156,10 +157,8 @@ class _Problems:
 
 
 def run_events(problem, t_end, schedule, recorder: Recorder, rules, callback,
-               record_truncation_times: bool):
+               record_truncation_times: bool, guard=None):
     """Solve ``problem`` (a FlowProblem accepted by :func:`check_events_problem`) exactly."""
-    from .integrate import _stop_reason  # noqa: PLC0415 (integrate imports this module)
-
     started = time.monotonic()
     check_events_problem(problem)
     params, dataset = problem.params, problem.dataset
@@ -187,9 +186,12 @@ def run_events(problem, t_end, schedule, recorder: Recorder, rules, callback,
         recorder.record(float(s), p, gn, counters)
         if callback is not None:
             callback(float(s), c)
-        stop = _stop_reason(c, gn, 0, started, rules)
+        stop = stop_reason(c, gn, 0, started, rules)
         if stop is not None and i < len(schedule) - 1:
             status = stop
+            break
+        if guard is not None and guard.received is not None and i < len(schedule) - 1:
+            status, detail = "interrupted", f"by {guard.received}"   # a signal: keep the records made
             break
     if wall_detail and status is None:
         status, detail = "failed", wall_detail

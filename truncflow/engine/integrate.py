@@ -23,21 +23,24 @@ from scipy.integrate import RK45
 from .._validate import choice, integer, positive
 from ..data import Dataset
 from ..params import Params
+from .checkpoint import Checkpointer, fingerprint, load_checkpoint
+from .control import Interrupted, SignalGuard, stop_reason
 from .record import Recorder, Result, check_storable
 from .events import check_events_problem, run_events
 from .rhs import FlowProblem
 
 __all__ = ["simulate", "METHODS"]
 
-METHODS = ("rk45", "gd", "events")
+METHODS = ("rk45", "gd", "events", "kinks")
 _RK45_EVALS_PER_ATTEMPT = 6  # Dormand-Prince: 5 stages + the derivative at the new point (FSAL)
 
 
 class _Evaluator:
     """``fun(t, y)`` for the stepper: remembers the last cost, gradient norm and failure."""
 
-    def __init__(self, problem: FlowProblem):
+    def __init__(self, problem: FlowProblem, guard: SignalGuard | None = None):
         self.problem = problem
+        self.guard = guard
         self.y = None
         self.cost = math.nan
         self.grad_norm = math.nan
@@ -56,7 +59,13 @@ class _Evaluator:
         if not (math.isfinite(c) and math.isfinite(gn)):
             self.failure = (t, f"non-finite cost {c} or gradient norm {gn}")
         self.y, self.cost, self.grad_norm, self.rhs = np.array(y), c, gn, -g
+        if self.guard is not None:
+            self.guard.check()     # a signal stops the run here, between kernels
         return self.rhs
+
+    def restore(self, y, cost, grad_norm, rhs):
+        """Remember an evaluation made before a checkpoint (no pass over the points)."""
+        self.y, self.cost, self.grad_norm, self.rhs = np.array(y), float(cost), float(grad_norm), np.array(rhs)
 
     def at(self, y):
         """(cost, gradient norm) at y, evaluating again unless y was the last point."""
@@ -84,7 +93,8 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
              first_step: float | None = None, max_step: float | None = None,
              record_times=None, n_records: int = 50, cost_tol: float | None = None,
              grad_tol: float | None = None, max_evals: int | None = None, max_time: float | None = None,
-             callback=None, config: dict | None = None, record_truncation_times: bool = False) -> Result:
+             callback=None, config: dict | None = None, record_truncation_times: bool = False,
+             checkpoint=None, checkpoint_every: float = 60.0, resume: bool = False) -> Result:
     """Integrate the gradient flow ``d/ds theta = -grad C(theta)`` (MODEL.md section 8).
 
     Args:
@@ -111,9 +121,21 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
             ``t_end/1000``. "gd" records the first iterate at or after each time.
         cost_tol, grad_tol, max_evals, max_time: optional further stopping rules: cost
             below, gradient norm below, gradient evaluations at least, wall-clock
-            seconds at least.
+            seconds at least (on a resumed run, counted since the first start).
         callback: optional ``callback(t, cost)`` after every accepted step (progress bars).
         config: optional dict stored with the result (e.g. the seed and the run's configuration).
+        checkpoint: optional path of a checkpoint file (rk45 and gd): the run's whole
+            state is written there after the first record, then at most every
+            ``checkpoint_every`` wall-clock seconds after an accepted step, and when the
+            run is interrupted; it is deleted when the run succeeds.
+        resume: continue the run saved in ``checkpoint`` (which must exist and belong to
+            the same parameters, data and options; the stopping rules ``cost_tol``,
+            ``grad_tol``, ``max_evals``, ``max_time`` may differ). The
+            resumed run gives the same records, bit for bit, as one never stopped.
+
+    SIGINT (Ctrl-C) and SIGTERM during the run stop it cleanly, between two gradient
+    evaluations, with status "interrupted" (the message names the signal), keeping
+    every record and the last accepted state.
 
     Returns:
         :class:`Result`; ``result.status`` says what stopped the run. A run that diverges,
@@ -151,105 +173,66 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
         max_evals = integer(max_evals, "max_evals", low=1)
     if callback is not None and not callable(callback):
         raise ValueError("callback must be callable as callback(t, cost)")
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume must be True or False, got {resume!r}")
+    if checkpoint is not None and method not in CHECKPOINT_METHODS:
+        raise ValueError(f"checkpoint applies to method {' or '.join(map(repr, CHECKPOINT_METHODS))}, "
+                         f"not {method!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=PATH (the checkpoint to continue)")
+    checkpoint_every = _non_negative(checkpoint_every, "checkpoint_every")
     schedule = _record_schedule(t_end, record_times, n_records)
 
-    run_config = dict(config or {})
-    run_config.update(t_end=t_end, kind=kind, wrt=wrt, method=method, train=train,
-                      frozen_layers=list(problem.frozen_layers), rtol=rtol, atol=atol, lr=lr,
-                      first_step=first_step, max_step=max_step, cost_tol=cost_tol, grad_tol=grad_tol,
-                      max_evals=max_evals, max_time=max_time, record_truncation_times=record_truncation_times,
-                      n_points=dataset.n_points, n_clusters=dataset.n_clusters, width=dataset.width,
-                      n_layers=params.n_layers, points_dtype=str(dataset.points.dtype))
+    flow_options = dict(t_end=t_end, kind=kind, wrt=wrt, method=method, train=train,
+                        frozen_layers=list(problem.frozen_layers), rtol=rtol, atol=atol, lr=lr,
+                        first_step=first_step, max_step=max_step, cost_tol=cost_tol, grad_tol=grad_tol,
+                        max_evals=max_evals, max_time=max_time, record_truncation_times=record_truncation_times,
+                        n_points=dataset.n_points, n_clusters=dataset.n_clusters, width=dataset.width,
+                        n_layers=params.n_layers, points_dtype=str(dataset.points.dtype))
+    run_config = {**(config or {}), **flow_options}
     check_storable(run_config)
     rules = dict(cost_tol=cost_tol, grad_tol=grad_tol, max_evals=max_evals, max_time=max_time)
-    if method == "events":
-        return run_events(problem, t_end, schedule, Recorder(problem.dataset, kind, run_config), rules,
-                          callback, record_truncation_times)
-    stepper = _run_rk45 if method == "rk45" else _run_gd
-    return stepper(problem, t_end, schedule, Recorder(problem.dataset, kind, run_config),
-                   dict(rtol=rtol, atol=atol, first_step=first_step, max_step=max_step, lr=lr),
-                   rules, callback)
+    recorder = Recorder(problem.dataset, kind, run_config)
+    opts = dict(rtol=rtol, atol=atol, first_step=first_step, max_step=max_step, lr=lr)
+    with SignalGuard() as guard:
+        if method == "events":
+            return run_events(problem, t_end, schedule, recorder, rules, callback, record_truncation_times, guard)
+        if method == "kinks":
+            from .kinks import run_kinks
+            return run_kinks(problem, t_end, schedule, recorder,
+                             dict(rtol=rtol, atol=atol, first_step=first_step, max_step=max_step), rules, callback)
+        saver = restored = None
+        if checkpoint is not None:
+            prints = fingerprint(problem, flow_options, schedule)
+            if resume:
+                restored = load_checkpoint(checkpoint, prints, method)
+            saver = Checkpointer(checkpoint, checkpoint_every, prints, method)
+        loop = _Rk45Loop if method == "rk45" else _GdLoop
+        return loop(problem, t_end, schedule, recorder, opts, rules, callback, guard, saver).run(restored)
 
 
-def _stop_reason(cost, grad_norm, n_evals, started, rules):
-    if rules["cost_tol"] is not None and cost <= rules["cost_tol"]:
-        return "cost_tol"
-    if rules["grad_tol"] is not None and grad_norm <= rules["grad_tol"]:
-        return "grad_tol"
-    if rules["max_evals"] is not None and n_evals >= rules["max_evals"]:
-        return "max_evals"
-    if rules["max_time"] is not None and time.monotonic() - started >= rules["max_time"]:
-        return "max_time"
-    return None
+CHECKPOINT_METHODS = ("rk45", "gd")
 
 
-def _run_rk45(problem, t_end, schedule, recorder, opts, rules, callback) -> Result:
-    fun = _Evaluator(problem)
-    counters = {"accepted": 0, "rejected": 0, "evaluations": 0}
-    started = time.monotonic()
-
-    def record(t, y):
-        cost, gn = fun.at(y)
-        counters["evaluations"] = problem.n_evaluations
-        recorder.record(float(t), problem.unpack(y), gn, counters)
-
-    y0 = problem.pack(problem.params)
-    record(0.0, y0)
-    pending = list(schedule[1:])
-    status, detail = None, ""
-    solver = None
+def _non_negative(value, name):
     try:
-        status = _stop_reason(fun.cost, fun.grad_norm, problem.n_evaluations, started, rules)
-        if status is None:
-            solver = RK45(fun, 0.0, y0, t_end, rtol=opts["rtol"], atol=opts["atol"],
-                          first_step=opts["first_step"], max_step=opts["max_step"] or np.inf)
-        while status is None:
-            evals_before = problem.n_evaluations
-            message = solver.step()
-            attempts = (problem.n_evaluations - evals_before) // _RK45_EVALS_PER_ATTEMPT
-            if solver.status == "failed":
-                if fun.failure is not None:
-                    t_bad, reason = fun.failure
-                    status, detail = "diverged", f"at t = {solver.t:.6g} the flow reached a state it cannot evaluate ({reason})"
-                else:
-                    status, detail = "failed", f"at t = {solver.t:.6g}: {message}"
-                break
-            counters["accepted"] += 1
-            counters["rejected"] += max(attempts - 1, 0)
-            fun.failure = None            # a rejected trial state is no verdict on the flow
-            cost, gn = fun.at(solver.y)   # the stepper's last evaluation (FSAL): no extra pass
-            if not (math.isfinite(cost) and math.isfinite(gn)):
-                status, detail = "diverged", f"at t = {solver.t:.6g}: {fun.failure[1] if fun.failure else 'non-finite cost'}"
-                break
-            if pending and pending[0] <= solver.t:
-                dense = solver.dense_output()
-                while pending and pending[0] <= solver.t:
-                    tr = pending.pop(0)
-                    record(tr, solver.y if tr == solver.t else dense(tr))
-            if callback is not None:
-                callback(solver.t, cost)
-            if solver.status == "finished":
-                status = "t_end"
-                break
-            status = _stop_reason(cost, gn, problem.n_evaluations, started, rules)
-    except KeyboardInterrupt:
-        status, detail = "interrupted", ""
-    except Exception as exc:  # keep what was recorded; say what happened
-        status, detail = "failed", f"{type(exc).__name__}: {exc}"
-    _record_final(recorder, record, solver, fun, status)
-    return recorder.result(status, detail)
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return v
 
 
-def _record_final(recorder, record, solver, fun, status):
-    """Record the last valid state reached, unless it is already the last record."""
-    if solver is None:
+def _record_final(recorder, record, t, y, problem, status):
+    """Record the last valid state reached (t, y), unless it is already the last record."""
+    if y is None:
         return
-    t, y = solver.t, solver.y
     if status in ("diverged", "failed", "interrupted"):
         if not np.all(np.isfinite(y)):
             return
         try:
-            fun.problem.unpack(y)
+            problem.unpack(y)
         except ValueError:
             return
     if recorder.last_time is not None and t <= recorder.last_time:
@@ -260,54 +243,193 @@ def _record_final(recorder, record, solver, fun, status):
         pass
 
 
-def _run_gd(problem, t_end, schedule, recorder, opts, rules, callback) -> Result:
-    lr = opts["lr"]
-    counters = {"accepted": 0, "rejected": 0, "evaluations": 0}
-    started = time.monotonic()
-    fun = _Evaluator(problem)
-    n_steps = max(1, math.ceil(t_end / lr * (1 - 1e-12)))
-    pending = list(schedule[1:])
+class _Loop:
+    """What the rk45 and gd loops share: records, stopping rules, signals, checkpoints.
 
-    def record(t, y):
-        cost, gn = fun.at(y)
-        counters["evaluations"] = problem.n_evaluations
-        recorder.record(float(t), problem.unpack(y), gn, counters)
+    A subclass implements ``_start()`` (a fresh run after the record at 0), ``_advance()``
+    (one accepted step; returns a status to stop with, or None), ``_state()`` /
+    ``_restore()`` (its own part of a checkpoint) and ``_last_accepted()`` ((t, y) of
+    the last accepted state).
+    """
 
-    y = problem.pack(problem.params)
-    t = 0.0
-    record(0.0, y)
-    status, detail = None, ""
-    try:
-        status = _stop_reason(fun.cost, fun.grad_norm, problem.n_evaluations, started, rules)
-        k = 0
-        while status is None:
-            fun.at(y)
-            y_prev, t_prev = y, t
-            y = y + lr * fun.rhs
-            k += 1
-            t = k * lr
-            counters["accepted"] = k
-            cost, gn = fun.at(y)
-            if not (math.isfinite(cost) and math.isfinite(gn)):
-                status, detail = "diverged", f"after step {k} (t = {t:.6g}): {fun.failure[1] if fun.failure else 'non-finite cost'}"
-                if t_prev > recorder.last_time:
-                    record(t_prev, y_prev)      # the last finite iterate
-                break
-            if callback is not None:
-                callback(t, cost)
-            due = False
-            while pending and pending[0] <= t * (1 + 1e-12):
-                pending.pop(0)
-                due = True
-            if k >= n_steps:
-                status = "t_end"
+    def __init__(self, problem, t_end, schedule, recorder, opts, rules, callback, guard, saver):
+        self.problem, self.t_end, self.recorder = problem, t_end, recorder
+        self.opts, self.rules, self.callback = opts, rules, callback
+        self.guard, self.saver = guard, saver
+        self.fun = _Evaluator(problem, guard)
+        self.counters = {"accepted": 0, "rejected": 0, "evaluations": 0}
+        self.pending = list(schedule[1:])
+        self.started = time.monotonic()
+
+    def record(self, t, y):
+        armed, self.guard.armed = self.guard.armed, False   # a record is never cut in half
+        try:
+            self.fun.at(y)
+            self.counters["evaluations"] = self.problem.n_evaluations
+            self.recorder.record(float(t), self.problem.unpack(y), self.fun.grad_norm, self.counters)
+        finally:
+            self.guard.armed = armed
+
+    def stop_reason(self, cost, grad_norm):
+        return stop_reason(cost, grad_norm, self.problem.n_evaluations, self.started, self.rules)
+
+    def _checkpoint_state(self):
+        """(scalars, arrays) of the whole loop after an accepted step."""
+        scalars, arrays = self._state()
+        rec_scalars, rec_arrays = self.recorder.state()
+        scalars.update(recorder=rec_scalars, counters=dict(self.counters), pending=list(map(float, self.pending)),
+                       evaluations=self.problem.n_evaluations, elapsed=time.monotonic() - self.started,
+                       cost=self.fun.cost, grad_norm=self.fun.grad_norm)
+        arrays.update(rec_arrays)
+        arrays.update(eval_y=np.array(self.fun.y), eval_rhs=np.array(self.fun.rhs))
+        return scalars, arrays
+
+    def _resume(self, scalars, arrays):
+        self.recorder.restore(scalars["recorder"], arrays)
+        self.counters = {k: int(v) for k, v in scalars["counters"].items()}
+        self.pending = [float(v) for v in scalars["pending"]]
+        self.problem.n_evaluations = int(scalars["evaluations"])
+        self.started = time.monotonic() - float(scalars["elapsed"])
+        self.fun.restore(arrays["eval_y"], scalars["cost"], scalars["grad_norm"], arrays["eval_rhs"])
+        self._restore(scalars, arrays)
+
+    def checkpoint(self, force=False):
+        if self.saver is not None:
+            self.saver.offer(self._checkpoint_state, force=force)
+
+    def run(self, restored=None) -> Result:
+        """Step until a stopping rule, t_end, a failure or a signal; return the Result."""
+        status, detail = None, ""
+        try:
+            if restored is None:
+                self.record(0.0, self.problem.pack(self.problem.params))
+                status = self.stop_reason(self.fun.cost, self.fun.grad_norm)
+                if status is None:
+                    self._start()
+                    self.checkpoint(force=True)
             else:
-                status = _stop_reason(cost, gn, problem.n_evaluations, started, rules)
-            if due or status is not None:
-                record(t, y)
-    except KeyboardInterrupt:
-        status, detail = "interrupted", ""
-    except Exception as exc:
-        status, detail = "failed", f"{type(exc).__name__}: {exc}"
-    return recorder.result(status, detail)
+                self._resume(*restored)
+            while status is None:
+                status, detail = self._advance()   # signals stop it between evaluations only
+                if status is None:
+                    self.checkpoint()
+                    self.guard.check()             # ... or here, between steps
+        except Interrupted as exc:
+            status, detail = "interrupted", f"by {exc.signal_name}"
+        except KeyboardInterrupt:      # no guard (not the main thread): the usual exception
+            status, detail = "interrupted", "by KeyboardInterrupt"
+        except Exception as exc:  # keep what was recorded; say what happened
+            status, detail = "failed", f"{type(exc).__name__}: {exc}"
+        self.guard.armed = False   # the final record and the files are written whatever comes now
+        if self.saver is not None:
+            if status in _SUCCESS:
+                self.saver.remove()
+            elif status in ("interrupted", "max_evals", "max_time"):   # the loop is between two steps
+                self.checkpoint(force=True)
+        t, y = self._last_accepted()
+        _record_final(self.recorder, self.record, t, y, self.problem, status)
+        return self.recorder.result(status, detail)
 
+
+_SUCCESS = ("t_end", "cost_tol", "grad_tol")
+
+
+class _Rk45Loop(_Loop):
+    """SciPy's Dormand-Prince stepper; records at scheduled times from its dense output."""
+
+    solver = None
+
+    def _start(self):
+        o = self.opts
+        self.solver = RK45(self.fun, 0.0, self.problem.pack(self.problem.params), self.t_end, rtol=o["rtol"],
+                           atol=o["atol"], first_step=o["first_step"], max_step=o["max_step"] or np.inf)
+
+    def _state(self):
+        s = self.solver
+        scalars = {"t": float(s.t), "h_abs": float(s.h_abs), "status": s.status}
+        return scalars, {"y": np.array(s.y), "f": np.array(s.f)}
+
+    def _restore(self, scalars, arrays):
+        o = self.opts
+        t, y, f = float(scalars["t"]), arrays["y"], arrays["f"]
+        replay = lambda t_, y_: f              # RK45() evaluates f(t0, y0): give it the saved one
+        self.solver = RK45(replay, t, y, self.t_end, rtol=o["rtol"], atol=o["atol"],
+                           first_step=min(float(scalars["h_abs"]), self.t_end - t) if t < self.t_end else None,
+                           max_step=o["max_step"] or np.inf)
+        self.solver._fun = self.fun
+        self.solver.fun_single = self.fun
+        self.solver.h_abs = float(scalars["h_abs"])
+        self.solver.f = np.array(f)
+        self.solver.status = scalars["status"]
+
+    def _last_accepted(self):
+        return (None, None) if self.solver is None else (self.solver.t, self.solver.y)
+
+    def _advance(self):
+        solver, fun, problem = self.solver, self.fun, self.problem
+        evals_before = problem.n_evaluations
+        message = solver.step()
+        attempts = (problem.n_evaluations - evals_before) // _RK45_EVALS_PER_ATTEMPT
+        if solver.status == "failed":
+            if fun.failure is not None:
+                return "diverged", f"at t = {solver.t:.6g} the flow reached a state it cannot evaluate ({fun.failure[1]})"
+            return "failed", f"at t = {solver.t:.6g}: {message}"
+        self.counters["accepted"] += 1
+        self.counters["rejected"] += max(attempts - 1, 0)
+        fun.failure = None            # a rejected trial state is no verdict on the flow
+        cost, gn = fun.at(solver.y)   # the stepper's last evaluation (FSAL): no extra pass
+        if not (math.isfinite(cost) and math.isfinite(gn)):
+            return "diverged", f"at t = {solver.t:.6g}: {fun.failure[1] if fun.failure else 'non-finite cost'}"
+        if self.pending and self.pending[0] <= solver.t:
+            dense = solver.dense_output()
+            while self.pending and self.pending[0] <= solver.t:
+                tr = self.pending.pop(0)
+                self.record(tr, solver.y if tr == solver.t else dense(tr))
+        if self.callback is not None:
+            self.callback(solver.t, cost)
+        if solver.status == "finished":
+            return "t_end", ""
+        return self.stop_reason(cost, gn), ""
+
+
+class _GdLoop(_Loop):
+    """Gradient descent: Euler steps of length lr; records the first iterate at or after each time."""
+
+    y = None
+    k = 0
+
+    def _start(self):
+        self.y = self.problem.pack(self.problem.params)
+        self.k = 0
+
+    def _state(self):
+        return {"k": self.k}, {"y": np.array(self.y)}
+
+    def _restore(self, scalars, arrays):
+        self.k, self.y = int(scalars["k"]), np.array(arrays["y"])
+
+    def _last_accepted(self):
+        return (None, None) if self.y is None else (self.k * self.opts["lr"], self.y)
+
+    def _advance(self):
+        lr, fun = self.opts["lr"], self.fun
+        n_steps = max(1, math.ceil(self.t_end / lr * (1 - 1e-12)))
+        fun.at(self.y)
+        y_new = self.y + lr * fun.rhs
+        cost, gn = fun.at(y_new)
+        t = (self.k + 1) * lr
+        if not (math.isfinite(cost) and math.isfinite(gn)):
+            return "diverged", f"after step {self.k + 1} (t = {t:.6g}): {fun.failure[1] if fun.failure else 'non-finite cost'}"
+        self.k += 1
+        self.y = y_new
+        self.counters["accepted"] = self.k
+        if self.callback is not None:
+            self.callback(t, cost)
+        due = False
+        while self.pending and self.pending[0] <= t * (1 + 1e-12):
+            self.pending.pop(0)
+            due = True
+        status = "t_end" if self.k >= n_steps else self.stop_reason(cost, gn)
+        if due or status == "t_end":
+            self.record(t, self.y)     # any other stop is recorded by the loop, after its checkpoint
+        return status, ""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import atomic_savez
 from ..observe import cluster_means, observe
 from ..params import Params
 
@@ -165,17 +166,19 @@ class Result:
 
     # ------------------------------------------------------------------ file
     def save(self, path) -> Path:
-        """Write everything to ``path`` (a ``.npz``; the suffix is added if missing)."""
+        """Write everything to ``path`` (a ``.npz``; the suffix is added if missing).
+
+        Written to a temporary file and renamed: an interruption leaves the old file or
+        the new one, never a part of one.
+        """
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
         meta = {"status": self.status, "message": self.message, "config": self.config,
                 "versions": self.versions, "format": 1}
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {_ARRAY_PREFIX + k: v for k, v in self.arrays.items()}
-        np.savez_compressed(path, __meta__=np.array(json.dumps(meta, default=_json_default)),
+        return atomic_savez(path, __meta__=np.array(json.dumps(meta, default=_json_default)),
                             **self.series, **arrays)
-        return path
 
     def __repr__(self) -> str:
         return f"Result(status={self.status!r}, records={self.n_records}, t_final={self.series['t'][-1]:.6g})"
@@ -288,6 +291,23 @@ class Recorder:
     @property
     def last_time(self) -> float | None:
         return float(self._rows["t"][-1]) if self._rows["t"] else None
+
+    def state(self) -> tuple[dict, dict]:
+        """(scalars, arrays) from which :meth:`restore` rebuilds this recorder exactly (checkpoints)."""
+        arrays = {f"row__{k}": np.array(v) for k, v in self._rows.items()}
+        arrays.update({f"array__{k}": v for k, v in self.arrays.items()})
+        if self._last_hash is not None:
+            arrays["last_hash"] = self._last_hash
+        return {"n_records": self.n_records}, arrays
+
+    def restore(self, scalars: dict, arrays: dict) -> None:
+        """Continue from a :meth:`state` (of a recorder of the same data and kind)."""
+        n = int(scalars["n_records"])
+        self._rows = {k: list(arrays[f"row__{k}"]) for k in _SERIES}
+        if any(len(v) != n for v in self._rows.values()):
+            raise ValueError("checkpoint is inconsistent: its record series differ in length")
+        self.arrays = {k[len("array__"):]: v for k, v in arrays.items() if k.startswith("array__")}
+        self._last_hash = arrays.get("last_hash")
 
     def result(self, status: str, detail: str = "") -> Result:
         series = {k: np.array(v) for k, v in self._rows.items()}

@@ -1,0 +1,102 @@
+"""What ends a run early: the stopping rules, and signals (SIGINT, SIGTERM) caught safely.
+
+A signal that arrives while a Numba kernel runs must not raise inside it (CPython
+would report "returned a result with an exception set"), and one that arrives in the
+middle of SciPy's step must not leave a half-updated stepper. So while a run is
+going, :class:`SignalGuard` replaces the handlers of SIGINT and SIGTERM with one that
+only notes the signal; the flow checks the note after each gradient evaluation
+(:meth:`SignalGuard.check`, which raises :class:`Interrupted` there, between
+kernels) and stops with status ``"interrupted"``, keeping its records and its last
+accepted state. The previous handlers are restored on exit.
+
+Handlers can only be installed from the main thread; elsewhere (a worker thread)
+the guard does nothing and signals keep their usual effect.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+__all__ = ["SignalGuard", "Interrupted", "stop_reason", "SIGNAL_EXIT_CODES"]
+
+#: Exit codes of the command line for a run stopped by a signal (128 + signal number).
+SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class Interrupted(Exception):
+    """Raised between kernels when a signal asked the run to stop."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+class SignalGuard:
+    """Context manager: SIGINT and SIGTERM are noted, not raised, while it is active.
+
+    ``received`` is the name of the first signal noted ("SIGINT", "SIGTERM") or None.
+    Guards nest: an inner guard shares the outer one's note (so that a command line
+    that guards its whole run, saving included, sees a signal caught inside
+    ``simulate``).
+    """
+
+    _active: "SignalGuard | None" = None
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+        self._outer = None
+        self.armed = True
+
+    def _note(self, signum, frame):
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> "SignalGuard":
+        self._outer = SignalGuard._active
+        if self._outer is not None:
+            self.received = self._outer.received
+            SignalGuard._active = self
+            return self
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._note_active)
+        SignalGuard._active = self
+        return self
+
+    @staticmethod
+    def _note_active(signum, frame):
+        guard = SignalGuard._active
+        while guard is not None:
+            guard._note(signum, frame)
+            guard = guard._outer
+
+    def __exit__(self, *exc) -> bool:
+        SignalGuard._active = self._outer
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+        return False
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if a signal was noted and the guard is armed."""
+        if self.armed and self.received is not None:
+            raise Interrupted(self.received)
+
+
+def stop_reason(cost: float, grad_norm: float, n_evals: int, started: float, rules: dict) -> str | None:
+    """The first stopping rule met (``cost_tol``, ``grad_tol``, ``max_evals``, ``max_time``), or None.
+
+    ``started`` is a :func:`time.monotonic` reading; ``rules`` maps each rule to its
+    limit or None.
+    """
+    if rules["cost_tol"] is not None and cost <= rules["cost_tol"]:
+        return "cost_tol"
+    if rules["grad_tol"] is not None and grad_norm <= rules["grad_tol"]:
+        return "grad_tol"
+    if rules["max_evals"] is not None and n_evals >= rules["max_evals"]:
+        return "max_evals"
+    if rules["max_time"] is not None and time.monotonic() - started >= rules["max_time"]:
+        return "max_time"
+    return None
