@@ -6,6 +6,7 @@ the kernels are compiled; the built-in default job is only loaded and validated.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -260,20 +261,28 @@ def test_diverged_run_saves_and_exits_1(capsys, tmp_path):
     assert (tmp_path / "o" / "plot.png").is_file()
 
 
-def test_interrupt_during_run_saves_and_exits_130(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_run_saves_and_exits_128_plus_signal(capsys, tmp_path, monkeypatch, sig, code):
+    """A real signal, sent to this process after the third step (subprocess tests: test_interrupt.py)."""
     real = truncflow.simulate
 
     def interrupted(*args, callback, **kwargs):
+        steps = []
+
         def cb(t, cost):
             callback(t, cost)
-            raise KeyboardInterrupt
+            steps.append(t)
+            if len(steps) == 3:
+                os.kill(os.getpid(), sig)
         return real(*args, callback=cb, **kwargs)
 
     monkeypatch.setattr(truncflow, "simulate", interrupted)
-    code, out, err = run_cli(capsys, "run", write(tmp_path, SMALL), "--out", tmp_path / "o")
-    assert code == 130
-    assert "interrupted" in err.strip().splitlines()[-1]
-    assert truncflow.load_result(tmp_path / "o" / "result.npz").status == "interrupted"
+    got, out, err = run_cli(capsys, "run", write(tmp_path, SMALL), "--out", tmp_path / "o")
+    assert got == code
+    assert f"interrupted ({sig.name})" in err.strip().splitlines()[-1]
+    r = truncflow.load_result(tmp_path / "o" / "result.npz")
+    assert r.status == "interrupted" and sig.name in r.message
+    assert r.steps_accepted[-1] == 3 and r.t[-1] > 0
 
 
 def test_interrupt_before_run_exits_130(capsys, monkeypatch):

@@ -1,13 +1,21 @@
 """The ``truncflow`` command line.
 
-    truncflow run [CONFIG.toml] [--out FOLDER] [--quiet] [--threads N] [--check]
+    truncflow run [CONFIG.toml] [--out FOLDER] [--overwrite] [--checkpoint-every S] [--quiet]
+                  [--threads N] [--check]
+    truncflow run --resume FOLDER
     truncflow plot RESULT.npz [--out FOLDER] [--snapshots K]
     truncflow info
 
 ``run`` without a file runs the built-in default job (truncflow/defaults/default.toml).
+The output folder is checked before the run: it must be writable, and a folder that
+is not empty is refused unless ``--overwrite`` is given; while a run writes into a
+folder it holds a lock file there, so a second run into the same folder is refused.
+The configuration is copied there first, and the run's state is checkpointed there
+(``checkpoint.npz``) so that ``--resume FOLDER`` continues a run that was killed.
 Exit codes: 0 success; 1 the run stopped without success (diverged, failed, budget
 reached) -- what was recorded is still saved and plotted; 2 a usage or configuration
-error (one line on stderr, no traceback); 130 interrupted.
+error (one line on stderr, no traceback); 130 interrupted by SIGINT (Ctrl-C), 143 by
+SIGTERM -- what was recorded is saved, and the run can be resumed.
 """
 from __future__ import annotations
 
@@ -24,6 +32,10 @@ RESULT_FILE = "result.npz"
 PLOT_FILE = "plot.png"
 SNAPSHOTS_FILE = "snapshots.png"
 CONFIG_FILE = "config.toml"
+CHECKPOINT_FILE = "checkpoint.npz"
+LOCK_FILE = ".truncflow.lock"
+#: Files a run writes into its folder (what --overwrite replaces).
+OUTPUT_FILES = (RESULT_FILE, PLOT_FILE, SNAPSHOTS_FILE, CONFIG_FILE, CHECKPOINT_FILE)
 
 
 class _UsageError(Exception):
@@ -56,6 +68,12 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", metavar="CONFIG.toml",
                      help="run configuration (default: the built-in default job)")
     run.add_argument("--out", metavar="FOLDER", help="output folder (overrides [output] folder)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="write into an output folder that is not empty, replacing an earlier run's files")
+    run.add_argument("--resume", metavar="FOLDER",
+                     help="continue the run in FOLDER (killed or interrupted) from its last checkpoint")
+    run.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                     help="write the run's state to FOLDER/checkpoint.npz at most this often (default 60)")
     run.add_argument("--quiet", "-q", action="store_true",
                      help="no description, progress bar or summary; only errors and the failure message")
     run.add_argument("--threads", type=int, metavar="N", help="number of Numba threads (default: all)")
@@ -113,10 +131,25 @@ def _set_threads(n):
 
 def _run(args) -> int:
     from .config import load_config
+    from .engine.control import SignalGuard
 
-    cfg = load_config(args.config)
+    if args.resume is not None and (args.config is not None or args.out is not None or args.overwrite):
+        raise _UsageError("--resume FOLDER takes the configuration and the output folder from FOLDER: "
+                          "give no CONFIG.toml, --out or --overwrite with it")
+    if not (args.checkpoint_every >= 0):
+        raise _UsageError(f"--checkpoint-every must be a number of seconds >= 0, got {args.checkpoint_every}")
+    if args.resume is not None:
+        folder = Path(args.resume)
+        if not (folder / CONFIG_FILE).is_file():
+            raise ValueError(f"cannot resume {folder}: it holds no {CONFIG_FILE} of a truncflow run")
+        if not (folder / CHECKPOINT_FILE).is_file():
+            raise ValueError(f"cannot resume {folder}: it holds no {CHECKPOINT_FILE} (the run finished, or "
+                             "it was stopped before its first checkpoint: run it again with --overwrite)")
+        cfg = load_config(folder / CONFIG_FILE)
+    else:
+        cfg = load_config(args.config)
+        folder = Path(args.out) if args.out is not None else cfg.folder
     _set_threads(args.threads)
-    folder = Path(args.out) if args.out is not None else cfg.folder
     say = (lambda *a, **k: None) if args.quiet else print
     say(f"{PROG}: {cfg.describe()}")
     if cfg.description:
@@ -126,45 +159,132 @@ def _run(args) -> int:
             return 0
         print(f"configuration OK ({cfg.source}); results would go to {folder}/")
         return 0
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"output folder {folder} exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    with SignalGuard() as guard, _OutputFolder(folder, overwrite=args.overwrite, resume=args.resume is not None):
+        if args.resume is None:
+            _write_text(folder / CONFIG_FILE, cfg.text)
+        result, elapsed = _simulate(cfg, folder, args)
+        written = _write_outputs(result, cfg, folder)   # a signal now is noted, not raised
+    if not args.quiet:
+        print(result.summary())
+        print(f"wall time {elapsed:.1f} s")
+        for label, path in written:
+            print(f"wrote {label}: {path}")
+    if guard.received is not None or result.status == "interrupted":
+        from .engine.control import SIGNAL_EXIT_CODES
+        print(f"{PROG}: interrupted ({guard.received or 'SIGINT'}) at t = {result.t[-1]:.6g}; what was recorded is in "
+              f"{folder} (continue with '{PROG} run --resume {folder}')", file=sys.stderr)
+        return SIGNAL_EXIT_CODES.get(guard.received, 130)
+    if not result.success:
+        print(f"{PROG}: run stopped: {result.status} ({_one_line(result.message)}); "
+              f"what was recorded is in {folder}", file=sys.stderr)
+        return 1
+    return 0
 
+
+def _simulate(cfg, folder: Path, args):
+    """Run the configured flow with a progress bar; (Result, wall seconds)."""
     from . import simulate
 
     if not args.quiet and not _kernels_cached():
         print("compiling the Numba kernels for the first time (takes a while; they are cached for "
               "later runs)", file=sys.stderr)
     kwargs = dict(cfg.simulate_kwargs)
-    t_end = kwargs["t_end"]
-    bar = _progress_bar(t_end, disable=args.quiet)
-
-    def callback(t, cost):
-        bar.update(min(float(t), t_end) - bar.n)
-        bar.set_postfix_str(f"cost {cost:.4g}", refresh=False)
-
+    if kwargs["method"] in ("rk45", "gd"):
+        kwargs.update(checkpoint=folder / CHECKPOINT_FILE, checkpoint_every=args.checkpoint_every,
+                      resume=args.resume is not None)
+    elif args.resume is not None:
+        raise ValueError(f"cannot resume {folder}: method={kwargs['method']!r} runs are not checkpointed")
+    bar = _ProgressBar(kwargs["t_end"], disable=args.quiet)
     started = time.perf_counter()
     try:
-        result = simulate(cfg.params, cfg.dataset, callback=callback, config=cfg.result_config(), **kwargs)
+        result = simulate(cfg.params, cfg.dataset, callback=bar.update, config=cfg.result_config(), **kwargs)
     finally:
         bar.close()
-    elapsed = time.perf_counter() - started
+    return result, time.perf_counter() - started
 
-    written = _write_outputs(result, cfg, folder)
-    if not args.quiet:
-        print(result.summary())
-        print(f"wall time {elapsed:.1f} s")
-        for label, path in written:
-            print(f"wrote {label}: {path}")
-    if result.status == "interrupted":
-        print(f"{PROG}: interrupted at t = {result.t[-1]:.6g}; what was recorded is in {folder}",
-              file=sys.stderr)
-        return 130
-    if not result.success:
-        print(f"{PROG}: run stopped: {result.status} ({_one_line(result.message)}); "
-              f"what was recorded is in {folder}", file=sys.stderr)
-        return 1
-    return 0
+
+class _OutputFolder:
+    """The run's output folder, checked before the run and locked while it writes there.
+
+    Refuses a path that is not a folder, a folder that cannot be written, a folder
+    another live run holds, and (unless ``overwrite`` or ``resume``) a folder that is
+    not empty. The lock is a file created exclusively, holding the process id; one
+    left by a killed process is taken over.
+    """
+
+    def __init__(self, folder: Path, overwrite: bool, resume: bool):
+        self.folder, self.overwrite, self.resume = folder, overwrite, resume
+        self.lock = folder / LOCK_FILE
+
+    def __enter__(self):
+        folder = self.folder
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"output folder {folder} exists and is not a folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from None
+        self._take_lock()
+        try:
+            others = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
+            if others and not (self.overwrite or self.resume):
+                raise ValueError(f"output folder {folder} is not empty ({', '.join(others[:3])}"
+                                 f"{', ...' if len(others) > 3 else ''}): pass --overwrite to replace an earlier "
+                                 "run's results, --resume to continue it, or choose another --out")
+            if self.overwrite:
+                for name in OUTPUT_FILES:
+                    (folder / name).unlink(missing_ok=True)
+        except BaseException:
+            self.lock.unlink(missing_ok=True)
+            raise
+        return self
+
+    def _take_lock(self):
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid = _lock_owner(self.lock)
+                if pid is not None and _alive(pid):
+                    raise ValueError(f"output folder {self.folder} is in use by another truncflow run "
+                                     f"(process {pid}); wait for it or choose another --out") from None
+                self.lock.unlink(missing_ok=True)      # left by a process that is gone
+                continue
+            except OSError as exc:
+                raise ValueError(f"output folder {self.folder} is not writable: {exc.strerror or exc}") from None
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{os.getpid()}\n")
+            return
+        raise ValueError(f"could not lock the output folder {self.folder}")
+
+    def __exit__(self, *exc):
+        self.lock.unlink(missing_ok=True)
+        return False
+
+
+def _lock_owner(path: Path):
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_text(path: Path, text: str) -> None:
+    from ._files import atomic_write
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
 
 
 def _kernels_cached() -> bool:
@@ -178,20 +298,38 @@ def _kernels_cached() -> bool:
         return True
 
 
-def _progress_bar(t_end, disable):
-    from tqdm import tqdm
-    interactive = sys.stderr.isatty()
-    return tqdm(total=t_end, disable=disable, file=sys.stderr, leave=True, dynamic_ncols=True,
-                mininterval=0.1 if interactive else 2.0,
-                desc="flow time", bar_format="{desc}: {percentage:3.0f}%|{bar}| t = {n:.4g}/{total:.4g} "
-                                             "[{elapsed}<{remaining}{postfix}]")
+class _ProgressBar:
+    """A tqdm bar over flow time; says "starting" (kernels compile, first evaluations) until
+    the first step, so that it never shows an ETA extrapolated from the compilation."""
+
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| t = {n:.4g}/{total:.4g} [{elapsed}<{remaining}{postfix}]"
+
+    def __init__(self, t_end, disable):
+        from tqdm import tqdm
+        interactive = sys.stderr.isatty()
+        self.t_end = t_end
+        self.started = False
+        self.bar = tqdm(total=t_end, disable=disable, file=sys.stderr, leave=True, dynamic_ncols=True,
+                        mininterval=0.1 if interactive else 2.0, desc="flow time",
+                        bar_format="{desc}: starting (first evaluations; compiling if the kernels are not "
+                                   "cached)... [{elapsed}]")
+
+    def update(self, t, cost):
+        bar = self.bar
+        if not self.started:
+            self.started = True
+            bar.bar_format = self.FORMAT
+            bar.reset(total=self.t_end)      # the rate (and ETA) counts from the first step
+        bar.update(min(float(t), self.t_end) - bar.n)
+        bar.set_postfix_str(f"cost {cost:.4g}", refresh=False)
+
+    def close(self):
+        self.bar.close()
 
 
 def _write_outputs(result, cfg, folder: Path) -> list[tuple[str, Path]]:
-    written = [("result", result.save(folder / RESULT_FILE))]
-    config_path = folder / CONFIG_FILE
-    config_path.write_text(cfg.text, encoding="utf-8")
-    written.append(("config", config_path))
+    """The result file, then the plots; each written to a temporary file and renamed."""
+    written = [("result", result.save(folder / RESULT_FILE)), ("config", folder / CONFIG_FILE)]
     return written + _write_plots(result, folder, cfg.name)
 
 

@@ -103,7 +103,7 @@ def plot_result(result, path, *, title: str | None = None) -> Path:
     status = f"status: {result.status}"
     fig.suptitle(f"{title}  ({status})" if title else status)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    _save(fig, path, dpi=110)
     return path
 
 
@@ -204,5 +204,12 @@ def plot_snapshots(result, path, *, n_snapshots: int = 4, title: str | None = No
     head = f"{title}: " if title else ""
     fig.suptitle(f"{head}images of the data after all layers, cones (apex x, edges) - {how}", fontsize="medium")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
     return path
+
+
+def _save(fig, path, dpi):
+    """Save a figure as PNG to a temporary file renamed to ``path`` (never half-written)."""
+    from ._files import atomic_write
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format="png", dpi=dpi)

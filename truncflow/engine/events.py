@@ -191,7 +191,7 @@ def run_events(problem, t_end, schedule, recorder: Recorder, rules, callback,
             status = stop
             break
         if guard is not None and guard.received is not None and i < len(schedule) - 1:
-            status, detail = "interrupted", f"by {guard.received}"   # a signal: keep the records made
+            status, detail = "interrupted", f"signal {guard.received}"   # a signal: keep the records made
             break
     if wall_detail and status is None:
         status, detail = "failed", wall_detail

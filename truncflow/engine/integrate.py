@@ -300,9 +300,15 @@ class _Loop:
     def run(self, restored=None) -> Result:
         """Step until a stopping rule, t_end, a failure or a signal; return the Result."""
         status, detail = None, ""
+        if restored is None:
+            y0 = self.problem.pack(self.problem.params)
+            cost, gn = self.fun.at(y0)
+            if self.fun.failure is not None or not (math.isfinite(cost) and math.isfinite(gn)):
+                reason = self.fun.failure[1] if self.fun.failure else f"cost {cost}, gradient norm {gn}"
+                raise ValueError(f"the initial state cannot be flowed: {reason}")
         try:
             if restored is None:
-                self.record(0.0, self.problem.pack(self.problem.params))
+                self.record(0.0, y0)
                 status = self.stop_reason(self.fun.cost, self.fun.grad_norm)
                 if status is None:
                     self._start()
@@ -315,9 +321,9 @@ class _Loop:
                     self.checkpoint()
                     self.guard.check()             # ... or here, between steps
         except Interrupted as exc:
-            status, detail = "interrupted", f"by {exc.signal_name}"
+            status, detail = "interrupted", f"signal {exc.signal_name}"
         except KeyboardInterrupt:      # no guard (not the main thread): the usual exception
-            status, detail = "interrupted", "by KeyboardInterrupt"
+            status, detail = "interrupted", "KeyboardInterrupt"
         except Exception as exc:  # keep what was recorded; say what happened
             status, detail = "failed", f"{type(exc).__name__}: {exc}"
         self.guard.armed = False   # the final record and the files are written whatever comes now

@@ -51,7 +51,7 @@ STATUS_MESSAGES = {
     "max_time": "reached the wall-clock budget",
     "diverged": "diverged",
     "failed": "failed",
-    "interrupted": "interrupted by the user",
+    "interrupted": "interrupted",
 }
 SUCCESS = ("t_end", "cost_tol", "grad_tol")
 
@@ -203,7 +203,17 @@ def check_storable(config: dict) -> None:
 
 
 def load_result(path) -> Result:
-    """Read a Result written by :meth:`Result.save`."""
+    """Read a Result written by :meth:`Result.save`, checking that it is consistent.
+
+    Never unpickles. Raises ValueError naming the file and the problem: not a result
+    file, missing entries, a metadata entry of the wrong type (status must be a known
+    status, message a string, config and versions tables), non-numeric arrays, per-record
+    arrays whose number of records T differs or is 0, or sizes (L, Q, M, P) that
+    disagree between arrays (the per-record shapes of ``_SERIES``), including the
+    run-level frames, sample points and truncation times.
+    """
+    from .._validate import check_array_shapes, check_series
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"result file not found: {path}")
@@ -217,9 +227,20 @@ def load_result(path) -> Result:
             meta = json.loads(str(z["__meta__"]))
             series = {k: z[k] for k in z.files if k != "__meta__" and not k.startswith(_ARRAY_PREFIX)}
             arrays = {k[len(_ARRAY_PREFIX):]: z[k] for k in z.files if k.startswith(_ARRAY_PREFIX)}
+        if not isinstance(meta, dict):
+            raise ValueError(f"its __meta__ entry is a JSON {type(meta).__name__}, not a table")
         missing = [k for k in ("status", "message") if k not in meta] + [k for k in _SERIES if k not in series]
         if missing:
             raise ValueError(f"{path} is not a complete truncflow result (missing {', '.join(missing)})")
+        if not isinstance(meta["status"], str) or meta["status"] not in STATUS_MESSAGES:
+            raise ValueError(f"unknown status {meta['status']!r} (expected one of {', '.join(STATUS_MESSAGES)})")
+        for key, kind in (("message", str), ("config", dict), ("versions", dict)):
+            if key in meta and not isinstance(meta[key], kind):
+                raise ValueError(f"its {key} is a {type(meta[key]).__name__}, expected a {kind.__name__}")
+        sizes = check_series(series, _SERIES)
+        check_array_shapes(arrays, {"frames": ("L", "M", "M"), "sample_points": ("S", "M"),
+                                    "sample_labels": ("S",), "truncation_times": ("N", "L", "M"),
+                                    "class_ids": ("Q",)}, sizes)
     except ValueError as exc:
         msg = str(exc)
         raise ValueError(msg if str(path) in msg else f"cannot read result file {path}: {msg}") from None
