@@ -500,3 +500,84 @@ def test_example_scripts_parse_their_arguments(script):
     proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--out" in proc.stdout
+
+
+# ------------------------------------------------------------ output folder
+def test_non_empty_output_folder_is_refused_before_the_run(capsys, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "run", write(tmp_path, SMALL), "--out", out)
+    assert_user_error(code, err, "not empty", "notes.txt", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_overwrite_replaces_an_earlier_run(capsys, tmp_path):
+    config = write(tmp_path, SMALL)
+    assert run_cli(capsys, "run", config, "--out", tmp_path / "o", "--quiet")[0] == 0
+    first = (tmp_path / "o" / "result.npz").stat().st_mtime_ns
+    code, _, err = run_cli(capsys, "run", config, "--out", tmp_path / "o", "--quiet")
+    assert_user_error(code, err, "not empty", "--overwrite")
+    assert run_cli(capsys, "run", config, "--out", tmp_path / "o", "--quiet", "--overwrite")[0] == 0
+    assert (tmp_path / "o" / "result.npz").stat().st_mtime_ns > first
+    assert not (tmp_path / "o" / ".truncflow.lock").exists()
+
+
+def test_folder_in_use_by_a_live_run_is_refused(capsys, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".truncflow.lock").write_text(f"{holder.pid}\n")
+        code, _, err = run_cli(capsys, "run", write(tmp_path, SMALL), "--out", out, "--overwrite")
+        assert_user_error(code, err, "in use", str(holder.pid))
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale and is taken over
+    code, _, err = run_cli(capsys, "run", write(tmp_path, SMALL), "--out", out, "--overwrite", "--quiet")
+    assert code == 0, err
+
+
+def test_unwritable_output_folder_is_refused_before_the_run(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, "run", write(tmp_path, SMALL), "--out", blocker / "sub")
+    assert_user_error(code, err, "cannot create the output folder")
+
+
+def test_resume_usage_errors(capsys, tmp_path):
+    config = write(tmp_path, SMALL)
+    code, _, err = run_cli(capsys, "run", config, "--resume", tmp_path)
+    assert_user_error(code, err, "--resume FOLDER takes the configuration")
+    code, _, err = run_cli(capsys, "run", "--resume", tmp_path / "nothing")
+    assert_user_error(code, err, "cannot resume", "config.toml")
+    assert run_cli(capsys, "run", config, "--out", tmp_path / "o", "--quiet")[0] == 0
+    code, _, err = run_cli(capsys, "run", "--resume", tmp_path / "o")
+    assert_user_error(code, err, "cannot resume", "checkpoint.npz", "finished")
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_records(capsys, tmp_path, monkeypatch):
+    config = write(tmp_path, SMALL)
+    assert run_cli(capsys, "run", config, "--out", tmp_path / "whole", "--quiet")[0] == 0
+    expected = truncflow.load_result(tmp_path / "whole" / "result.npz")
+    real = truncflow.simulate
+
+    def interrupted(*args, callback, **kwargs):
+        steps = []
+
+        def cb(t, cost):
+            callback(t, cost)
+            steps.append(t)
+            if len(steps) == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, callback=cb, **kwargs)
+
+    monkeypatch.setattr(truncflow, "simulate", interrupted)
+    assert run_cli(capsys, "run", config, "--out", tmp_path / "o", "--quiet")[0] == 130
+    monkeypatch.setattr(truncflow, "simulate", real)
+    assert truncflow.load_result(tmp_path / "o" / "result.npz").steps_accepted[-1] == 5
+    assert run_cli(capsys, "run", "--resume", tmp_path / "o", "--quiet")[0] == 0
+    resumed = truncflow.load_result(tmp_path / "o" / "result.npz")
+    for name, series in expected.series.items():
+        assert np.array_equal(resumed.series[name], series), name
