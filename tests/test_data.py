@@ -148,7 +148,8 @@ def test_dataset_keeps_float32_and_layouts():
     view = f[::2, ::-1]
     ds = tf.Dataset(view, lab[::2], CENTERS)
     assert np.shares_memory(ds.points, f) and np.array_equal(ds.points, view)
-    ds = tf.Dataset(np.arange(6).reshape(2, 3), [0, 1], CENTERS)     # integers become float64
+    with pytest.warns(tf.data.EmptyClusterWarning, match=r"cluster\(s\) 2"):     # cluster 2 unused
+        ds = tf.Dataset(np.arange(6).reshape(2, 3), [0, 1], CENTERS)     # integers become float64
     assert ds.points.dtype == np.float64
 
 
@@ -160,3 +161,112 @@ def test_dataset_with_targets():
     assert np.array_equal(ds2.labels, ds.labels)
     with pytest.raises(ValueError, match=r"label 2 out of range"):
         ds.with_targets(np.zeros((2, 3)))
+
+
+# --------------------------------------------- hostile files (issue items 5 and 7)
+def test_loader_keeps_class_ids_and_dataset_maps_them(tmp_path):
+    pts = np.arange(12.0).reshape(6, 2)
+    np.save(tmp_path / "d.npy", np.column_stack([pts, [10, 10**6, 10, 10**6, 10, 10]]))
+    p, lab = tf.load_points(tmp_path / "d.npy")
+    assert lab.tolist() == [10, 10**6, 10, 10**6, 10, 10]            # as in the file
+    ds = tf.Dataset.from_class_ids(p, lab, [[0.0, 0.0], [1.0, 1.0]])
+    assert ds.n_clusters == 2 and ds.class_ids.tolist() == [10, 10**6] and ds.counts.tolist() == [4, 2]
+
+
+@pytest.mark.parametrize("labels, pattern", [
+    (np.array([0.0, np.nan, 1.0]), r"labels\[1\] = nan"),
+    (np.array([0.0, 1.5, 1.0]), r"labels\[1\] = 1.5 is not an integer"),
+    (np.array([True, False, True]), r"labels must be integers.*dtype bool"),
+    (np.array([0, 1]), r"labels have shape \(2,\), expected \(3,\)"),
+])
+def test_loader_refuses_bad_labels(tmp_path, labels, pattern):
+    np.savez(tmp_path / "d.npz", points=np.zeros((3, 2)), labels=labels)
+    with pytest.raises(ValueError, match=rf"d\.npz: .*{pattern}"):
+        tf.load_points(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize("points, pattern", [
+    (np.zeros((0, 2)), r"points is empty"),
+    (np.zeros((3, 2), dtype=complex), r"points must be real"),
+    (np.array([[1.0, np.inf], [0.0, 0.0], [1.0, 1.0]]), r"points contains 1 non-finite.*\(0, 1\)"),
+    (np.zeros((3, 2), dtype=[("a", "f8")]), r"not plain numbers"),
+])
+def test_loader_refuses_bad_points(tmp_path, points, pattern):
+    np.savez(tmp_path / "d.npz", points=points, labels=np.zeros(points.shape[0], dtype=int))
+    with pytest.raises(ValueError, match=rf"d\.npz: .*{pattern}"):
+        tf.load_points(tmp_path / "d.npz")
+
+
+def test_loader_refuses_empty_csv_without_warning(tmp_path):
+    import warnings
+    (tmp_path / "empty.csv").write_text("# only a comment\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"empty\.csv"):
+            tf.load_points(tmp_path / "empty.csv")
+
+
+def test_loader_checks_the_npy_header_before_reading(tmp_path):
+    """A header claiming 10^12 rows over a file of a few bytes is refused, not allocated."""
+    import zipfile
+
+    import numpy.lib.format as fmt
+    path = tmp_path / "lie.npy"
+    with open(path, "wb") as f:
+        fmt.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (10**12, 3)})
+        f.write(np.zeros((4, 3)).tobytes())
+    with pytest.raises(ValueError, match=r"lie\.npy: table: the header claims shape \(1000000000000, 3\).*"
+                                         r"truncated or corrupt"):
+        tf.load_points(path)
+    with zipfile.ZipFile(tmp_path / "lie2.npz", "w") as z:
+        with z.open("points.npy", "w") as f:
+            fmt.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (10**9, 2)})
+            f.write(np.zeros(8).tobytes())
+        with z.open("labels.npy", "w") as f:
+            np.save(f, np.zeros(4))
+    with pytest.raises(ValueError, match=r"lie2\.npz: points: the header claims shape \(1000000000, 2\)"):
+        tf.load_points(tmp_path / "lie2.npz")
+
+
+def test_generated_points_overflow_is_refused_without_warning():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"generated points overflow float64.*std"):
+            tf.gaussian_clusters(10, [[0.0, 0.0]], std=1e308, seed=0)
+        with pytest.raises(ValueError, match=r"generated points overflow float32.*radius"):
+            tf.uniform_balls(10, [[0.0, 0.0]], radius=1e300, seed=0, dtype=np.float32)
+
+
+# ----------------------------------------------------- class IDs in configurations
+def _file_config(tmp_path, labels, targets, dtype="float64", values=None):
+    pts = np.random.default_rng(0).standard_normal((len(labels), 2)) if values is None else values
+    np.save(tmp_path / "d.npy", np.column_stack([pts, labels]))
+    (tmp_path / "job.toml").write_text(f'[data]\nsource = "file"\npath = "d.npy"\ndtype = "{dtype}"\n'
+                                       f"targets = {targets}\n[network]\nlayers = 1\n[flow]\nt_end = 1.0\n")
+    return tmp_path / "job.toml"
+
+
+@pytest.mark.parametrize("ids", [(1, 2), (0, 10**6)])
+def test_config_maps_file_class_ids(tmp_path, ids):
+    from truncflow.config import load_config
+    cfg = load_config(_file_config(tmp_path, np.repeat(ids, 5), '"means"'))
+    assert cfg.dataset.n_clusters == 2 and cfg.dataset.class_ids.tolist() == list(ids)
+    assert cfg.dataset.counts.tolist() == [5, 5]
+    assert f"class IDs {ids[0]}, {ids[1]}" in cfg.describe()
+    cfg = load_config(_file_config(tmp_path, np.repeat(ids, 5), "[[0.0, 0.0], [1.0, 1.0]]"))
+    assert cfg.dataset.targets.tolist() == [[0.0, 0.0], [1.0, 1.0]]
+
+
+def test_config_targets_rows_name_the_class_ids(tmp_path):
+    from truncflow.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match=r"\[data\] targets: has 3 rows but the data has Q=2 clusters.*"
+                                          r"one row per class ID 1, 2, in this order"):
+        load_config(_file_config(tmp_path, np.repeat([1, 2], 5), "[[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]"))
+
+
+def test_config_float32_overflow_of_file_points(tmp_path):
+    from truncflow.config import ConfigError, load_config
+    values = np.array([[1e300, 0.0], [0.0, 1.0]])
+    with pytest.raises(ConfigError, match=r"\[data\] dtype: .* do not fit in float32"):
+        load_config(_file_config(tmp_path, [0, 1], '"means"', dtype="float32", values=values))

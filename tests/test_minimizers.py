@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import truncflow as tf
-from truncflow.minimizers import (_separating_direction, _solve_margin_lp, cone_minimizer,
+from truncflow.minimizers import (_separating_direction, _solve_margin_lp, collapse_mask, cone_minimizer,
                                   predicted_cost)
 
 R, R_GAP, SPREAD = 10.0, 3.0, 0.5
@@ -184,6 +184,20 @@ def test_empty_collapse_is_the_identity_network():
     assert predicted_cost(ds, []) == pytest.approx(full, rel=1e-13)
 
 
+@pytest.mark.parametrize("form", ["list", "tuple", "numpy"])
+def test_boolean_mask_equals_the_indices(form):
+    """collapse may be a boolean mask of length Q: the same network and cost as its indices."""
+    ds = radial_dataset(3, 2, seed=5)
+    for subset in all_subsets(3):
+        bits = [c in subset for c in range(3)]
+        mask = {"list": bits, "tuple": tuple(np.bool_(b) for b in bits), "numpy": np.array(bits)}[form]
+        assert np.array_equal(collapse_mask(mask, 3), np.array(bits))
+        by_mask, by_index = cone_minimizer(ds, mask), cone_minimizer(ds, list(subset))
+        assert np.array_equal(by_mask.cum_weights, by_index.cum_weights), subset
+        assert np.array_equal(by_mask.cum_biases, by_index.cum_biases), subset
+        assert predicted_cost(ds, mask) == predicted_cost(ds, subset)
+
+
 @pytest.mark.parametrize("Q,M", [(2, 1), (3, 2), (4, 3)])
 def test_free_clusters_stay_free_under_small_perturbation(Q, M):
     """Stationarity: perturbing every cumulative parameter by ~1e-6 (relative) leaves the
@@ -339,12 +353,15 @@ def test_clusters_that_block_only_together_are_reported():
     ([3], r"collapse\[0\] = 3 is out of range.*3 cluster"),
     ([0, -1], r"collapse\[1\] = -1 is out of range"),
     ([1.0], r"collapse\[0\] = 1.0 is not a cluster index"),
-    ([True], r"collapse\[0\] = True is not a cluster index"),
+    ([True], r"boolean mask of length 1, but the dataset has 3 cluster"),
+    ([0, True], r"collapse\[1\] = True mixes booleans and cluster indices"),
     ([[0, 1]], r"collapse\[0\] = \[0, 1\] is not a cluster index"),
     (np.array([0.0, 1.0]), r"collapse\[0\] = .* is not a cluster index"),
-    (np.array([[0, 1]]), r"collapse must be None or an iterable"),
-    ("01", r"collapse must be None or an iterable"),
-    (1, r"collapse must be None or an iterable"),
+    (np.array([[0, 1]]), r"collapse must be None, a boolean mask of length 3 or an iterable"),
+    ("01", r"collapse must be None, a boolean mask"),
+    (1, r"collapse must be None, a boolean mask"),
+    (np.array([True, False]), r"boolean mask of length 2, but the dataset has 3 cluster"),
+    ([True, False, True, False], r"boolean mask of length 4"),
 ])
 def test_bad_collapse_values(collapse, pattern):
     ds = radial_dataset(3, 2)

@@ -167,7 +167,8 @@ def test_empty_cluster_and_shift():
     ``shift`` changes nothing but round-off."""
     params, pr = problem_with_collapse(5)
     labels = np.where(pr.labels == 2, 0, pr.labels)          # cluster 2 empty
-    ds = tf.Dataset(pr.points, labels, pr.targets_in)
+    with pytest.warns(tf.EmptyClusterWarning, match="cluster"):
+        ds = tf.Dataset(pr.points, labels, pr.targets_in)
     with np.errstate(invalid="ignore"):     # 0 / 0 for the empty cluster's fractions
         obs = tf.observe(params, ds)
     d = direct(params, pr.points, labels, pr.targets_in, "input", 3)
@@ -185,8 +186,10 @@ def test_empty_cluster_and_shift():
 def test_empty_cluster_collapse_ratio_is_finite():
     params = tf.Params.from_layers(np.eye(2)[None], np.zeros((1, 2)))
     pts = np.array([[1.0, 2.0], [2.0, 1.0], [-1.0, 3.0], [3.0, 3.0]])
+    with pytest.warns(tf.EmptyClusterWarning):
+        three_clusters = tf.Dataset(pts, [0, 0, 1, 1], np.zeros((3, 2)))   # cluster 2 empty
     with np.errstate(invalid="ignore"):
-        three = tf.observe(params, tf.Dataset(pts, [0, 0, 1, 1], np.zeros((3, 2))))   # cluster 2 empty
+        three = tf.observe(params, three_clusters)
     two = tf.observe(params, tf.Dataset(pts, [0, 0, 1, 1], np.zeros((2, 2))))
     # images (1,2), (2,1) | (0,3), (3,3): within = 2 * 0.5 + 2 * 2.25 = 5.5, between = 4 * 0.75^2 = 2.25
     d = direct(params, pts, np.array([0, 0, 1, 1]), np.zeros((2, 2)), "input", 2)

@@ -162,7 +162,8 @@ def test_empty_cluster(kind):
     prob = make_problem(77, L=2, M=3, N=40, Q=3, P=2)
     labels = np.where(prob.labels == 1, 2, prob.labels)
     t = prob.targets_in if kind == "input" else prob.targets_out
-    ds = tf.Dataset(prob.points, labels, t)
+    with pytest.warns(tf.EmptyClusterWarning):
+        ds = tf.Dataset(prob.points, labels, t)
     st = cluster_statistics(prob.params, ds, kind, second_moments=True)
     d = direct(prob.params, prob.points, labels, 3)
     check_moments(st, d, second=True)

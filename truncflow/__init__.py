@@ -25,7 +25,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from .params import MAX_CONDITION, Params  # noqa: E402
-from .data import Dataset, gaussian_clusters, load_points, uniform_balls
+from .data import Dataset, EmptyClusterWarning, encode_labels, gaussian_clusters, load_points, uniform_balls
 from .compute import (Gradient, activation_patterns, cost, cumulative_to_layer_gradient,
                       gradient, truncate)
 from .observe import Observation, observe
@@ -39,7 +39,7 @@ from .engine.record import Result, load_result
 __version__ = "0.2.0"
 
 __all__ = [
-    "MAX_CONDITION", "Params", "Dataset", "gaussian_clusters", "uniform_balls", "load_points",
+    "MAX_CONDITION", "Params", "Dataset", "EmptyClusterWarning", "encode_labels", "gaussian_clusters", "uniform_balls", "load_points",
     "Gradient", "truncate", "activation_patterns", "cost", "gradient",
     "cumulative_to_layer_gradient", "Observation", "observe", "simulate", "Result", "load_result",
     "ClusterStatistics", "cluster_statistics", "cone_minimizer", "predicted_cost",

@@ -60,3 +60,134 @@ def integer(value, name: str, *, low: int | None = None, high: int | None = None
         hi = "inf" if high is None else high
         raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
     return int(value)
+
+
+# ------------------------------------------------------------------ memory
+def available_memory() -> int:
+    """Bytes of memory this process can still allocate without swapping.
+
+    ``psutil.virtual_memory().available``, lowered to the room left under a cgroup
+    (container) memory limit when one is set and readable.
+    """
+    import psutil
+
+    available = int(psutil.virtual_memory().available)
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit():
+            available = min(available, max(int(limit) - usage, 0))
+        break
+    return available
+
+
+def format_bytes(n_bytes: int | float) -> str:
+    """``n_bytes`` for a person: '512 B', '3.2 GiB', '4.4e+13 TiB'."""
+    value = float(n_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.3g} {unit}"
+        value /= 1024
+    return f"{value:.3g} TiB"
+
+
+def require_memory(n_bytes: int, what: str) -> None:
+    """Raise ValueError, before anything is allocated, when ``n_bytes`` exceeds the memory
+    available now (:func:`available_memory`). ``what`` names the request and its size,
+    e.g. ``"n_points=10^12 points of width 3"``; the message adds the two amounts."""
+    available = available_memory()
+    if n_bytes > available:
+        raise ValueError(f"{what} would need about {format_bytes(n_bytes)} of memory, but only "
+                         f"{format_bytes(available)} is available")
+
+
+# ------------------------------------------------------------ result files
+def _series_dims(spec: str) -> tuple[str, ...]:
+    """('L', 'Q') from a per-record shape written as ``"(L, Q)"``; () from ``"()"``."""
+    inner = spec.strip()[1:-1]
+    return tuple(s.strip() for s in inner.split(",") if s.strip())
+
+
+def check_series(series: dict, spec: dict) -> dict:
+    """Check the per-record arrays of a result against their per-record shapes.
+
+    Args:
+        series: name -> array with a leading record axis T.
+        spec: name -> per-record shape as text, e.g. ``{"cost": "()", "spread": "(L, Q)"}``
+            (``_SERIES`` of ``engine.record``); every name in ``spec`` must be in ``series``.
+    Returns:
+        the sizes ``{"T": T, "L": L, ...}`` every array agrees on.
+    Raises ValueError naming the array and the inconsistency: a non-numeric dtype, a
+    wrong number of dimensions, no records (T = 0), a leading length other than the
+    first array's, or a size (L, Q, M, P) that disagrees with an earlier array. Arrays
+    in ``series`` that are not in ``spec`` must be numeric with the same leading T.
+    """
+    sizes: dict[str, int] = {}
+    origin: dict[str, str] = {}        # the array each size was first read from
+    for name in list(spec) + [k for k in series if k not in spec]:
+        a = series[name]
+        if not isinstance(a, np.ndarray) or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise ValueError(f"array {name!r} is not numeric (dtype {getattr(a, 'dtype', type(a).__name__)})")
+        dims = ("T",) + _series_dims(spec[name]) if name in spec else ("T",)
+        if name in spec and a.ndim != len(dims):
+            raise ValueError(f"array {name!r} has shape {a.shape}, expected ({', '.join(dims)})")
+        if a.ndim == 0:
+            raise ValueError(f"array {name!r} has no record axis (shape ())")
+        if a.shape[0] == 0:
+            raise ValueError(f"array {name!r} holds no records (a result has at least one)")
+        for axis, dim in enumerate(dims):
+            if dim not in sizes:
+                sizes[dim], origin[dim] = a.shape[axis], name
+            elif a.shape[axis] != sizes[dim]:
+                label = "number of records" if dim == "T" else dim
+                raise ValueError(f"array {name!r} has shape {a.shape}: its {label} {a.shape[axis]} disagrees "
+                                 f"with the {label} {sizes[dim]} of {origin[dim]!r}")
+    return sizes
+
+
+def check_array_shapes(arrays: dict, spec: dict, sizes: dict) -> None:
+    """Check run-level arrays against shapes given as tuples of size names.
+
+    ``spec``: name -> e.g. ``("L", "M", "M")``; an array in ``spec`` is optional, but when
+    present must have that many dimensions and agree with ``sizes`` (``{"L": 3, ...}``,
+    e.g. from :func:`check_series`; names not yet in ``sizes`` are bound by the first
+    array that has them). Every array must be numeric. Raises ValueError naming the
+    array and the inconsistency.
+    """
+    origin = {dim: "the records" for dim in sizes}
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray) or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise ValueError(f"array {name!r} is not numeric (dtype {getattr(a, 'dtype', type(a).__name__)})")
+        dims = spec.get(name)
+        if dims is None:
+            continue
+        if a.ndim != len(dims):
+            raise ValueError(f"array {name!r} has shape {a.shape}, expected ({', '.join(dims)})")
+        for axis, dim in enumerate(dims):
+            if dim not in sizes:
+                sizes[dim], origin[dim] = a.shape[axis], repr(name)
+            elif a.shape[axis] != sizes[dim]:
+                raise ValueError(f"array {name!r} has shape {a.shape}: its {dim} {a.shape[axis]} disagrees "
+                                 f"with the {dim} {sizes[dim]} of {origin[dim]}")
+
+
+def check_counts(arrays: dict, names) -> None:
+    """Raise ValueError unless each named array present holds whole numbers >= 0 (counters,
+    labels): an integer dtype, or finite integral floats."""
+    for name in names:
+        a = arrays.get(name)
+        if a is None or np.issubdtype(a.dtype, np.integer):
+            bad = a is not None and a.size and a.min() < 0
+        else:
+            with np.errstate(invalid="ignore"):
+                bad = not np.all(np.isfinite(a) & (a == np.round(a)) & (a >= 0))
+        if bad:
+            raise ValueError(f"array {name!r} must hold whole numbers >= 0 (counts), found "
+                             f"{a.reshape(-1)[:4].tolist()}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import choice, integer
+from ._validate import choice, integer, require_memory
 from .data import Dataset, check_points
 from .kernels import config
 from .kernels.forward import patterns_kernel, truncate_kernel
@@ -17,7 +17,8 @@ from .kernels.gradient import BLOCK, gradient_kernel
 from .params import Params
 
 __all__ = ["Gradient", "truncate", "activation_patterns", "cost", "gradient",
-           "cumulative_to_layer_gradient", "aligned_scale_gradient", "COST_KINDS", "PARAMETRIZATIONS"]
+           "cumulative_to_layer_gradient", "aligned_scale_gradient", "require_finite_outputs",
+           "require_partials_fit", "COST_KINDS", "PARAMETRIZATIONS"]
 
 COST_KINDS = ("input", "output")
 PARAMETRIZATIONS = ("cumulative", "layers", "aligned")
@@ -92,6 +93,64 @@ def tile_arrays(params: Params, targets: np.ndarray, kind: str) -> tuple[np.ndar
     return (targets, cw, pad(params.cum_biases, (1,)), inv, np.ascontiguousarray(back), out_w, out_b)
 
 
+def require_partials_fit(n_points: int, partial_bytes: int, what: str) -> int:
+    """Chunk size for a pass whose chunks each keep ``partial_bytes`` of partial sums;
+    refuses (ValueError, before the kernel allocates them) partial sums that do not fit
+    in the memory available, e.g. a per-cluster pass over very many clusters."""
+    chunk = config.chunk_size(n_points, partial_bytes)
+    n_chunks = -(-int(n_points) // chunk)
+    require_memory(n_chunks * int(partial_bytes), what)
+    return chunk
+
+
+def _largest(a) -> float:
+    """max |a| over a float array (0.0 when empty), ignoring NaN, without RuntimeWarnings."""
+    a = np.asarray(a)
+    if a.size == 0:
+        return 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        return float(np.nanmax(np.abs(a))) if not np.isnan(a).all() else float("nan")
+
+
+def require_finite_outputs(params: Params, points, cost, grad: "Gradient | None" = None,
+                           what: str | None = None, **arrays) -> None:
+    """Raise ValueError when a reduced output (cost, gradient, other small arrays) is not finite.
+
+    One ``isfinite`` over the small reduced outputs, nothing per point unless they are
+    not finite; then the message names what overflowed and the sizes behind it, e.g.
+    ``the forward pass overflowed: cost is inf; points or parameters too large
+    (max |x| = 1e+160, max |W^(l)| = 1, max |b^(l)| = 0)``.
+
+    Args:
+        params: the network; points: (N, M) the data.
+        cost: a float, a (Q,) array or None; grad: a :class:`Gradient` or None.
+        what: the computation, for the message (default: "forward pass" when the cost is
+            not finite, else "gradient"); arrays: other named outputs.
+    """
+    outputs = {} if cost is None else {"cost": np.asarray(cost)}
+    if grad is not None:
+        names = {"cumulative": ("dC/dW^(l)", "dC/db^(l)"), "layers": ("dC/dW_l", "dC/db_l"),
+                 "aligned": ("dC/dlambda^(l)", "dC/db^(l)")}[grad.wrt]
+        outputs.update({names[0]: grad.weights, names[1]: grad.biases,
+                        "dC/dW_out": grad.out_weight, "dC/db_out": grad.out_bias})
+    outputs.update(arrays)
+    bad = [name for name, a in outputs.items() if a is not None and not np.isfinite(a).all()]
+    if not bad:
+        return
+    first = bad[0]
+    what = what or ("forward pass" if first == "cost" else "gradient")
+    value = np.asarray(outputs[first])
+    shown = float(value) if value.ndim == 0 else "not finite (" + ", ".join(
+        sorted({str(v) for v in value[~np.isfinite(value)].ravel()[:2]})) + ")"
+    sizes = (f"max |x| = {_largest(points):.3g}, max |W^(l)| = {_largest(params.cum_weights):.3g}, "
+             f"max |b^(l)| = {_largest(params.cum_biases):.3g}")
+    if params.has_output:
+        sizes += f", max |W_out| = {_largest(params.out_weight):.3g}"
+    also = f" (also {', '.join(bad[1:])})" if len(bad) > 1 else ""
+    raise ValueError(f"the {what} overflowed: {first} is {shown}{also}; points or parameters too large "
+                     f"for float64 ({sizes})")
+
+
 def _require_params(params) -> Params:
     if not isinstance(params, Params):
         raise ValueError(f"params must be a truncflow.Params, got {type(params).__name__}")
@@ -129,6 +188,7 @@ def truncate(params: Params, points, layers: int | None = None) -> np.ndarray:
         layers: 0..L (default L, all layers).
     Returns:
         (N, M) float64.
+    Raises ValueError when an image overflows float64 (points or parameters too large).
     """
     params = _require_params(params)
     pts = check_points(points, params.width)
@@ -137,7 +197,12 @@ def truncate(params: Params, points, layers: int | None = None) -> np.ndarray:
         layers = L
     layers = integer(layers, "layers", low=0, high=L)
     cw, cb, et = kernel_arrays(params)
-    return truncate_kernel(pts, cw, cb, et, layers, config.chunk_size(pts.shape[0]))
+    images = truncate_kernel(pts, cw, cb, et, layers, config.chunk_size(pts.shape[0]))
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.sum(images)            # one streaming reduction; locate only on failure
+    if not np.isfinite(total) and not np.isfinite(images).all():
+        require_finite_outputs(params, pts, None, what="truncation map", images=images)
+    return images
 
 
 def activation_patterns(params: Params, points) -> np.ndarray:
@@ -158,10 +223,12 @@ def _run_gradient_kernel(params: Params, dataset: Dataset, kind: str, per_cluste
     N, L, M = dataset.n_points, params.n_layers, params.width
     Mp, P = arrays[1].shape[1], arrays[5].shape[0]
     partial_bytes = 8 * n_slots * (1 + L * Mp * (Mp + 1) + P * (Mp + 1))
-    parts = gradient_kernel(dataset.points, dataset.labels, *arrays,
-                            kind == "output", n_slots, config.chunk_size(N, partial_bytes))
+    chunk = require_partials_fit(N, partial_bytes, f"the gradient's partial sums ({n_slots} cluster slot(s) of "
+                                                   f"{L} layers of width {M})")
+    parts = gradient_kernel(dataset.points, dataset.labels, *arrays, kind == "output", n_slots, chunk)
     # Merge chunks in a fixed order (axis 0), then scale: the result does not depend on threads.
-    sq, gw, gb, gow, gob = (p.sum(axis=0) for p in parts)
+    with np.errstate(over="ignore", invalid="ignore"):     # overflow is reported by gradient()
+        sq, gw, gb, gow, gob = (p.sum(axis=0) for p in parts)
     if not per_cluster:
         sq, gw, gb, gow, gob = sq[0], gw[0], gb[0], gow[0], gob[0]
     gw, gb, gow = gw[..., :M, :M], gb[..., :M], gow[..., :M]    # drop the padding
@@ -175,7 +242,8 @@ def cost(params: Params, dataset: Dataset, kind: str = "input", *, per_cluster: 
     ``kind="input"``: residual ``x~^(L)_i - y~_{c_i}`` with targets (Q, M);
     ``kind="output"``: residual ``F(x_i) - y_{c_i}`` with targets (Q, P).
     Returns a float, or (Q,) per-cluster costs summing to it when ``per_cluster``.
-    (It runs the gradient pass: one streaming pass either way.)
+    (It runs the gradient pass: one streaming pass either way.) Raises ValueError when
+    the cost or its gradient overflows float64 (see :func:`gradient`).
     """
     c, _ = gradient(params, dataset, kind, per_cluster=per_cluster)
     return c
@@ -194,7 +262,11 @@ def gradient(params: Params, dataset: Dataset, kind: str = "input", wrt: str = "
             (MODEL.md section 9).
         per_cluster: split cost and gradient over the Q clusters (they sum to the totals).
     Returns:
-        ``(cost, grad)``: cost a float (or (Q,) array), grad a :class:`Gradient`.
+        ``(cost, grad)``: cost a float (or (Q,) array), grad a :class:`Gradient`; both finite.
+    Raises:
+        ValueError: bad arguments, or a cost or gradient that is not finite because the
+            forward pass (or the gradient) overflowed float64: the message names what
+            overflowed and the largest point and parameter magnitudes.
     """
     params = _require_params(params)
     choice(kind, "kind", COST_KINDS)
@@ -203,15 +275,19 @@ def gradient(params: Params, dataset: Dataset, kind: str = "input", wrt: str = "
     if wrt == "aligned" and not params.is_aligned:
         raise ValueError("wrt='aligned' needs aligned parameters: build them with Params.aligned")
     c, g = _run_gradient_kernel(params, dataset, kind, per_cluster)
-    if wrt == "aligned":
-        g = Gradient(aligned_scale_gradient(params, g.weights), g.biases, g.out_weight, g.out_bias, "aligned")
-    elif wrt == "layers":
-        if per_cluster:
-            parts = [cumulative_to_layer_gradient(params, g.cluster(q)) for q in range(dataset.n_clusters)]
-            stack = lambda name: None if getattr(parts[0], name) is None else np.stack([getattr(p, name) for p in parts])
-            g = Gradient(stack("weights"), stack("biases"), stack("out_weight"), stack("out_bias"), "layers")
-        else:
-            g = cumulative_to_layer_gradient(params, g)
+    require_finite_outputs(params, dataset.points, c, g)
+    with np.errstate(over="ignore", invalid="ignore"):    # checked below
+        if wrt == "aligned":
+            g = Gradient(aligned_scale_gradient(params, g.weights), g.biases, g.out_weight, g.out_bias, "aligned")
+        elif wrt == "layers":
+            if per_cluster:
+                parts = [cumulative_to_layer_gradient(params, g.cluster(q)) for q in range(dataset.n_clusters)]
+                stack = lambda name: None if getattr(parts[0], name) is None else np.stack([getattr(p, name) for p in parts])
+                g = Gradient(stack("weights"), stack("biases"), stack("out_weight"), stack("out_bias"), "layers")
+            else:
+                g = cumulative_to_layer_gradient(params, g)
+    if wrt != "cumulative":
+        require_finite_outputs(params, dataset.points, c, g, what=f"gradient in the {wrt} parametrization")
     if not per_cluster:
         c = float(c)
     return c, g

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Dataset, gaussian_clusters, load_points, uniform_balls
+from ._validate import require_memory
+from .data import Dataset, encode_labels, gaussian_clusters, load_points, uniform_balls
 from .engine.events import check_events_problem
 from .engine.integrate import METHODS
 from .engine.rhs import TRAIN_OPTIONS, FlowProblem
 from .compute import COST_KINDS, PARAMETRIZATIONS
-from .params import Params
+from .params import MAX_LAYERS, Params, check_network_size
 
 __all__ = ["ConfigError", "RunConfig", "load_config", "parse_config", "default_config_text",
            "DEFAULT_CONFIG_NAME", "SCHEMA"]
@@ -58,10 +59,11 @@ SCHEMA: dict[str, dict[str, str]] = {
         "path": ".npy, .npz or .csv file of points and labels, relative to the config file (file)",
         "points_key": 'name of the points array in an .npz file (default "points")',
         "labels_key": 'name of the labels array in an .npz file (default "labels")',
-        "targets": 'Q x M (input cost) or Q x P (output cost) list, or "centers", "means", "onehot"',
+        "targets": 'Q x M (input cost) or Q x P (output cost) list, one row per cluster (for a file: per '
+                   'distinct class ID, in increasing order), or "centers", "means", "onehot"',
     },
     "network": {
-        "layers": "number of hidden layers L",
+        "layers": f"number of hidden layers L (1 to {MAX_LAYERS})",
         "init": '"identity", "random", "cones", "aligned", "layers" or "cumulative"',
         "scale": "random: W_l = I + scale * G / sqrt(M)",
         "bias_scale": "random: b_l ~ N(0, bias_scale^2)",
@@ -98,7 +100,7 @@ SCHEMA: dict[str, dict[str, str]] = {
         "max_time": "stop after this many wall-clock seconds",
     },
     "record": {
-        "n_records": "number of records: 0, then log-spaced from t_first to t_end (default 50)",
+        "n_records": "number of records (2 to 10^6): 0, then log-spaced from t_first to t_end (default 50)",
         "t_first": "first positive record time with n_records (default t_end/1000)",
         "times": "list of flow times in [0, t_end] to record at",
     },
@@ -130,6 +132,9 @@ _METHOD_ONLY = {"rtol": ("rk45",), "atol": ("rk45",), "first_step": ("rk45",), "
                 "lr": ("gd",), "record_truncation_times": ("events",), "max_evals": ("rk45", "gd")}
 
 DEFAULT_FOLDER = "truncflow-out"
+
+#: Most records a run may ask for (as :func:`truncflow.simulate` allows).
+MAX_RECORDS = 10**6
 
 
 class ConfigError(ValueError):
@@ -298,7 +303,7 @@ class _Builder:
             self.fail(sec, key, f"must be >= 0, got {_short(tbl[key])}")
         return v
 
-    def integer(self, sec, tbl, key, *, default=None, required=False, minimum=None):
+    def integer(self, sec, tbl, key, *, default=None, required=False, minimum=None, maximum=None):
         if key not in tbl:
             if required:
                 self.fail(sec, key, "is required")
@@ -308,6 +313,8 @@ class _Builder:
             self.fail(sec, key, f"must be an integer, got {_type_name(v)} {_short(v)}")
         if minimum is not None and v < minimum:
             self.fail(sec, key, f"must be an integer >= {minimum}, got {v}")
+        if maximum is not None and v > maximum:
+            self.fail(sec, key, f"must be an integer <= {maximum}, got {v}")
         return int(v)
 
     def string(self, sec, tbl, key, *, default=None, required=False, choices=None):
@@ -400,6 +407,7 @@ class _Builder:
         dataset = self.finish_targets(dataset, centers, params, kind)
         kwargs = self.build_flow(flow, kind, params, dataset)
         self.build_record(kwargs)
+        self.check_record_size(kwargs, params, dataset)
 
         out = self.section("output")
         folder = Path(self.string("output", out, "folder", default=DEFAULT_FOLDER))
@@ -422,7 +430,7 @@ class _Builder:
         if "targets" not in d:
             self.fail(sec, "targets", "is required: a Q x M list (input cost), a Q x P list (output cost), "
                                       'or "centers", "means", "onehot"')
-        centers = None
+        centers = class_ids = None            # class IDs: 0..Q-1 unless a file says otherwise
         if source in ("gaussian", "balls"):
             n_points = self.integer(sec, d, "n_points", required=True, minimum=1)
             if "centers" not in d:
@@ -449,21 +457,31 @@ class _Builder:
                 path = (self.base_dir / path).absolute()
             keys = dict(points_key=self.string(sec, d, "points_key", default="points"),
                         labels_key=self.string(sec, d, "labels_key", default="labels"))
-            points, labels = self.api(sec, "path", load_points, path, **keys)
-            points = np.asarray(points)
-            if points.ndim == 2 and points.dtype != dtype:
-                points = points.astype(dtype)
-            labels = np.asarray(labels)
-            if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
-                self.fail(sec, "path", f"{path}: labels must be a non-empty 1-d array of integers")
-            Q = int(labels.max()) + 1 if labels.size else 0
+            points, class_labels = self.api(sec, "path", load_points, path, **keys)
+            points = self.cast_points(sec, points, dtype, path)
+            # The file's distinct class IDs, sorted, are the clusters 0..Q-1 (kept for display).
+            labels, class_ids = encode_labels(class_labels)
+            Q = class_ids.size
             summary = f"{Q} cluster{'s' if Q != 1 else ''} from {path.name}"
+            if not np.array_equal(class_ids, np.arange(Q)):
+                summary += f" (class IDs {_ids_text(class_ids)})"
         # Targets are resolved once the width M and the output dimension P are known.
         self._targets_raw = d["targets"]
         self._Q = Q
         # Provisional dataset with placeholder targets: validates points and labels now.
-        dataset = self.api(sec, None, Dataset, points, labels, np.zeros((max(Q, 1), 1)))
+        dataset = self.api(sec, None, Dataset, points, labels, np.zeros((Q, 1)), class_ids)
         return dataset, summary, centers
+
+    def cast_points(self, sec, points, dtype, path):
+        """Points read from a file, in the configured dtype (refusing a float32 overflow)."""
+        if points.dtype == dtype:
+            return points
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = points.astype(dtype)
+        if not np.isfinite(cast).all():
+            self.fail(sec, "dtype", f"{path}: the points do not fit in {np.dtype(dtype).name} "
+                                    f"(largest |x| = {np.max(np.abs(points)):.3g})")
+        return cast
 
     def finish_targets(self, dataset, centers, params, kind):
         sec, key = "data", "targets"
@@ -488,6 +506,8 @@ class _Builder:
             elif raw == "means":
                 from .observe import cluster_means
                 targets = cluster_means(dataset)
+                if not np.isfinite(targets).all():
+                    self.fail(sec, key, '"means": the cluster means overflow float64 (points too large)')
             else:  # onehot
                 if kind != "output":
                     self.fail(sec, key, '"onehot" is for the output cost ([flow] kind = "output")')
@@ -498,8 +518,11 @@ class _Builder:
         else:
             targets = self.array(sec, {key: raw}, key, 2, shape=(None, dim), what=what)
             if targets.shape[0] != Q:
+                ids = dataset.class_ids
+                per = "" if np.array_equal(ids, np.arange(Q)) else \
+                    f"; one row per class ID {_ids_text(ids)}, in this order"
                 self.fail(sec, key, f"has {targets.shape[0]} rows but the data has Q={Q} clusters "
-                                    f"(expected {what})")
+                                    f"(expected {what}{per})")
         return self.api(sec, key, dataset.with_targets, targets)
 
     # -------------------------------------------------------------- network
@@ -508,7 +531,13 @@ class _Builder:
         n = self.section(sec)
         init = self.string(sec, n, "init", default="identity", choices=INITS)
         self.only_for(sec, n, _INIT_ONLY, "init", init)
-        L = self.integer(sec, n, "layers", minimum=1)
+        L = self.integer(sec, n, "layers", minimum=1, maximum=MAX_LAYERS)
+        out_dim = self.integer(sec, n, "out_dim", minimum=1)
+        if out_dim is not None:
+            self.api(sec, "out_dim", require_memory, 8 * 4 * out_dim * (M + 1),
+                     f"out_dim = {out_dim}: an output layer of {out_dim} x M={M}")
+        if L is not None:
+            self.api(sec, "layers", check_network_size, L, M, out_dim or 0, name="layers")
 
         def need_layers():
             if L is None:
@@ -522,11 +551,11 @@ class _Builder:
             arr = self.array(sec, n, key, ndim, shape=(None,) + shape[1:], what=what)
             if L is not None and arr.shape[0] != L:
                 self.fail(sec, key, f"has {arr.shape[0]} layers but layers = {L}")
+            self.api(sec, key, check_network_size, arr.shape[0], M, out_dim or 0, name=key)
             return arr
 
         # Output layer: explicit, or random of dimension out_dim.
         ow = ob = None
-        out_dim = self.integer(sec, n, "out_dim", minimum=1)
         if ("out_weight" in n) != ("out_bias" in n):
             self.fail(sec, "out_weight" if "out_bias" in n else "out_bias",
                       "out_weight and out_bias must be given together")
@@ -573,7 +602,11 @@ class _Builder:
                     self.fail(sec, "edges", "the edges of some layer are linearly dependent (singular matrix)")
             else:
                 cum_w = np.tile(np.eye(M), (L, 1, 1))
-            cum_b = -np.einsum("lij,lj->li", cum_w, apexes)
+            with np.errstate(over="ignore", invalid="ignore"):
+                cum_b = -np.einsum("lij,lj->li", cum_w, apexes)
+            if not np.isfinite(cum_b).all():
+                self.fail(sec, "apexes", "the biases b = -W p of the cones overflow float64 (apexes too large "
+                                         "for these edges)")
             params = self.api(sec, None, Params.from_cumulative, cum_w, cum_b, ow, ob)
             desc = "cones"
         elif init == "aligned":
@@ -593,7 +626,12 @@ class _Builder:
                 scales = self.array(sec, n, "scales", 2, shape=(L, M), what=f"L={L} x M={M} scales")
             else:
                 scales = np.full((L, M), self.number(sec, n, "scales", default=1.0, positive=True))
-            params = self.api(sec, None, Params.aligned, frames, scales, -scales * t, ow, ob)
+            with np.errstate(over="ignore"):
+                biases = -scales * t
+            if not np.isfinite(biases).all():
+                self.fail(sec, "thresholds", "the biases -scales * thresholds overflow float64 (thresholds or "
+                                             "scales too large)")
+            params = self.api(sec, None, Params.aligned, frames, scales, biases, ow, ob)
             desc = "aligned"
         elif init == "layers":
             w = stack("weights", 3, f"L x M={M} x M={M}")
@@ -660,7 +698,7 @@ class _Builder:
                 self.fail(sec, "times", f"must lie in [0, t_end = {kw['t_end']:g}]")
             kw["record_times"] = times
         else:
-            n_records = self.integer(sec, r, "n_records", default=50, minimum=2)
+            n_records = self.integer(sec, r, "n_records", default=50, minimum=2, maximum=MAX_RECORDS)
             t_first = self.number(sec, r, "t_first", positive=True)
             if t_first is None:
                 kw["n_records"] = n_records
@@ -668,6 +706,23 @@ class _Builder:
                 if t_first >= kw["t_end"]:
                     self.fail(sec, "t_first", f"must be below t_end = {kw['t_end']:g}, got {t_first:g}")
                 kw["record_times"] = np.geomspace(t_first, kw["t_end"], n_records - 1)
+
+    def check_record_size(self, kw, params, dataset):
+        """Refuse records that would not fit in memory (each keeps both parameter forms and
+        the (L, Q, M) observables), naming the key that sets their number."""
+        n = len(kw["record_times"]) + 1 if "record_times" in kw else kw["n_records"]
+        key = "times" if "times" in self.section("record") else "n_records"
+        L, M, Q, P = params.n_layers, params.width, dataset.n_clusters, params.out_dim or 0
+        per_record = 8 * (2 * L * M * (M + 1) + L * Q * (M + 6) + L + Q + P * (M + 1) + 16)
+        self.api("record", key, require_memory, n * per_record,
+                 f"{key}: {n} records of L={L} layers, Q={Q} clusters, width M={M}")
+
+
+def _ids_text(ids, limit: int = 8) -> str:
+    """'1, 2, 5' or '0, 1, ..., 999': class IDs for a message."""
+    ids = [int(i) for i in ids]
+    return ", ".join(map(str, ids)) if len(ids) <= limit else \
+        ", ".join(map(str, ids[:limit - 1])) + f", ..., {ids[-1]}"
 
 
 def _did_you_mean(word: str, options) -> str:

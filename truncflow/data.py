@@ -1,14 +1,24 @@
 """Training data: points, cluster labels and per-cluster targets; generators and loaders."""
 from __future__ import annotations
 
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ._validate import as_float_array, integer, require_finite
+from ._validate import as_float_array, format_bytes, integer, require_finite, require_memory
 
-__all__ = ["Dataset", "check_points", "gaussian_clusters", "uniform_balls", "load_points"]
+__all__ = ["Dataset", "EmptyClusterWarning", "check_points", "check_labels", "encode_labels",
+           "gaussian_clusters", "uniform_balls", "load_points"]
+
+#: Largest magnitude a float label may have: it must convert to int64 exactly.
+_INT64_LIMIT = 2.0 ** 63
+
+
+class EmptyClusterWarning(UserWarning):
+    """A Dataset has a cluster (a label value in [0, Q)) that no point carries."""
 
 
 def check_points(points, width: int | None = None, name: str = "points") -> np.ndarray:
@@ -33,47 +43,149 @@ def check_points(points, width: int | None = None, name: str = "points") -> np.n
     return pts
 
 
+def check_labels(labels, n_points: int | None = None, name: str = "labels") -> np.ndarray:
+    """Validate class labels and return them as a new (N,) int64 array.
+
+    Accepted: any integer dtype (values within int64), and floats whose values are
+    all finite and integral (as a .csv or a float table stores them: 2.0 is class 2).
+    Refused with a ValueError naming the problem: booleans, strings, complex or
+    object arrays, NaN/inf, non-integral floats (``labels[3] = 0.5``), values beyond
+    int64, a shape other than ``(n_points,)``, and an empty array.
+    """
+    if labels is None:
+        raise ValueError(f"{name} are missing")
+    lab = np.asarray(labels)
+    if n_points is not None and (lab.ndim != 1 or lab.shape[0] != n_points):
+        raise ValueError(f"{name} have shape {lab.shape}, expected ({n_points},): one label per point")
+    if lab.ndim != 1 or lab.size == 0:
+        raise ValueError(f"{name} have shape {lab.shape}: need a non-empty 1-d array, one label per point")
+    integral = np.issubdtype(lab.dtype, np.integer)
+    if not (integral or np.issubdtype(lab.dtype, np.floating)):
+        raise ValueError(f"{name} must be integers (an integer dtype, or floats with integral values), "
+                         f"got dtype {lab.dtype}")
+    if integral:
+        if lab.dtype == np.uint64 and lab.max() > np.iinfo(np.int64).max:
+            i = int(np.argmax(lab > np.iinfo(np.int64).max))
+            raise ValueError(f"{name} must be integers within int64: {name}[{i}] = {lab[i]}")
+        return lab.astype(np.int64)
+    lab = lab.astype(np.float64)            # float16/float32 compared with 2^63 would overflow
+    ok = np.isfinite(lab)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        raise ValueError(f"{name} must be integers: {name}[{i}] = {float(lab[i])} (NaN or inf)")
+    whole = (lab == np.round(lab)) & (np.abs(lab) < _INT64_LIMIT)
+    if not whole.all():
+        i = int(np.argmin(whole))
+        raise ValueError(f"{name} must be integers: {name}[{i}] = {float(lab[i])!r} is not an integer within int64")
+    return lab.astype(np.int64)
+
+
+def encode_labels(labels) -> tuple[np.ndarray, np.ndarray]:
+    """Map arbitrary integer class IDs to clusters 0..Q-1, in sorted order of the IDs.
+
+    Args:
+        labels: (N,) class IDs, checked by :func:`check_labels` (any integers, e.g.
+            {1, 2} or {-3, 10**6}).
+    Returns:
+        ``(codes (N,) int64 in [0, Q), class_ids (Q,) int64)``: the distinct IDs sorted,
+        and each point's index into them, so ``class_ids[codes] == labels``. Every
+        cluster 0..Q-1 has at least one point.
+    """
+    lab = check_labels(labels)
+    class_ids, codes = np.unique(lab, return_inverse=True)
+    return codes.reshape(-1).astype(np.int64), class_ids
+
+
+def _check_class_ids(class_ids, n_clusters: int) -> np.ndarray:
+    """(Q,) int64 distinct class IDs, read-only; ``arange(Q)`` when None."""
+    if class_ids is None:
+        ids = np.arange(n_clusters, dtype=np.int64)
+    else:
+        ids = check_labels(class_ids, name="class_ids")
+        if ids.shape != (n_clusters,):
+            raise ValueError(f"class_ids have shape {ids.shape}, expected ({n_clusters},): one ID per cluster "
+                             f"(Q = targets.shape[0])")
+        if np.unique(ids).size != n_clusters:
+            raise ValueError(f"class_ids must be distinct, got {ids.tolist()[:20]}")
+    ids.setflags(write=False)
+    return ids
+
+
+def _id_list(ids: np.ndarray, limit: int = 8) -> str:
+    """'1, 2, 5' or '0, 1, 2, ..., 999' for messages."""
+    ids = [int(i) for i in ids]
+    return ", ".join(map(str, ids)) if len(ids) <= limit else \
+        ", ".join(map(str, ids[:limit - 1])) + f", ..., {ids[-1]}"
+
+
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """Training points with cluster labels and one target per cluster.
 
     Args:
         points:  (N, M) float32 or float64, any memory layout (kept without copying).
-        labels:  (N,) integers in ``[0, Q)``: the cluster of each point.
+        labels:  (N,) cluster indices in ``[0, Q)``, Q = ``targets.shape[0]``: an integer
+                 dtype, or floats with integral values (booleans, NaN and fractions are
+                 refused). A label outside ``[0, Q)`` is an error naming it; for class
+                 IDs that are not 0..Q-1 (e.g. {1, 2}, or {0, 10**6}) use
+                 :meth:`from_class_ids`, which maps the sorted distinct IDs to 0..Q-1.
+                 A cluster in ``[0, Q)`` that no point carries is allowed (its cost and
+                 gradient are zero, its fractions NaN) but warns with an
+                 :class:`EmptyClusterWarning`.
         targets: (Q, M) input-space targets (input cost) or (Q, P) output targets
                  (output cost). Q, the number of clusters, is ``targets.shape[0]``.
+        class_ids: optional (Q,) distinct integers, the original class ID of each
+                 cluster, kept for display only (default ``0..Q-1``).
+    Stored: ``labels`` as read-only int64 (N,), ``targets`` read-only float64,
+    ``class_ids`` read-only int64 (Q,).
     """
 
     points: np.ndarray
     labels: np.ndarray
     targets: np.ndarray
+    class_ids: np.ndarray | None = None
 
     def __post_init__(self):
         pts = check_points(self.points)
         N = pts.shape[0]
-        lab = np.asarray(self.labels)
-        if lab.ndim != 1 or lab.shape[0] != N:
-            raise ValueError(f"labels have shape {lab.shape}, expected ({N},): one label per point")
-        if not (np.issubdtype(lab.dtype, np.integer) or (np.issubdtype(lab.dtype, np.floating)
-                                                          and np.all(lab == np.round(lab)))):
-            raise ValueError(f"labels must be integers, got dtype {lab.dtype}")
+        lab = check_labels(self.labels, N)
         tgt = as_float_array(self.targets, "targets", ndim=2)
         if tgt.shape[0] == 0 or tgt.shape[1] == 0:
             raise ValueError(f"targets have shape {tgt.shape}: need (Q, M) or (Q, P) with Q, P >= 1")
         require_finite(tgt, "targets")
         Q = tgt.shape[0]
-        lo, hi = lab.min(), lab.max()
-        if lo < 0 or hi >= Q:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"label {bad} out of range: labels must lie in [0, {Q}) for {Q} targets (Q = targets.shape[0])")
-        lab = np.ascontiguousarray(lab, dtype=np.int64)
+        _require_in_range(lab, Q)
+        counts = np.bincount(lab, minlength=Q)
+        ids = _check_class_ids(self.class_ids, Q)
+        if not counts.all():
+            empty = np.flatnonzero(counts == 0)
+            warnings.warn(EmptyClusterWarning(
+                f"{empty.size} of the {Q} clusters have no points: cluster(s) {_id_list(empty)} (no label takes "
+                f"these values); their cost and gradient are zero and their fractions NaN"), stacklevel=3)
         lab.setflags(write=False)
         tgt = np.ascontiguousarray(tgt)
         tgt.setflags(write=False)
+        counts.setflags(write=False)
         object.__setattr__(self, "points", pts)
         object.__setattr__(self, "labels", lab)
         object.__setattr__(self, "targets", tgt)
-        object.__setattr__(self, "_counts", np.bincount(lab, minlength=Q))
+        object.__setattr__(self, "class_ids", ids)
+        object.__setattr__(self, "_counts", counts)
+
+    @classmethod
+    def from_class_ids(cls, points, labels, targets) -> "Dataset":
+        """A Dataset from arbitrary integer class IDs (see :func:`encode_labels`).
+
+        The distinct IDs in ``labels``, sorted, become clusters 0..Q-1 (kept in
+        :attr:`class_ids`); ``targets`` (Q, M) or (Q, P) holds one row per distinct ID
+        in that order. No cluster is empty.
+        """
+        codes, ids = encode_labels(labels)
+        tgt = as_float_array(targets, "targets", ndim=2)
+        if tgt.shape[0] != ids.size:
+            raise ValueError(f"targets have {tgt.shape[0]} rows but the labels hold {ids.size} distinct class "
+                             f"IDs ({_id_list(ids)}): give one target row per class, in increasing order of ID")
+        return cls(points, codes, tgt, ids)
 
     @property
     def n_points(self) -> int:
@@ -96,12 +208,30 @@ class Dataset:
         return self._counts
 
     def with_targets(self, targets) -> "Dataset":
-        """The same points and labels with other targets."""
-        return Dataset(self.points, self.labels, targets)
+        """The same points, labels and class IDs with other targets (a different number of
+        rows drops the class IDs)."""
+        same_q = np.ndim(targets) == 2 and np.shape(targets)[0] == self.n_clusters
+        with warnings.catch_warnings():
+            if same_q:          # the same clusters: this dataset has already warned about empty ones
+                warnings.simplefilter("ignore", EmptyClusterWarning)
+            return Dataset(self.points, self.labels, targets, self.class_ids if same_q else None)
 
     def __repr__(self) -> str:
+        ids = "" if np.array_equal(self.class_ids, np.arange(self.n_clusters)) else \
+            f", class_ids=[{_id_list(self.class_ids)}]"
         return (f"Dataset(N={self.n_points}, M={self.width}, Q={self.n_clusters}, "
-                f"dtype={self.points.dtype}, targets={self.targets.shape})")
+                f"dtype={self.points.dtype}, targets={self.targets.shape}{ids})")
+
+
+def _require_in_range(labels: np.ndarray, n_clusters: int) -> None:
+    """Raise ValueError naming the first label outside [0, Q)."""
+    lo, hi = labels.min(), labels.max()
+    if lo >= 0 and hi < n_clusters:
+        return
+    i = int(np.argmax((labels < 0) | (labels >= n_clusters)))
+    raise ValueError(f"label {labels[i]} out of range (labels[{i}]): labels must lie in [0, {n_clusters}) for "
+                     f"{n_clusters} targets (Q = targets.shape[0]); for other class IDs use "
+                     f"Dataset.from_class_ids, which maps the sorted distinct IDs to 0..Q-1")
 
 
 # ---------------------------------------------------------------- generators
@@ -112,7 +242,11 @@ def _split_sizes(n_points: int, n_clusters: int) -> np.ndarray:
 
 
 def _check_generator(centers, n_points, spread, spread_name, dtype):
-    """Validated (centers (Q, M), n_points, per-cluster spread (Q,), dtype) of a generator."""
+    """Validated (centers (Q, M), n_points, per-cluster spread (Q,), dtype) of a generator.
+
+    Refuses, before anything is allocated, an ``n_points`` whose points (and the
+    generator's float64 temporaries) would not fit in the memory available now.
+    """
     centers = as_float_array(centers, "centers", ndim=2)
     require_finite(centers, "centers")
     Q, M = centers.shape
@@ -121,36 +255,60 @@ def _check_generator(centers, n_points, spread, spread_name, dtype):
     n_points = integer(n_points, "n_points", low=1)
     if n_points < Q:
         raise ValueError(f"n_points={n_points} is smaller than the number of clusters {Q}")
-    spread = np.asarray(spread, dtype=np.float64)
+    spread = np.asarray(spread)
+    if not (np.issubdtype(spread.dtype, np.number) and not np.issubdtype(spread.dtype, np.complexfloating)):
+        raise ValueError(f"{spread_name} must be a number or one number per cluster, got dtype {spread.dtype}")
+    spread = spread.astype(np.float64)
     if spread.ndim > 1 or spread.size not in (1, Q):
         raise ValueError(f"{spread_name} must be one number or one per cluster ({Q}), got shape {spread.shape}")
     spread = np.broadcast_to(spread.reshape(-1), (Q,))
     if np.any(~np.isfinite(spread)) or np.any(spread < 0):
         raise ValueError(f"{spread_name} must be finite and >= 0, got {spread}")
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    # labels (int64) + three float64 (N, M) temporaries + the result in ``dtype``
+    require_memory(n_points * (8 + (24 + dtype.itemsize) * M),
+                   f"n_points={n_points} points of width M={M}")
     return centers, n_points, spread, dtype
+
+
+def _finish_points(points: np.ndarray, dtype: np.dtype, spread_name: str) -> np.ndarray:
+    """Cast generated float64 points to ``dtype``, refusing an overflow (no RuntimeWarning)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = points.astype(dtype, copy=False)
+        total = np.sum(out, dtype=np.float64)
+    if not np.isfinite(total) and not np.isfinite(out).all():
+        limit = np.finfo(dtype).max
+        raise ValueError(f"the generated points overflow {dtype} (beyond {limit:.3g}): centers and "
+                         f"{spread_name} are too large")
+    return out
 
 
 def gaussian_clusters(n_points: int, centers, std=1.0, *, seed=None, dtype=np.float64):
     """Gaussian clusters around ``centers`` (Q, M), sizes as equal as possible.
 
-    ``std`` is a scalar or one value per cluster. Returns ``(points (N, M), labels (N,))``;
-    points are ordered by cluster.
+    ``std`` is a scalar or one value per cluster. Returns ``(points (N, M) dtype,
+    labels (N,) int64)``: labels 0..Q-1, every cluster non-empty, points ordered by
+    cluster. An ``n_points`` that does not fit in the memory available is refused
+    before anything is allocated, and points that overflow ``dtype`` are refused.
     """
     centers, n_points, std, dtype = _check_generator(centers, n_points, std, "std", dtype)
     Q, M = centers.shape
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(Q), _split_sizes(n_points, Q))
-    points = centers[labels] + std[labels, None] * rng.standard_normal((labels.size, M))
-    return points.astype(dtype, copy=False), labels
+    with np.errstate(over="ignore", invalid="ignore"):
+        points = centers[labels] + std[labels, None] * rng.standard_normal((labels.size, M))
+    return _finish_points(points, dtype, "std"), labels
 
 
 def uniform_balls(n_points: int, centers, radius=1.0, *, seed=None, dtype=np.float64):
     """Points uniform in balls of ``radius`` around ``centers`` (Q, M).
 
-    Returns ``(points (N, M), labels (N,))``, ordered by cluster.
+    Returns ``(points (N, M) dtype, labels (N,) int64)`` as :func:`gaussian_clusters`.
     """
     centers, n_points, radius, dtype = _check_generator(centers, n_points, radius, "radius", dtype)
     Q, M = centers.shape
@@ -159,8 +317,9 @@ def uniform_balls(n_points: int, centers, radius=1.0, *, seed=None, dtype=np.flo
     direction = rng.standard_normal((labels.size, M))
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
     r = radius[labels] * rng.random(labels.size) ** (1.0 / M)
-    points = centers[labels] + r[:, None] * direction
-    return points.astype(dtype, copy=False), labels
+    with np.errstate(over="ignore", invalid="ignore"):
+        points = centers[labels] + r[:, None] * direction
+    return _finish_points(points, dtype, "radius"), labels
 
 
 # ------------------------------------------------------------------- loaders
@@ -171,8 +330,14 @@ def load_points(path, *, points_key: str = "points", labels_key: str = "labels")
     - ``.npy`` and ``.csv``: one (N, M + 1) table whose last column is the label.
 
     Returns ``(points (N, M), labels (N,) int64)``; float32 points stay float32, other
-    numeric points become float64. Raises ValueError naming
-    the file and the problem (missing file, unknown suffix, missing key, bad shape).
+    real numeric points become float64. The labels are the file's class IDs as they
+    are (checked by :func:`check_labels`: integers, or integral floats; not
+    remapped): pass them to :meth:`Dataset.from_class_ids` (or :func:`encode_labels`)
+    when they are not 0..Q-1. Raises ValueError naming the file and the problem:
+    missing file, unknown suffix, missing key, bad shape or dtype, no points,
+    NaN/inf points or labels, non-integral labels, or an array whose header claims
+    more data than the file holds or than fits in the memory available (checked
+    before reading).
     """
     path = Path(path)
     if not path.is_file():
@@ -180,35 +345,65 @@ def load_points(path, *, points_key: str = "points", labels_key: str = "labels")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                for key in (points_key, labels_key):
-                    if key not in z.files:
-                        raise ValueError(f"{path}: no array named {key!r} (found {', '.join(z.files) or 'none'})")
-                points, labels = z[points_key], z[labels_key]
+            points, labels = _read_npz(path, points_key, labels_key)
         elif suffix in (".npy", ".csv"):
             if suffix == ".npy":
+                with open(path, "rb") as f:
+                    _check_npy_header(f, path.stat().st_size, "table")
                 table = np.load(path, allow_pickle=False)
             else:
-                table = np.loadtxt(path, delimiter=",", ndmin=2, comments="#")
+                require_memory(16 * path.stat().st_size, f"reading {format_bytes(path.stat().st_size)} of text")
+                with warnings.catch_warnings():      # an empty file is refused below, not warned about
+                    warnings.filterwarnings("ignore", message="loadtxt: input contained no data")
+                    table = np.loadtxt(path, delimiter=",", ndmin=2, comments="#")
             if table.ndim != 2 or table.shape[1] < 2:
-                raise ValueError(f"{path}: expected a table of shape (N, M+1) with the label last, got shape {table.shape}")
+                raise ValueError(f"expected a table of shape (N, M+1) with the label last, got shape {table.shape}")
             points, labels = table[:, :-1], table[:, -1]
         else:
-            raise ValueError(f"{path}: unknown data format {suffix!r} (use .npy, .npz or .csv)")
+            raise ValueError(f"unknown data format {suffix!r} (use .npy, .npz or .csv)")
+        points = check_points(points)
+        labels = check_labels(labels, points.shape[0])
     except ValueError as exc:
         msg = str(exc)
         raise ValueError(msg if str(path) in msg else f"{path}: {msg}") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read ({exc})") from None
-    labels = np.asarray(labels)
-    points = np.asarray(points)
-    if labels.ndim != 1 or points.ndim != 2 or labels.shape[0] != points.shape[0]:
-        raise ValueError(f"{path}: expected points (N, M) and labels (N,), got {points.shape} and {labels.shape}")
-    if np.issubdtype(labels.dtype, np.floating):
-        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise ValueError(f"{path}: labels must be integers")
-    elif not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: labels must be integers, got dtype {labels.dtype}")
-    if points.dtype not in (np.float32, np.float64):
-        points = points.astype(np.float64)
-    return points, labels.astype(np.int64, copy=False)
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+    return points, labels
+
+
+def _read_npz(path: Path, points_key: str, labels_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """The two named arrays of an .npz file, each header checked before it is read."""
+    with zipfile.ZipFile(path) as archive:
+        members = {name[:-4]: name for name in archive.namelist() if name.endswith(".npy")}
+        for key in (points_key, labels_key):
+            if key not in members:
+                raise ValueError(f"no array named {key!r} (found {', '.join(members) or 'none'})")
+            info = archive.getinfo(members[key])
+            with archive.open(info) as f:
+                _check_npy_header(f, info.file_size, key)
+    with np.load(path, allow_pickle=False) as z:
+        return z[points_key], z[labels_key]
+
+
+def _check_npy_header(f, size: int, what: str) -> None:
+    """Read an .npy header from ``f`` (``size`` bytes in all) and refuse an array that is
+    not plain numbers, claims more bytes than the file holds, or would not fit in memory."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        else:                   # format 3.0 (utf-8 field names): leave it to np.load
+            return
+    except (ValueError, TypeError, SyntaxError, EOFError) as exc:
+        raise ValueError(f"{what}: not a valid .npy array ({exc})") from None
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise ValueError(f"{what}: dtype {dtype} is not plain numbers")
+    n_bytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = size - f.tell()
+    if n_bytes > held:
+        raise ValueError(f"{what}: the header claims shape {shape} ({format_bytes(n_bytes)}) but the file "
+                         f"holds only {format_bytes(max(held, 0))}: truncated or corrupt")
+    require_memory(2 * n_bytes, f"{what} of shape {shape}")

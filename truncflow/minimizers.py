@@ -41,7 +41,7 @@ import numpy as np
 from scipy.optimize import linprog
 
 from .data import Dataset
-from .params import MAX_CONDITION, Params
+from .params import MAX_CONDITION, Params, check_network_size
 
 __all__ = ["cone_minimizer", "predicted_cost", "collapse_mask", "SEPARATION_TOL"]
 
@@ -66,9 +66,16 @@ _LP_SLACK = 1e-10
 def collapse_mask(collapse, n_clusters: int) -> np.ndarray:
     """(Q,) bool, True for each cluster to collapse.
 
-    ``collapse`` is None (every cluster) or an iterable of cluster indices in
-    ``[0, Q)``: Python or NumPy integers (bools, floats and strings are refused).
-    Repeated indices are allowed and count once; an empty iterable collapses nothing.
+    ``collapse`` is one of:
+
+    - None: every cluster;
+    - a boolean mask of length Q (a NumPy bool array, or a list/tuple of Python or
+      NumPy bools): True for each cluster to collapse; another length is refused;
+    - an iterable of cluster indices in ``[0, Q)``: Python or NumPy integers (floats
+      and strings are refused). Repeated indices are allowed and count once; an empty
+      iterable collapses nothing.
+
+    Bools and integers cannot be mixed (``[True, 2]`` is refused).
     """
     mask = np.zeros(n_clusters, dtype=bool)
     if collapse is None:
@@ -76,12 +83,20 @@ def collapse_mask(collapse, n_clusters: int) -> np.ndarray:
         return mask
     if isinstance(collapse, (str, bytes)) or not isinstance(collapse, Iterable) or \
             (isinstance(collapse, np.ndarray) and collapse.ndim != 1):
-        raise ValueError(f"collapse must be None or an iterable of cluster indices in [0, {n_clusters}), "
-                         f"got {collapse!r}")
-    for i, value in enumerate(collapse):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
-            raise ValueError(f"collapse[{i}] = {value!r} is not a cluster index: cluster indices are "
-                             f"integers in [0, {n_clusters})")
+        raise ValueError(f"collapse must be None, a boolean mask of length {n_clusters} or an iterable of "
+                         f"cluster indices in [0, {n_clusters}), got {collapse!r}")
+    values = list(collapse)
+    is_bool = [isinstance(v, (bool, np.bool_)) for v in values]
+    if (isinstance(collapse, np.ndarray) and collapse.dtype == bool) or (values and all(is_bool)):
+        if len(values) != n_clusters:
+            raise ValueError(f"collapse is a boolean mask of length {len(values)}, but the dataset has "
+                             f"{n_clusters} cluster(s): give one True/False per cluster, or cluster indices")
+        return np.array(values, dtype=bool)
+    for i, value in enumerate(values):
+        if is_bool[i] or not isinstance(value, (numbers.Integral, np.integer)):
+            what = "mixes booleans and cluster indices" if is_bool[i] else "is not a cluster index"
+            raise ValueError(f"collapse[{i}] = {value!r} {what}: give cluster indices (integers in "
+                             f"[0, {n_clusters})) or a boolean mask of length {n_clusters}")
         if not 0 <= value < n_clusters:
             raise ValueError(f"collapse[{i}] = {int(value)} is out of range: the dataset has "
                              f"{n_clusters} cluster(s), indices 0..{n_clusters - 1}")
@@ -92,6 +107,9 @@ def collapse_mask(collapse, n_clusters: int) -> np.ndarray:
 def predicted_cost(dataset: Dataset, collapse=None) -> float:
     """Input cost of :func:`cone_minimizer` ``(dataset, collapse)``, from the data alone.
 
+    ``collapse``: None (all), a boolean mask of length Q, or cluster indices
+    (:func:`collapse_mask`).
+
     Collapsed clusters land on their targets and cost nothing; the others stay where
     they are: ``C = sum_{c not collapsed} 1/(2N) sum_{i in c} |x_i - y~_c|^2``.
     Returns a float (0.0 for full collapse).
@@ -100,7 +118,12 @@ def predicted_cost(dataset: Dataset, collapse=None) -> float:
     collapsed = collapse_mask(collapse, dataset.n_clusters)
     free = ~collapsed[dataset.labels]
     residual = np.asarray(dataset.points[free], dtype=np.float64) - dataset.targets[dataset.labels[free]]
-    return float(np.sum(residual * residual) / (2 * dataset.n_points))
+    with np.errstate(over="ignore", invalid="ignore"):
+        cost = float(np.sum(residual * residual) / (2 * dataset.n_points))
+    if not np.isfinite(cost):
+        raise ValueError(f"predicted_cost overflowed float64 (cost {cost}): points or targets too large "
+                         f"(max |x - y~| = {np.max(np.abs(residual)):.3g})")
+    return cost
 
 
 def cone_minimizer(dataset: Dataset, collapse=None) -> Params:
@@ -109,9 +132,9 @@ def cone_minimizer(dataset: Dataset, collapse=None) -> Params:
     Args:
         dataset: a :class:`Dataset` with N points (N, M), labels in ``[0, Q)`` and
             input-space targets ``y~_c`` of shape (Q, M).
-        collapse: None to collapse every cluster, or an iterable of cluster indices
-            (see :func:`collapse_mask`): the clusters to collapse onto their targets;
-            the others stay free in every layer.
+        collapse: None to collapse every cluster, a boolean mask of length Q, or an
+            iterable of cluster indices (see :func:`collapse_mask`): the clusters to
+            collapse onto their targets; the others stay free in every layer.
     Returns:
         :class:`Params` with ``L = Q`` layers of width M and no output layer; layer
         ``c + 1`` (cumulative ``W^(c+1)``, ``b^(c+1)``) belongs to cluster c. A
@@ -123,7 +146,8 @@ def cone_minimizer(dataset: Dataset, collapse=None) -> Params:
         collapse), and its gradient vanishes (to round-off for collapsed clusters,
         exactly for free ones).
     Raises:
-        ValueError: bad ``collapse``; targets not of shape (Q, M); a cluster c to
+        ValueError: bad ``collapse``; targets not of shape (Q, M); more clusters than
+            ``MAX_LAYERS`` or a network that does not fit in memory; a cluster c to
             collapse that no cone with apex ``y~_c`` separates from what its layer sees
             (the message names c and the clusters or collapsed targets that block it);
             a cone too narrow to be represented (condition number above
@@ -144,6 +168,7 @@ def cone_minimizer(dataset: Dataset, collapse=None) -> Params:
     dataset = _require_input_dataset(dataset)
     Q, M = dataset.n_clusters, dataset.width
     collapsed = collapse_mask(collapse, Q)
+    check_network_size(Q, M, name="the number of clusters Q (one layer each)")
     points = np.asarray(dataset.points, dtype=np.float64)
     labels, targets, counts = dataset.labels, dataset.targets, dataset.counts
     scale = _data_scale(points, targets)

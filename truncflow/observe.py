@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validate import as_float_array, choice, require_finite
-from .compute import COST_KINDS, _require_dataset, _require_params, kernel_arrays
+from .compute import (COST_KINDS, _require_dataset, _require_params, kernel_arrays, require_finite_outputs,
+                      require_partials_fit)
 from .data import Dataset
-from .kernels import config
 from .kernels.observe import observe_kernel
 from .params import Params
 
@@ -82,10 +82,11 @@ def observe(params: Params, dataset: Dataset, kind: str = "input", *, shift=None
     hashes = np.empty(N, dtype=np.uint64)
     partial_bytes = 8 * (Q + L * Q * (3 * M + 2))
     parts = observe_kernel(dataset.points, dataset.labels, dataset.targets, np.ascontiguousarray(shift),
-                           cw, cb, et, ow, ob, kind == "output", Q, config.chunk_size(N, partial_bytes), hashes)
+                           cw, cb, et, ow, ob, kind == "output", Q,
+                           require_partials_fit(N, partial_bytes, "the observables' per-chunk sums"), hashes)
     sq, truncated, any_t, all_t, s1, s2 = (p.sum(axis=0) for p in parts)
     n = dataset.counts.astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         coord_frac = truncated / n[None, :, None]
         mean = s1 / n[None, :, None]                          # (L, Q, M), relative to shift
         var = np.maximum(s2 / n[None, :, None] - mean * mean, 0.0)
@@ -99,6 +100,7 @@ def observe(params: Params, dataset: Dataset, kind: str = "input", *, shift=None
         ratio = np.where(between > 0, within / between, np.nan)
         truncated_fraction = any_t / n[None, :]
         collapsed_fraction = all_t / n[None, :]
+    require_finite_outputs(params, dataset.points, sq, spread=spread[:, n > 0])
     return Observation(
         cost=float(sq.sum() / (2 * N)),
         cost_per_cluster=sq / (2 * N),

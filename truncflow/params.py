@@ -10,7 +10,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import as_float_array, require_finite
+from ._validate import as_float_array, integer, require_finite, require_memory
+
+#: Most hidden layers a network may have. Building the parameters loops over the
+#: layers in Python (about 3 microseconds each); far beyond this a mistyped
+#: ``layers`` would hang instead of failing.
+MAX_LAYERS = 100_000
+
+#: Copies of the (L, M, M) parameter stack alive at the peak of building and using a
+#: network (both forms, inverses, private copies, the kernels' padded arrays).
+_STACK_COPIES = 10
 
 #: A cumulative weight matrix whose condition number (1-norm) exceeds this is
 #: refused: beyond it the truncation map cannot be computed to useful accuracy.
@@ -19,7 +28,26 @@ MAX_CONDITION = 1e12
 #: Largest ``max |R R^T - I|`` accepted for a frame of the aligned model.
 ORTHOGONALITY_TOL = 1e-10
 
-__all__ = ["Params", "MAX_CONDITION", "ORTHOGONALITY_TOL", "invert_cumulative"]
+__all__ = ["Params", "MAX_CONDITION", "MAX_LAYERS", "ORTHOGONALITY_TOL", "invert_cumulative",
+           "network_bytes", "check_network_size"]
+
+
+def network_bytes(n_layers: int, width: int, out_dim: int = 0) -> int:
+    """Estimated peak bytes of a network of L layers of width M (and P outputs): about
+    ten float64 copies of the (L, M, M) stack and its biases, plus the output layer."""
+    L, M, P = int(n_layers), int(width), int(out_dim or 0)
+    return 8 * (_STACK_COPIES * L * M * (M + 1) + 4 * P * (M + 1))
+
+
+def check_network_size(n_layers: int, width: int, out_dim: int = 0, *, name: str = "n_layers") -> None:
+    """Refuse, before allocating, more than :data:`MAX_LAYERS` layers or a network that
+    does not fit in the memory available (:func:`network_bytes`). ``name`` is the
+    argument or key that set the number of layers, for the message."""
+    if n_layers > MAX_LAYERS:
+        raise ValueError(f"{name} = {n_layers} is too many layers: at most {MAX_LAYERS}")
+    out = f" and P={out_dim} outputs" if out_dim else ""
+    require_memory(network_bytes(n_layers, width, out_dim),
+                   f"{name} = {n_layers}: a network of {n_layers} layers of width M={width}{out}")
 
 
 def invert_cumulative(cum_weights: np.ndarray) -> np.ndarray:
@@ -87,6 +115,7 @@ def _check_stack(weights, biases, wname, bname):
         raise ValueError(f"{wname} has shape {weights.shape}: need at least one layer of width >= 1")
     if M != M2:
         raise ValueError(f"{wname} has shape {weights.shape}: each layer's matrix must be square (L, M, M)")
+    check_network_size(L, M, name=f"{wname}.shape[0]")
     if biases.shape != (L, M):
         raise ValueError(f"{bname} has shape {biases.shape}, expected {(L, M)} to match {wname} {weights.shape}")
     require_finite(weights, wname)
@@ -150,11 +179,13 @@ class Params:
         cum_w = np.empty_like(weights)
         cum_b = np.empty_like(biases)
         prev_w, prev_b = np.eye(M), np.zeros(M)
-        for l in range(L):
-            cum_w[l] = weights[l] @ prev_w
-            cum_b[l] = weights[l] @ prev_b + biases[l]
-            prev_w, prev_b = cum_w[l], cum_b[l]
+        with np.errstate(over="ignore", invalid="ignore"):
+            for l in range(L):
+                cum_w[l] = weights[l] @ prev_w
+                cum_b[l] = weights[l] @ prev_b + biases[l]
+                prev_w, prev_b = cum_w[l], cum_b[l]
         require_finite(cum_w, "cumulative weights (overflow in the product of layer weights)")
+        require_finite(cum_b, "cumulative biases (overflow in W_l b^(l-1) + b_l)")
         inverses = invert_cumulative(cum_w)
         return cls._build(weights, biases, cum_w, cum_b, out_weight, out_bias, inverses)
 
@@ -167,11 +198,16 @@ class Params:
         L, M, _ = cum_w.shape
         weights = np.empty_like(cum_w)
         weights[0] = cum_w[0]
-        if L > 1:
-            # W_l = W^(l) (W^(l-1))^-1, as a batched solve W^(l-1)^T W_l^T = W^(l)^T.
-            weights[1:] = np.swapaxes(np.linalg.solve(np.swapaxes(cum_w[:-1], 1, 2), np.swapaxes(cum_w[1:], 1, 2)), 1, 2)
         biases = cum_b.copy()
-        biases[1:] -= np.einsum("lij,lj->li", weights[1:], cum_b[:-1])
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            if L > 1:
+                # W_l = W^(l) (W^(l-1))^-1, as a batched solve W^(l-1)^T W_l^T = W^(l)^T.
+                weights[1:] = np.swapaxes(np.linalg.solve(np.swapaxes(cum_w[:-1], 1, 2),
+                                                          np.swapaxes(cum_w[1:], 1, 2)), 1, 2)
+            biases[1:] -= np.einsum("lij,lj->li", weights[1:], cum_b[:-1])
+        require_finite(weights, "layer weights W_l = W^(l) (W^(l-1))^-1 (overflow: consecutive cumulative "
+                                "weights differ too much in scale)")
+        require_finite(biases, "layer biases b_l = b^(l) - W_l b^(l-1) (overflow)")
         return cls._build(weights, biases, cum_w, cum_b, out_weight, out_bias, inverses)
 
     @classmethod
@@ -201,12 +237,14 @@ class Params:
         if not np.all(scales > 0):
             l, k = (int(i) for i in np.argwhere(~(scales > 0))[0])
             raise ValueError(f"scales must be positive: scales[{l}, {k}] = {float(scales[l, k])!r} (layer {l + 1})")
-        defect = np.abs(frames @ np.swapaxes(frames, 1, 2) - np.eye(M)).max(axis=(1, 2))
-        if np.any(defect > ORTHOGONALITY_TOL):
+        with np.errstate(over="ignore", invalid="ignore"):
+            defect = np.abs(frames @ np.swapaxes(frames, 1, 2) - np.eye(M)).max(axis=(1, 2))
+            cum_w = scales[:, :, None] * frames
+        if not np.all(defect <= ORTHOGONALITY_TOL):
             l = int(np.argmax(defect))
             raise ValueError(f"frames[{l}] (layer {l + 1}) is not orthogonal: max |R R^T - I| = {defect[l]:.3g} "
                              f"> {ORTHOGONALITY_TOL:g}")
-        params = cls.from_cumulative(scales[:, :, None] * frames, biases, out_weight, out_bias)
+        params = cls.from_cumulative(cum_w, biases, out_weight, out_bias)
         return cls._build(params.weights, params.biases, params.cum_weights, params.cum_biases,
                           params.out_weight, params.out_bias, params.inverses, frames)
 
@@ -231,11 +269,26 @@ class Params:
     def random(cls, n_layers: int, width: int, *, scale: float = 1.0, bias_scale: float = 0.1,
                out_dim: int | None = None, seed: int | None = None) -> "Params":
         """Random layer parameters: ``W_l = I + scale * G / sqrt(M)`` with G standard normal,
-        ``b_l ~ N(0, bias_scale^2)``; an output layer of ``out_dim`` rows when given."""
+        ``b_l ~ N(0, bias_scale^2)``; an output layer of ``out_dim`` rows when given.
+
+        ``n_layers`` in ``[1, MAX_LAYERS]`` and ``width``, ``out_dim`` >= 1 are integers;
+        a network that does not fit in the memory available is refused before anything
+        is allocated (:func:`check_network_size`); ``scale``, ``bias_scale`` are finite
+        numbers >= 0.
+        """
+        n_layers = integer(n_layers, "n_layers", low=1)
+        M = integer(width, "width", low=1)
+        if out_dim is not None:
+            out_dim = integer(out_dim, "out_dim", low=1)
+        for name, value in (("scale", scale), ("bias_scale", bias_scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        check_network_size(n_layers, M, out_dim or 0)
         rng = np.random.default_rng(seed)
-        M = int(width)
-        w = np.eye(M) + scale * rng.standard_normal((n_layers, M, M)) / np.sqrt(M)
-        b = bias_scale * rng.standard_normal((n_layers, M))
+        with np.errstate(over="ignore", invalid="ignore"):
+            w = np.eye(M) + scale * rng.standard_normal((n_layers, M, M)) / np.sqrt(M)
+            b = bias_scale * rng.standard_normal((n_layers, M))
         ow = ob = None
         if out_dim is not None:
             ow = rng.standard_normal((out_dim, M)) / np.sqrt(M)

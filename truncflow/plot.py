@@ -59,13 +59,14 @@ def plot_result(result, path, *, title: str | None = None) -> Path:
     FigureCanvasAgg(fig)
     axes = fig.subplots(2 + len(layers), 1, sharex=True, squeeze=False)[:, 0]
     colors = [f"C{q % 10}" for q in range(n_clusters)]
+    names = result.cluster_names
     positive_t = t[t > 0]
     linthresh = float(positive_t.min()) if positive_t.size else 1.0
 
     ax = axes[0]
     ax.plot(t, _positive(cost), color="k", lw=2, label="total cost")
     for q in range(n_clusters):
-        ax.plot(t, _positive(per_cluster[:, q]), color=colors[q], ls="--", lw=1.2, label=f"cluster {q}")
+        ax.plot(t, _positive(per_cluster[:, q]), color=colors[q], ls="--", lw=1.2, label=names[q])
     if np.isfinite(_positive(cost)).any() or np.isfinite(_positive(per_cluster)).any():
         ax.set_yscale("log")
     ax.set_ylabel("cost")
@@ -78,8 +79,8 @@ def plot_result(result, path, *, title: str | None = None) -> Path:
 
     for ax, l in zip(axes[1:-1], layers):
         for q in range(n_clusters):
-            ax.plot(t, truncated[:, l, q], color=colors[q], lw=1.8, label=f"cluster {q} truncated")
-            ax.plot(t, collapsed[:, l, q], color=colors[q], lw=1.4, ls="--", label=f"cluster {q} collapsed")
+            ax.plot(t, truncated[:, l, q], color=colors[q], lw=1.8, label=f"{names[q]} truncated")
+            ax.plot(t, collapsed[:, l, q], color=colors[q], lw=1.4, ls="--", label=f"{names[q]} collapsed")
         ax.set_ylim(-0.03, 1.03)
         ax.set_ylabel("fraction of the cluster")
         last = " (last layer)" if l == n_layers - 1 and n_layers > 1 else ""
@@ -158,6 +159,7 @@ def plot_snapshots(result, path, *, n_snapshots: int = 4, title: str | None = No
     path = Path(path)
     pts = np.asarray(result.sample_points, dtype=np.float64)
     labels = np.asarray(result.sample_labels)
+    names = result.cluster_names
     M = pts.shape[1]
     picks = _snapshot_indices(result.n_records, n_snapshots)
     center = pts.mean(axis=0)
@@ -180,9 +182,9 @@ def plot_snapshots(result, path, *, n_snapshots: int = 4, title: str | None = No
         for q in np.unique(labels):
             sel = labels == q
             if M == 1:
-                ax.scatter(np.flatnonzero(sel), images[sel, 0], s=3, color=f"C{q % 10}", label=f"cluster {q}")
+                ax.scatter(np.flatnonzero(sel), images[sel, 0], s=3, color=f"C{q % 10}", label=names[q])
             else:
-                ax.scatter(*images[sel].T, s=3, alpha=0.5, color=f"C{q % 10}", label=f"cluster {q}", zorder=3)
+                ax.scatter(*images[sel].T, s=3, alpha=0.5, color=f"C{q % 10}", label=names[q], zorder=3)
         for l in range(params.n_layers):
             if M == 1:
                 ax.axhline(proj_apex[l, 0], color="k", lw=1, ls=["-", "--", ":"][l % 3])

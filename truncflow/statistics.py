@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validate import choice
-from .compute import COST_KINDS, Gradient, _require_dataset, _require_params, tile_arrays
+from .compute import (COST_KINDS, Gradient, _require_dataset, _require_params, require_finite_outputs,
+                      require_partials_fit, tile_arrays)
 from .data import Dataset
-from .kernels import config
 from .kernels.statistics import statistics_kernel
 from .params import Params
 
@@ -131,14 +131,16 @@ def cluster_statistics(params: Params, dataset: Dataset, kind: str = "input", *,
     N, M, L, Q = dataset.n_points, params.width, params.n_layers, dataset.n_clusters
     arrays = tile_arrays(params, dataset.targets, kind)
     Mp, P = arrays[1].shape[1], arrays[5].shape[0]
-    chunk = config.chunk_size(N, _partial_bytes(L, M, Mp, Q, P, second_moments))
+    chunk = require_partials_fit(N, _partial_bytes(L, M, Mp, Q, P, second_moments), "the statistics' per-chunk sums")
     parts = statistics_kernel(dataset.points, dataset.labels, *arrays, kind == "output", Q, second_moments, chunk)
     # Merge chunks in a fixed order (axis 0): the result does not depend on threads.
-    sq, gw, gb, gow, gob, truncated, free1, con1, free2, con2 = (p.sum(axis=0) for p in parts)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sq, gw, gb, gow, gob, truncated, free1, con1, free2, con2 = (p.sum(axis=0) for p in parts)
     gw, gb, gow = gw[..., :M, :M], gb[..., :M], gow[..., :M]    # drop the padding
     out = (gow / N, gob / N) if kind == "output" else (None, None)
     grad = Gradient(gw / N, gb / N, out[0], out[1], "cumulative")
     cost_per_cluster = sq / (2 * N)
+    require_finite_outputs(params, dataset.points, cost_per_cluster, grad, free_sums=free1, constrained_sums=con1)
     return ClusterStatistics(
         counts=np.array(dataset.counts, dtype=np.int64),
         truncated_counts=truncated,

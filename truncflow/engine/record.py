@@ -147,6 +147,15 @@ class Result:
     def final(self) -> Params:
         return self.params_at(self.n_records - 1)
 
+    @property
+    def cluster_names(self) -> list[str]:
+        """"cluster q", with the original class ID when the data's IDs were mapped (Dataset.class_ids)."""
+        Q = self.series["cost_per_cluster"].shape[1]
+        ids = self.arrays.get("class_ids")
+        if ids is None or np.array_equal(ids, np.arange(Q)):
+            return [f"cluster {q}" for q in range(Q)]
+        return [f"cluster {q} (class {int(i)})" for q, i in enumerate(ids)]
+
     def summary(self) -> str:
         """A few lines for a person: status, time reached, cost, truncation, counters."""
         s = self.series
@@ -156,7 +165,7 @@ class Result:
         frac = s["truncated_fraction"][-1]
         coll = s["collapsed_fraction"][-1]
         for q in range(frac.shape[1]):
-            lines.append(f"cluster {q}: truncated fraction per layer {np.array2string(frac[:, q], precision=3)}, "
+            lines.append(f"{self.cluster_names[q]}: truncated fraction per layer {np.array2string(frac[:, q], precision=3)}, "
                          f"collapsed {np.array2string(coll[:, q], precision=3)}, "
                          f"cost {s['cost_per_cluster'][-1, q]:.3g}")
         lines.append(f"steps accepted {int(s['steps_accepted'][-1])}, rejected {int(s['steps_rejected'][-1])}, "
@@ -208,11 +217,12 @@ def load_result(path) -> Result:
     Never unpickles. Raises ValueError naming the file and the problem: not a result
     file, missing entries, a metadata entry of the wrong type (status must be a known
     status, message a string, config and versions tables), non-numeric arrays, per-record
-    arrays whose number of records T differs or is 0, or sizes (L, Q, M, P) that
+    arrays whose number of records T differs or is 0, sizes (L, Q, M, P) that
     disagree between arrays (the per-record shapes of ``_SERIES``), including the
-    run-level frames, sample points and truncation times.
+    run-level frames, sample points and truncation times, or counters and sample
+    labels that are not whole numbers >= 0.
     """
-    from .._validate import check_array_shapes, check_series
+    from .._validate import check_array_shapes, check_counts, check_series
 
     path = Path(path)
     if not path.is_file():
@@ -241,6 +251,8 @@ def load_result(path) -> Result:
         check_array_shapes(arrays, {"frames": ("L", "M", "M"), "sample_points": ("S", "M"),
                                     "sample_labels": ("S",), "truncation_times": ("N", "L", "M"),
                                     "class_ids": ("Q",)}, sizes)
+        check_counts(series, ("n_patterns", "pattern_changes", "steps_accepted", "steps_rejected", "evaluations"))
+        check_counts(arrays, ("sample_labels",))
     except ValueError as exc:
         msg = str(exc)
         raise ValueError(msg if str(path) in msg else f"cannot read result file {path}: {msg}") from None
@@ -269,6 +281,7 @@ class Recorder:
         self._last_hash = None
         self._rows: dict[str, list] = {k: [] for k in _SERIES}
         self.arrays: dict = data_sample(dataset)
+        self.arrays["class_ids"] = np.array(dataset.class_ids, dtype=np.int64)
 
     def record(self, t: float, params: Params, grad_norm: float, counters: dict) -> float:
         """Observe ``params`` at time t and keep one record; returns the cost."""
