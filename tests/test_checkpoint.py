@@ -95,3 +95,20 @@ def test_interrupted_run_keeps_its_last_state_and_checkpoint(tmp_path):
     assert r.cost[-1] == pytest.approx(tf.cost(r.final, ds), rel=1e-13)
     done = tf.simulate(params, ds, 1.0, method="gd", lr=0.01, checkpoint=ck, resume=True)
     assert_same_records(done, tf.simulate(params, ds, 1.0, method="gd", lr=0.01))
+
+
+def test_signal_before_the_run_stops_it_after_its_first_record():
+    """A command line guards its whole job: a signal noted before simulate starts stops it
+    at once, with the initial record kept (and no exception)."""
+    import os
+    import signal
+
+    from truncflow.engine.control import SignalGuard
+
+    params, ds = problem("input")
+    with SignalGuard() as guard:
+        os.kill(os.getpid(), signal.SIGINT)
+        r = tf.simulate(params, ds, 1.0)
+    assert guard.received == "SIGINT"
+    assert r.status == "interrupted" and r.n_records >= 1 and r.t[0] == 0.0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # handlers restored

@@ -32,6 +32,7 @@ from .rhs import FlowProblem
 __all__ = ["simulate", "METHODS"]
 
 METHODS = ("rk45", "gd", "events", "kinks")
+CHECKPOINT_METHODS = ("rk45", "gd")
 _RK45_EVALS_PER_ATTEMPT = 6  # Dormand-Prince: 5 stages + the derivative at the new point (FSAL)
 
 
@@ -211,9 +212,6 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
         return loop(problem, t_end, schedule, recorder, opts, rules, callback, guard, saver).run(restored)
 
 
-CHECKPOINT_METHODS = ("rk45", "gd")
-
-
 def _non_negative(value, name):
     try:
         v = float(value)
@@ -302,7 +300,9 @@ class _Loop:
         status, detail = None, ""
         if restored is None:
             y0 = self.problem.pack(self.problem.params)
+            self.guard.armed = False            # a signal already noted stops the run after its first record
             cost, gn = self.fun.at(y0)
+            self.guard.armed = True
             if self.fun.failure is not None or not (math.isfinite(cost) and math.isfinite(gn)):
                 reason = self.fun.failure[1] if self.fun.failure else f"cost {cost}, gradient norm {gn}"
                 raise ValueError(f"the initial state cannot be flowed: {reason}")
