@@ -5,7 +5,9 @@ it takes a step, estimates the local error and alone decides whether to accept
 the step and how long the next one is; records at requested times come from the
 step's dense-output interpolant. ``method="gd"`` is gradient descent, the explicit
 Euler scheme with fixed step ``lr``. ``method="events"`` solves the aligned model
-exactly from event to event (:mod:`truncflow.engine.events`).
+exactly from event to event (:mod:`truncflow.engine.events`); ``method="kinks"``
+locates activation-pattern changes and follows sliding modes
+(:mod:`truncflow.engine.kinks`, experimental).
 
 A state where the network cannot be evaluated (a singular cumulative weight, a
 non-finite cost) gives the stepper a NaN derivative, which its error control
@@ -113,7 +115,12 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
             clusters separated by the layers; ``wrt`` must be "aligned", ``train`` "all"
             or "biases"; step-size options do not apply; ``record_truncation_times``
             keeps every point's first truncation time per layer and coordinate in
-            ``result.truncation_times``).
+            ``result.truncation_times``), or "kinks" (experimental: integrates the
+            frozen-pattern flow with RK45/DOP853 and locates every activation-pattern
+            change, follows sliding modes (Filippov), and corrects many crossings per
+            step in bulk; :mod:`truncflow.engine.kinks`; counts in
+            ``result.config["kinks"]``, sliding intervals in
+            ``result.arrays["sliding_intervals"]``).
         train: "all", "weights" or "biases": which parameters move (the output layer's
             weight follows "weights", its bias "biases"; for "aligned", "weights" are
             the scales); ``frozen_layers``: 1-based hidden layers that stay fixed.
@@ -201,7 +208,8 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
         if method == "kinks":
             from .kinks import run_kinks
             return run_kinks(problem, t_end, schedule, recorder,
-                             dict(rtol=rtol, atol=atol, first_step=first_step, max_step=max_step), rules, callback)
+                             dict(rtol=rtol, atol=atol, first_step=first_step, max_step=max_step), rules, callback,
+                             guard)
         saver = restored = None
         if checkpoint is not None:
             prints = fingerprint(problem, flow_options, schedule)

@@ -1,0 +1,145 @@
+"""Work-precision of the flow integrators: global error at t_end vs gradient evaluations and wall time.
+
+    python bench/work_precision.py small            # (a) N = 16..64 with sliding modes
+    python bench/work_precision.py clusters         # (b) N = 2e4, three clusters, M = 4, L = 2, layer flow, t = 5
+    python bench/work_precision.py default          # (c) the README's default job (150,000 points, t = 60)
+    options: --rtols 1e-4,1e-6,...  --max-time S (per run)  --out DIR
+
+Methods: method="kinks" at several tolerances, method="rk45" at several tolerances,
+gradient descent at several step sizes. Reference: method="kinks" locating every
+crossing (``kinks.BULK = False``) at the tightest tolerance, cross-checked by gradient
+descent converging to it at first order as the step halves (the GD errors and their
+observed order are printed). Error: max-abs over the final parameters (layer form).
+Writes DIR/work_precision_<case>.json and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import truncflow as tf
+import truncflow.engine.kinks as kinks
+
+
+def small_problem(seed, N=32, M=2, L=2, kind="input"):
+    rng = np.random.default_rng(seed)
+    p = tf.Params.random(L, M, scale=0.5, bias_scale=0.5, out_dim=2 if kind == "output" else None, seed=seed)
+    x = rng.standard_normal((N, M))
+    return p, tf.Dataset(x, np.arange(N) % 2, rng.standard_normal((2, M if kind == "input" else 2)))
+
+
+def clusters_problem(N=20000, seed=0):
+    """Three Gaussian clusters in R^4, two random layers, input cost: hyperplanes sweep through the clusters."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((3, 4)) * 1.5
+    x, lab = tf.gaussian_clusters(N, centers, std=0.6, seed=seed)
+    p = tf.Params.random(2, 4, scale=0.3, bias_scale=0.5, seed=seed)
+    return p, tf.Dataset(x, lab, centers + rng.standard_normal((3, 4)))
+
+
+def final(r):
+    return np.concatenate([r.weights[-1].ravel(), r.biases[-1].ravel(), r.out_weight[-1].ravel(),
+                           r.out_bias[-1].ravel()])
+
+
+def run(params, ds, t_end, max_time, **kw):
+    t0 = time.perf_counter()
+    r = tf.simulate(params, ds, t_end, record_times=[t_end], max_time=max_time, **kw)
+    wall = time.perf_counter() - t0
+    return r, wall
+
+
+def case(name, params, ds, t_end, rtols, rk_rtols, lrs, ref_rtol, max_time, sim_kw, out):
+    rows = []
+    print(f"== {name}: N = {ds.n_points}, t_end = {t_end}", flush=True)
+    kinks.BULK = False
+    ref, wall = run(params, ds, t_end, None, method="kinks", rtol=ref_rtol, atol=ref_rtol * 1e-2, **sim_kw)
+    kinks.BULK = True
+    print(f"reference: kinks, every crossing located, rtol {ref_rtol}: {ref.status} evals {ref.evaluations[-1]} "
+          f"{wall:.1f}s {ref.config['kinks']}", flush=True)
+    yref = final(ref)
+
+    def add(label, method, knob, r, wall):
+        reached = r.status == "t_end"
+        err = float(np.max(np.abs(final(r) - yref))) if reached else float("nan")
+        row = dict(method=method, knob=knob, status=r.status, t=float(r.t[-1]), evaluations=int(r.evaluations[-1]),
+                   wall=wall, error=err, kinks=r.config.get("kinks"))
+        rows.append(row)
+        print(f"{label:>26}: {r.status:8s} t={r.t[-1]:.4g} evals={row['evaluations']:>8d} wall={wall:7.1f}s "
+              f"error={err:.3e}" + (f" ({err / knob:.3g} x rtol)" if method != "gd" and reached else "")
+              + (f" {r.config['kinks']}" if method == "kinks" else ""), flush=True)
+    for rtol in rtols:
+        r, wall = run(params, ds, t_end, max_time, method="kinks", rtol=rtol, atol=rtol * 1e-2, **sim_kw)
+        add(f"kinks rtol {rtol:g}", "kinks", rtol, r, wall)
+    for rtol in rk_rtols:
+        r, wall = run(params, ds, t_end, max_time, method="rk45", rtol=rtol, atol=rtol * 1e-2, **sim_kw)
+        add(f"rk45 rtol {rtol:g}", "rk45", rtol, r, wall)
+    gd = []
+    for lr in lrs:
+        r, wall = run(params, ds, t_end, max_time, method="gd", lr=lr, **sim_kw)
+        add(f"gd lr {lr:g}", "gd", lr, r, wall)
+        gd.append(rows[-1]["error"])
+    if len(gd) >= 2 and all(np.isfinite(gd)) and min(gd) > 0:
+        order = np.polyfit(np.log(lrs), np.log(gd), 1)[0]
+        print(f"gradient descent -> reference: observed order {order:.2f} (errors {', '.join(f'{e:.2e}' for e in gd)})")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"work_precision_{name}.json").write_text(json.dumps(dict(case=name, reference_rtol=ref_rtol,
+                                                                      rows=rows), indent=1))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for method, style in (("kinks", "o-"), ("rk45", "s--"), ("gd", "^:")):
+            pts = [r_ for r_ in rows if r_["method"] == method and np.isfinite(r_["error"])]
+            if not pts:
+                continue
+            for ax, key in zip(axes, ("evaluations", "wall")):
+                ax.loglog([p_[key] for p_ in pts], [max(p_["error"], 1e-16) for p_ in pts], style, label=method)
+        for ax, key in zip(axes, ("gradient evaluations", "wall time (s)")):
+            ax.set_xlabel(key)
+            ax.set_ylabel("global error at t_end")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+        fig.suptitle(f"work-precision: {name}")
+        fig.tight_layout()
+        fig.savefig(out / f"work_precision_{name}.png", dpi=110)
+    except ImportError:
+        pass
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("case", choices=["small", "clusters", "default"])
+    ap.add_argument("--rtols", default=None)
+    ap.add_argument("--max-time", type=float, default=600.0)
+    ap.add_argument("--out", default="bench/out")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    parse = lambda s, d: [float(v) for v in s.split(",")] if s else d
+    if a.case == "small":
+        for seed, kind in ((0, "input"), (1, "output")):
+            p, ds = small_problem(seed, kind=kind)
+            case(f"small_{kind}_{seed}", p, ds, 3.0, parse(a.rtols, [1e-4, 1e-6, 1e-8, 1e-10]), [1e-4, 1e-6, 1e-8],
+                 [4e-3, 2e-3, 1e-3, 5e-4], 1e-12, a.max_time, dict(kind=kind, wrt="layers"), out)
+    elif a.case == "clusters":
+        p, ds = clusters_problem()
+        case("clusters", p, ds, 5.0, parse(a.rtols, [1e-4, 1e-5, 1e-6]), [1e-4, 1e-6], [2e-2, 1e-2], 1e-7,
+             a.max_time, dict(wrt="layers"), out)
+    else:
+        from truncflow.config import load_config
+        cfg = load_config(None)
+        kw = {k: v for k, v in cfg.simulate_kwargs.items()
+              if k in ("kind", "wrt", "train", "frozen_layers")}
+        case("default", cfg.params, cfg.dataset, cfg.simulate_kwargs["t_end"], parse(a.rtols, [1e-4, 1e-5, 1e-6]),
+             [1e-5], [0.5, 0.25], 1e-7, a.max_time, kw, out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""method="kinks": frozen-pattern kernels, crossing location, sliding modes, bulk correction."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import truncflow as tf
+from truncflow.compute import kernel_arrays, tile_arrays
+from truncflow.engine.kinks import _Kinks, _Pieces, _Quadrature, _set_bit
+from truncflow.engine.rhs import FlowProblem
+from truncflow.kernels.crossing import (frozen_gradient_kernel, subset_gradient_kernel, subset_jvp_kernel,
+                                        subset_preacts_kernel)
+from truncflow.kernels.gradient import gradient_kernel
+
+from problems import one_layer_problem, separated_problem
+
+
+def small(seed, N=24, M=2, L=2, kind="input"):
+    """A random two-layer network on a few points: crossings and sliding modes within t = 3."""
+    rng = np.random.default_rng(seed)
+    p = tf.Params.random(L, M, scale=0.5, bias_scale=0.5, out_dim=2 if kind == "output" else None, seed=seed)
+    x = rng.standard_normal((N, M))
+    labels = np.arange(N) % 2
+    targets = rng.standard_normal((2, M if kind == "input" else 2))
+    return p, tf.Dataset(x, labels, targets)
+
+
+def final_vector(r):
+    return np.concatenate([r.weights[-1].ravel(), r.biases[-1].ravel(), r.out_weight[-1].ravel(),
+                           r.out_bias[-1].ravel()])
+
+
+# ------------------------------------------------------------------ kernels
+@pytest.mark.parametrize("kind", ["input", "output"])
+@pytest.mark.parametrize("M", [3, 5])
+def test_frozen_kernel_is_the_gradient_kernel_on_true_patterns(kind, M):
+    rng = np.random.default_rng(M)
+    N, L, Q = 2500, 2, 3
+    p = tf.Params.random(L, M, out_dim=2 if kind == "output" else None, seed=M, bias_scale=0.5)
+    ds = tf.Dataset(rng.standard_normal((N, M)), np.arange(N) % Q, rng.standard_normal((Q, M if kind == "input" else 2)))
+    arr = tile_arrays(p, ds.targets, kind)
+    pat = tf.activation_patterns(p, ds.points)
+    for n_slots in (1, Q):
+        ref = gradient_kernel(ds.points, ds.labels, *arr, kind == "output", n_slots, 1024)
+        got = frozen_gradient_kernel(ds.points, ds.labels, pat, *arr, kind == "output", n_slots, 1024)
+        assert all(np.array_equal(a, b) for a, b in zip(ref, got[:5]))   # bit for bit
+        assert not got[5].any()
+    # one point's flipped bit: flagged, and its contribution's change is what the subset kernel says
+    flipped = pat.copy()
+    flipped[7] = _set_bit(pat[7], 1, 0, not bool(pat[7, 1, 0] & np.uint64(1)))
+    got = frozen_gradient_kernel(ds.points, ds.labels, flipped, *arr, kind == "output", 1, 1024)
+    assert np.flatnonzero(got[5]).tolist() == [7]
+    ref = gradient_kernel(ds.points, ds.labels, *arr, kind == "output", 1, 1024)
+    jump = subset_gradient_kernel(ds.points, ds.labels, np.array([7, 7]), np.stack([flipped[7], pat[7]]),
+                                  np.array([1.0, -1.0]), np.zeros(2, np.int64), *arr, kind == "output", 1)
+    for a, b, j in zip(got[1:5], ref[1:5], jump):
+        np.testing.assert_allclose(a.sum(0)[0] - b.sum(0)[0], j[0], atol=1e-10)
+
+
+def test_subset_kernel_sums_all_points_like_the_full_pass():
+    rng = np.random.default_rng(1)
+    N, M = 700, 4
+    p = tf.Params.random(2, M, seed=3, bias_scale=0.5)
+    ds = tf.Dataset(rng.standard_normal((N, M)), np.arange(N) % 2, rng.standard_normal((2, M)))
+    arr = tile_arrays(p, ds.targets, "input")
+    pat = tf.activation_patterns(p, ds.points)
+    ref = gradient_kernel(ds.points, ds.labels, *arr, False, 1, 1024)
+    w = rng.uniform(0.5, 2.0, N)
+    sub = subset_gradient_kernel(ds.points, ds.labels, np.arange(N), pat, w, np.zeros(N, np.int64), *arr, False, 1)
+    one = subset_gradient_kernel(ds.points, ds.labels, np.arange(N), pat, np.ones(N), np.zeros(N, np.int64), *arr,
+                                 False, 1)
+    np.testing.assert_allclose(one[0][0], ref[1].sum(0)[0], rtol=1e-12, atol=1e-10)
+    # weights scale each entry's contribution
+    manual = sum(w[i] * subset_gradient_kernel(ds.points, ds.labels, np.array([i]), pat[i:i + 1], np.ones(1),
+                                               np.zeros(1, np.int64), *arr, False, 1)[0][0] for i in range(0, N, 50))
+    part = subset_gradient_kernel(ds.points, ds.labels, np.arange(0, N, 50), pat[::50], w[::50],
+                                  np.zeros(len(range(0, N, 50)), np.int64), *arr, False, 1)[0][0]
+    np.testing.assert_allclose(part, manual, rtol=1e-12, atol=1e-12)
+    assert sub[0].shape == one[0].shape
+
+
+@pytest.mark.parametrize("wrt", ["cumulative", "layers"])
+def test_jvp_of_preactivations_matches_finite_differences(wrt):
+    p, ds = small(2, N=10, M=3)
+    prob = FlowProblem(p, ds, wrt=wrt)
+    pieces = _Pieces(prob)
+    y = prob.pack(p)
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(y.size) * prob.mask
+    idx = np.arange(10)
+    pats = pieces.pat[idx]
+    a, da = pieces.jvp(pieces.at(y), idx, pats, np.tile(v, (10, 1)))
+    eps = 1e-6
+    ap = pieces.preacts(pieces.at(y + eps * v), idx, pats)
+    am = pieces.preacts(pieces.at(y - eps * v), idx, pats)
+    np.testing.assert_allclose(a, pieces.preacts(pieces.at(y), idx, pats), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(da, (ap - am) / (2 * eps), rtol=1e-6, atol=1e-7)
+
+
+def test_quadrature_weights_integrate_polynomials():
+    q = _Quadrature(9)
+    xa, xb = np.array([-0.3, -1.0]), np.array([0.7, 1.0])
+    f = lambda x: 1 + 2 * x - 3 * x ** 5 + x ** 8
+    F = lambda x: x + x ** 2 - 0.5 * x ** 6 + x ** 9 / 9
+    np.testing.assert_allclose(q.weights(xa, xb) @ f(q.x), F(xb) - F(xa), rtol=1e-12)
+
+
+# ------------------------------------------------------- crossing location
+def _kinks_for(p, ds, **kw):
+    prob = FlowProblem(p, ds, **kw)
+    k = _Kinks(prob, 1.0, np.array([0.0, 1.0]), None, dict(rtol=1e-8, atol=1e-10, first_step=None, max_step=None),
+               dict(cost_tol=None, grad_tol=None, max_evals=None, max_time=None), None)
+    k.pieces = _Pieces(prob)
+    return prob, k
+
+
+def _true_crossings(prob, pieces, path, i, t0, t1, n=4001):
+    """Sign changes of point i's true pre-activations along path(t), by brute force on a fine grid."""
+    ts = np.linspace(t0, t1, n)
+    pats = np.stack([tf.activation_patterns(prob.unpack(path(t)), prob.dataset.points[i:i + 1])[0] for t in ts])
+    out = []
+    for j in range(1, n):
+        if np.any(pats[j] != pats[j - 1]):
+            out.append(0.5 * (ts[j] + ts[j - 1]))
+    return out
+
+
+def test_crossings_in_two_layers_within_one_step():
+    # one point, two layers; along a straight path its layer-1 and then layer-2 coordinates cross
+    x = np.array([[0.3, 0.2], [1.0, 1.0]])
+    ds = tf.Dataset(x, np.array([0, 0]), np.zeros((1, 2)))
+    W = np.stack([np.eye(2), np.array([[1.0, 0.3], [0.2, 1.0]])])
+    b0 = np.array([[0.0, 0.0], [0.0, 0.0]])
+    p = tf.Params.from_layers(W, b0)
+    prob, k = _kinks_for(p, ds, wrt="layers")
+    y0 = prob.pack(p)
+    y1 = y0.copy()
+    off = prob._offsets[1]
+    y1[off + 0] = -0.6          # b_1[0]: point 0 layer-1 coordinate 0 crosses at t = 0.5
+    y1[off + 2 + 1] = -0.7      # b_2[1]: point 0 layer-2 coordinate 1 crosses later
+    path = lambda t: y0 + t * (y1 - y0)
+    nodes_x = k.quad.x
+    nodes_t = (nodes_x + 1) / 2
+    nodes_y = [path(t) for t in nodes_t]
+    segs, final = k._paths(np.array([0]), nodes_t, nodes_y, 0.0, 1.0)
+    truth = _true_crossings(prob, k.pieces, path, 0, 0.0, 1.0)
+    assert len(segs) == len(truth) >= 2
+    assert {s[1] for s in segs} == {0, 1}                      # crossings in both layers
+    np.testing.assert_allclose([s[3] for s in segs], truth, atol=1e-3)
+    end = tf.activation_patterns(prob.unpack(y1), x[:1])[0]
+    assert np.array_equal(final[0], end)
+
+
+def test_cross_and_cross_back_within_one_step():
+    x = np.array([[0.3, 0.5]])
+    ds = tf.Dataset(x, np.array([0]), np.zeros((1, 2)))
+    p = tf.Params.from_layers(np.eye(2)[None], np.zeros((1, 2)))
+    prob, k = _kinks_for(p, ds, wrt="layers")
+    y0 = prob.pack(p)
+    off = prob._offsets[1]
+
+    def path(t):                # b_1[0] = -1.6 t (1 - t): a_0 = 0.3 - 1.6 t (1 - t) dips below 0 and back
+        y = y0.copy()
+        y[off] = -1.6 * t * (1 - t)
+        return y
+    nodes_t = (k.quad.x + 1) / 2
+    segs, final = k._paths(np.array([0]), nodes_t, [path(t) for t in nodes_t], 0.0, 1.0)
+    roots = np.sort(np.roots([1.6, -1.6, 0.3]))
+    assert len(segs) == 2
+    np.testing.assert_allclose([s[3] for s in segs], roots, atol=1e-9)
+    assert np.array_equal(final[0], k.pieces.pat[0])            # back to the pattern it started with
+
+
+# ---------------------------------------------------------- whole flows
+@pytest.mark.parametrize("train", ["biases", "all"])
+def test_matches_exact_aligned_solver_with_sliding_thresholds(train):
+    p, ds = one_layer_problem()
+    T = 3.0
+    ref = tf.simulate(p, ds, T, wrt="aligned", method="events", train=train, record_times=[T])
+    r = tf.simulate(p, ds, T, wrt="aligned", method="kinks", train=train, rtol=1e-10, atol=1e-12, record_times=[T])
+    assert r.status == "t_end"
+    assert r.config["kinks"]["sliding_entries"] >= 1       # a threshold stops at a data value
+    assert r.arrays["sliding_intervals"].shape[0] >= 1
+    err = max(np.max(np.abs(r.cum_weights[-1] - ref.cum_weights[-1])),
+              np.max(np.abs(r.cum_biases[-1] - ref.cum_biases[-1])))
+    assert err <= 1e-10, err
+
+
+def test_matches_exact_solver_on_separated_clusters():
+    p, ds = separated_problem()
+    T = 3.0
+    ref = tf.simulate(p, ds, T, wrt="aligned", method="events", train="biases", record_times=[T])
+    r = tf.simulate(p, ds, T, wrt="aligned", method="kinks", train="biases", rtol=1e-10, atol=1e-12,
+                    record_times=[T])
+    assert r.status == "t_end"
+    assert np.max(np.abs(r.cum_biases[-1] - ref.cum_biases[-1])) <= 1e-10
+
+
+@pytest.mark.parametrize("kind", ["input", "output"])
+def test_gradient_descent_converges_to_it_at_first_order(kind):
+    p, ds = small(0, kind=kind)
+    T = 3.0
+    ref = tf.simulate(p, ds, T, kind=kind, wrt="layers", method="kinks", rtol=1e-10, atol=1e-12, record_times=[T])
+    assert ref.status == "t_end" and ref.config["kinks"]["sliding_entries"] >= 1
+    lrs = np.array([4e-3, 2e-3, 1e-3])
+    errs = np.array([np.max(np.abs(final_vector(tf.simulate(p, ds, T, kind=kind, wrt="layers", method="gd",
+                                                                 lr=lr, record_times=[T])) - final_vector(ref)))
+                     for lr in lrs])
+    order = np.polyfit(np.log(lrs), np.log(errs), 1)[0]
+    assert 0.6 <= order <= 1.6, (errs, order)
+    assert errs[-1] < 1.5e-4, errs
+
+
+def test_small_problems_with_sliding_do_not_stall():
+    for seed in (1, 3):
+        p, ds = small(seed)
+        r = tf.simulate(p, ds, 3.0, wrt="layers", method="kinks", rtol=1e-8, atol=1e-10, record_times=[3.0],
+                        max_evals=5000)
+        assert r.status == "t_end", r.message
+        k = r.config["kinks"]
+        assert k["sliding_entries"] >= 1 and k["events_located"] >= 1
+        assert r.evaluations[-1] < 2000
+
+
+def test_frozen_parameters_stay_put():
+    p, ds = small(1)
+    for kw in (dict(frozen_layers=(1,)), dict(train="biases")):
+        r = tf.simulate(p, ds, 2.0, wrt="layers", method="kinks", rtol=1e-9, atol=1e-11, record_times=[2.0], **kw)
+        assert r.status == "t_end"
+        if "frozen_layers" in kw:
+            assert np.array_equal(r.weights[-1][0], p.weights[0]) and np.array_equal(r.biases[-1][0], p.biases[0])
+        else:
+            assert np.array_equal(r.weights[-1], p.weights)
+        tight = tf.simulate(p, ds, 2.0, wrt="layers", method="kinks", rtol=1e-11, atol=1e-13, record_times=[2.0],
+                            **kw)
+        assert np.max(np.abs(final_vector(r) - final_vector(tight))) < 1e-7
+
+
+def test_records_and_result_fields():
+    p, ds = small(3)
+    r = tf.simulate(p, ds, 2.0, wrt="cumulative", method="kinks", rtol=1e-6, atol=1e-9, n_records=7)
+    assert r.status == "t_end"
+    assert np.all(np.diff(r.t) > 0) and r.t[-1] == 2.0
+    for key in ("events_located", "sliding_entries", "sliding_exits", "corrected_crossings", "bulk_steps",
+                "event_steps", "stepper"):
+        assert key in r.config["kinks"]
+    assert r.arrays["sliding_intervals"].shape[1] == 5

@@ -1,0 +1,983 @@
+"""``method="kinks"``: a high-order integrator for the piecewise-smooth gradient flow.
+
+The right-hand side of the flow (MODEL.md section 8) is smooth while no point
+changes activation pattern, and jumps by one point's gradient contribution when
+one does. Dormand-Prince applied straight to it is first order globally (every
+step that straddles a change commits an error of order h * jump). Here:
+
+* **Frozen patterns.** The stepper (SciPy's RK45 or DOP853, unchanged: its error
+  control, step-size control and dense output) integrates the *frozen-pattern*
+  flow: every point keeps the activation pattern it had at the start of the step
+  (``kernels.crossing.frozen_gradient_kernel``: the gradient pass with the pattern
+  as input, bit-identical to the ordinary pass where the pattern is the true one),
+  a smooth ODE. The same pass flags the points whose pattern differs from the
+  signs of their pre-activations at the step's end: O(N), streaming, deterministic.
+* **Crossing times.** For the flagged points only, the pre-activations are sampled
+  along the step's dense output at ``_NODES`` Chebyshev-Lobatto nodes
+  (``subset_preacts_kernel`` on an index list), interpolated, and every crossing
+  located in order per point (a point may cross in several layers, or cross and
+  cross back, within one step: after each crossing its pattern is switched and the
+  rest of its path re-examined).
+* **Events or bulk correction, chosen per step.** *Event mode* steps to the earliest
+  crossing (polished with Brent's method on the dense output to round-off), switches
+  the pattern there and restarts the stepper: exact, but a step per crossing.
+  *Bulk mode* keeps the step and adds, for each crossing point, the integral of its
+  gradient jump from its crossing time to the step's end (an interpolatory quadrature
+  on the same nodes, ``subset_gradient_kernel`` with per-entry weights): the direct
+  effect of every crossing, exactly to the quadrature's order. What bulk mode
+  neglects is the crossings' feedback on the step's own stages, about
+  ``J * sum_i int_{tau_i}^{t1} (t1 - s) jump_i(s) ds`` (J the Jacobian of the flow);
+  it is estimated every step (a secant estimate of ||J|| along the step) and the
+  step is corrected in bulk only when that estimate passes the stepper's error test.
+  Otherwise the step is located event by event when it holds few crossings, or
+  redone with a shorter step (the neglected term falls like h^3 per step).
+* **Sliding modes.** At a located crossing the pre-activation's velocity is computed
+  on both sides (``subset_jvp_kernel``: exact forward-mode derivative along the two
+  one-sided flows). If both point into the hyperplane the coordinate joins the
+  sliding set: it is held at ``a = 0`` (treated as truncated in the frozen pattern)
+  and the velocity is the minimal-norm element of ``g0 + sum_j s_j d_j`` (d_j the
+  jump of point j's gradient contribution across its hyperplane), which is tangent to
+  every sliding hyperplane while all s_j lie in (0, 1) (the Filippov solution, MODEL.md
+  section 5). A coordinate leaves the set when its s_j reaches 0 or 1 (located by
+  Brent's method along the dense output), towards the truncated or the free side.
+  Drift off the hyperplanes is removed after every step by a Newton projection along
+  their normals (n_j = d_j / c_j with c_j = |d_j|^2 / (d_j . grad a_j)), not accumulated.
+
+Counts and choices are reported in ``result.config["kinks"]``; the sliding intervals
+(point, layer, coordinate, entry time, exit time) in ``result.arrays["sliding_intervals"]``.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+from scipy.integrate import DOP853, RK45
+from scipy.optimize import brentq, lsq_linear
+
+from ..compute import Gradient, aligned_scale_gradient, cumulative_to_layer_gradient, kernel_arrays, tile_arrays
+from ..kernels import config
+from ..kernels.crossing import (frozen_gradient_kernel, subset_gradient_kernel, subset_jvp_kernel,
+                                subset_preacts_kernel)
+from ..kernels.forward import patterns_kernel
+from .control import Interrupted, stop_reason as _stop_reason
+from .integrate import _Evaluator
+
+__all__ = ["run_kinks"]
+
+#: Chebyshev-Lobatto nodes per step for crossing times and quadratures.
+_NODES = 9
+#: Points of the fine grid on which the interpolated pre-activations are scanned for sign changes.
+_SCAN = 64
+#: At most this many crossings in a step are located one by one (event mode) when bulk
+#: correction does not pass the error test; with more the step is shortened instead.
+_EVENT_MAX = 4
+#: rtol at or below which DOP853 (8th order) is used instead of RK45.
+_DOP853_BELOW = 1e-7
+#: Share of the stepper's error budget the neglected feedback of a bulk-corrected step may take.
+BULK_BUDGET = 0.01
+#: Apply the first feedback term J q1 of a bulk-corrected step.
+BULK_FEEDBACK = True
+#: Bulk correction allowed (False: every crossing is located; for experiments and benchmarks).
+BULK = True
+#: Zero-length events in a row after which the run stops (a degenerate tangency).
+_MAX_STUCK = 200
+
+
+class _At:
+    """Parameters at one state and the kernels' arrays."""
+    __slots__ = ("params", "tiles", "kern")
+
+    def __init__(self, params, dataset, kind):
+        self.params = params
+        self.tiles = tile_arrays(params, dataset.targets, kind)
+        self.kern = kernel_arrays(params)
+
+
+class _Eval:
+    __slots__ = ("cost", "g0", "v", "mismatch", "s", "D", "grad_norm")
+
+
+class _Pieces:
+    """Frozen-pattern evaluations of one FlowProblem, with the current pattern and sliding set."""
+
+    def __init__(self, problem):
+        self.problem = problem
+        ds = problem.dataset
+        self.ds = ds
+        self.kind = problem.kind
+        self.output = problem.kind == "output"
+        self.N = ds.n_points
+        p = problem.params
+        self.L, self.M = p.n_layers, p.width
+        Mp = problem.params.width
+        arr = tile_arrays(p, ds.targets, self.kind)
+        Mp, P = arr[1].shape[1], arr[5].shape[0]
+        self.chunk = config.chunk_size(self.N, 8 * (1 + self.L * Mp * (Mp + 1) + P * (Mp + 1)))
+        self.pat = patterns_kernel(ds.points, *kernel_arrays(p), config.chunk_size(self.N))
+        self.sliding = []          # (i, l, k) held at a = 0, bit cleared in self.pat
+        self.version = 0           # changes with pattern or sliding set: keys the caches
+        self._at_cache = {}
+        self._ev_cache = {}
+        self.last_ev = None
+        self.n_full = 0
+
+    # ---------------------------------------------------------------- states
+    def at(self, y):
+        key = y.tobytes()
+        hit = self._at_cache.get(key)
+        if hit is None:
+            hit = _At(self.problem.unpack(y), self.ds, self.kind)
+            if len(self._at_cache) > 64:
+                self._at_cache.clear()
+            self._at_cache[key] = hit
+        return hit
+
+    def changed(self):
+        self.version += 1
+        self._ev_cache.clear()
+
+    # ----------------------------------------------------------- gradients
+    def _vector(self, params, gw, gb, gow, gob):
+        """Masked flat gradient (problem's parametrization) from unscaled padded cumulative sums."""
+        N, M = self.N, self.M
+        g = Gradient(gw[:, :M, :M] / N, gb[:, :M] / N, gow[:, :M] / N if self.output else None,
+                     gob / N if self.output else None, "cumulative")
+        wrt = self.problem.wrt
+        if wrt == "layers":
+            g = cumulative_to_layer_gradient(params, g)
+        elif wrt == "aligned":
+            g = Gradient(aligned_scale_gradient(params, g.weights), g.biases, g.out_weight, g.out_bias, "aligned")
+        return self.problem.gradient_vector(g)
+
+    def full(self, y):
+        """Evaluation of the current mode at y (cached): cost, g0, velocity, mismatch flags, s."""
+        key = y.tobytes()
+        hit = self._ev_cache.get(key)
+        if hit is not None:
+            self.last_ev = hit
+            return hit
+        at = self.at(y)
+        self.problem.n_evaluations += 1
+        self.n_full += 1
+        sq, gw, gb, gow, gob, mm = frozen_gradient_kernel(self.ds.points, self.ds.labels, self.pat, *at.tiles,
+                                                          self.output, 1, self.chunk)
+        ev = _Eval()
+        ev.cost = float(sq.sum() / (2 * self.N))
+        ev.g0 = self._vector(at.params, gw.sum(0)[0], gb.sum(0)[0], gow.sum(0)[0], gob.sum(0)[0])
+        ev.mismatch = mm
+        ev.s, ev.D = None, None
+        if self.sliding:
+            ev.D = self.jumps(at, self.sliding)
+            ev.s = _least_squares(ev.D, ev.g0)
+            ev.v = -(ev.g0 + ev.D @ ev.s)
+        else:
+            ev.v = -ev.g0
+        ev.grad_norm = float(np.sqrt(ev.v @ ev.v))
+        if len(self._ev_cache) > 32:
+            self._ev_cache.clear()
+        self._ev_cache[key] = ev
+        self.last_ev = ev
+        return ev
+
+    def subset(self, at, idx, pats, weights, slots, n_slots):
+        """(n_slots, size) masked gradient vectors: sum over entries of weight * contribution."""
+        gw, gb, gow, gob = subset_gradient_kernel(self.ds.points, self.ds.labels, np.asarray(idx, np.int64),
+                                                  np.ascontiguousarray(pats), np.asarray(weights, np.float64),
+                                                  np.asarray(slots, np.int64), *at.tiles, self.output, n_slots)
+        return np.stack([self._vector(at.params, gw[s], gb[s], gow[s], gob[s]) for s in range(n_slots)])
+
+    def jumps(self, at, coords):
+        """(size, n) columns d_j = contribution with coordinate j free minus truncated (others as now)."""
+        n = len(coords)
+        idx = np.empty(2 * n, np.int64)
+        pats = np.empty((2 * n,) + self.pat.shape[1:], np.uint64)
+        for j, (i, l, k) in enumerate(coords):
+            base = self.pat[i].copy()
+            idx[2 * j] = idx[2 * j + 1] = i
+            pats[2 * j] = _set_bit(base, l, k, True)
+            pats[2 * j + 1] = _set_bit(base, l, k, False)
+        weights = np.tile([1.0, -1.0], n)
+        return self.subset(at, idx, pats, weights, np.repeat(np.arange(n), 2), n).T
+
+    def preacts(self, at, idx, pats):
+        return subset_preacts_kernel(self.ds.points, np.asarray(idx, np.int64), np.ascontiguousarray(pats),
+                                     *at.kern)
+
+    def jvp(self, at, idx, pats, dirs):
+        """Frozen-pattern pre-activations of entries and their derivatives along dirs[e] (y-space)."""
+        dcw, dcb = self._cum_tangent(at.params, dirs)
+        A = at.params.inverses
+        dA = -np.einsum("lij,eljk,lkm->elim", A, dcw, A)
+        return subset_jvp_kernel(self.ds.points, np.asarray(idx, np.int64), np.ascontiguousarray(pats),
+                                 *at.kern, np.ascontiguousarray(dcw), np.ascontiguousarray(dcb),
+                                 np.ascontiguousarray(np.swapaxes(dA, 2, 3)))
+
+    def _cum_tangent(self, params, dirs):
+        """Tangents (n, L, M, M), (n, L, M) of the cumulative parameters along y-directions dirs (n, size)."""
+        pr = self.problem
+        L, M = self.L, self.M
+        n = dirs.shape[0]
+        o = pr._offsets
+        w = dirs[:, o[0]:o[1]]
+        b = dirs[:, o[1]:o[2]].reshape(n, L, M)
+        if pr.wrt == "cumulative":
+            return w.reshape(n, L, M, M), b
+        if pr.wrt == "aligned":
+            return w.reshape(n, L, M)[..., None] * params.frames[None], b
+        w = w.reshape(n, L, M, M)
+        dcw = np.empty((n, L, M, M))
+        dcb = np.empty((n, L, M))
+        for l in range(L):
+            if l == 0:
+                dcw[:, 0], dcb[:, 0] = w[:, 0], b[:, 0]
+            else:
+                Wl = params.weights[l]
+                dcw[:, l] = w[:, l] @ params.cum_weights[l - 1] + np.einsum("ij,ejk->eik", Wl, dcw[:, l - 1])
+                dcb[:, l] = (np.einsum("eij,j->ei", w[:, l], params.cum_biases[l - 1])
+                             + np.einsum("ij,ej->ei", Wl, dcb[:, l - 1]) + b[:, l])
+        return dcw, dcb
+
+
+def _set_bit(pat_i, l, k, free):
+    out = pat_i.copy()
+    bit = np.uint64(1) << np.uint64(k % 64)
+    if free:
+        out[l, k // 64] |= bit
+    else:
+        out[l, k // 64] &= ~bit
+    return out
+
+
+def _bit(pat_i, l, k):
+    return bool((int(pat_i[l, k // 64]) >> (k % 64)) & 1)
+
+
+def _least_squares(D, g0):
+    """s minimizing |g0 + D s| (unconstrained; minimal-norm s when D is rank-deficient)."""
+    s, *_ = np.linalg.lstsq(D, -g0, rcond=1e-12)
+    return s
+
+
+class _Quadrature:
+    """Chebyshev-Lobatto nodes on a step and interpolatory weights on sub-intervals."""
+
+    def __init__(self, n):
+        self.x = -np.cos(np.pi * np.arange(n) / (n - 1))
+        V = np.vander(self.x, n, increasing=True)
+        self.Vinv = np.linalg.inv(V)          # coefficients of the Lagrange basis (monomials in x)
+        self.n = n
+        self.powers = np.arange(n)
+
+    def weights(self, xa, xb):
+        """(m, n) int_{xa}^{xb} l_k(x) dx for arrays xa, xb (m,) in [-1, 1]."""
+        p = self.powers + 1
+        mono = (xb[:, None] ** p - xa[:, None] ** p) / p      # (m, n) integrals of x^j
+        return mono @ self.Vinv
+
+    def moment_weights(self, xa, xb, n=1):
+        """(m, K) int_{xa}^{xb} (1 - x)^n / n! l_k(x) dx (with (h/2)^(n+1): the quadrature of (t1 - s)^n / n!)."""
+        from math import comb, factorial
+        p = self.powers
+        mono = np.zeros((xa.size, self.n))
+        for r in range(n + 1):
+            e = p + r + 1
+            mono += (comb(n, r) * (-1) ** r) * (xb[:, None] ** e - xa[:, None] ** e) / e
+        return (mono / factorial(n)) @ self.Vinv
+
+
+class _Stats(dict):
+    def __init__(self, stepper):
+        super().__init__(stepper=stepper, events_located=0, sliding_entries=0, sliding_exits=0,
+                         corrected_crossings=0, bulk_steps=0, event_steps=0, shortened_steps=0,
+                         projections=0, unresolved_crossings=0, max_crossings_per_step=0)
+
+
+def run_kinks(problem, t_end, schedule, recorder, opts, rules, callback, guard=None):
+    """Integrate the flow locating activation-pattern changes (see the module docstring).
+
+    ``guard``: the :class:`SignalGuard` of :func:`simulate` (signals stop the run
+    between evaluations)."""
+    return _Kinks(problem, t_end, schedule, recorder, opts, rules, callback, guard).run()
+
+
+class _Kinks:
+    def __init__(self, problem, t_end, schedule, recorder, opts, rules, callback, guard=None):
+        self.problem = problem
+        self.t_end = t_end
+        self.recorder = recorder
+        self.opts = opts
+        self.rules = rules
+        self.callback = callback
+        self.pending = list(schedule[1:])
+        self.rtol, self.atol = opts["rtol"], opts["atol"]
+        self.Stepper = DOP853 if self.rtol <= _DOP853_BELOW else RK45
+        self.stats = _Stats(self.Stepper.__name__)
+        self.quad = _Quadrature(_NODES)
+        self.counters = {"accepted": 0, "rejected": 0, "evaluations": 0}
+        self.guard = guard
+        self.rec_fun = _Evaluator(problem, self.guard)
+        self.failure = None
+        self.intervals = []     # [i, l, k, t_in, t_out]
+
+    # --------------------------------------------------------------- plumbing
+    def fun(self, t, y):
+        try:
+            ev = self.pieces.full(y)
+        except ValueError as exc:
+            self.failure = (t, str(exc))
+            return np.full_like(y, np.nan)
+        if not (math.isfinite(ev.cost) and math.isfinite(ev.grad_norm)):
+            self.failure = (t, f"non-finite cost {ev.cost} or gradient norm {ev.grad_norm}")
+        if self.guard is not None:
+            self.guard.check()          # a signal stops the run here, between kernels
+        return ev.v
+
+    def record(self, t, y):
+        armed = None
+        if self.guard is not None:
+            armed, self.guard.armed = self.guard.armed, False   # a record is never cut in half
+        try:
+            cost, gn = self.rec_fun.at(y)
+            self.counters["evaluations"] = self.problem.n_evaluations
+            self.recorder.record(float(t), self.problem.unpack(y), gn, self.counters)
+        finally:
+            if self.guard is not None:
+                self.guard.armed = armed
+
+    def start(self, t, y, h):
+        if t >= self.t_end:
+            return
+        if h is not None:
+            h = float(min(h, self.t_end - t))
+            if not h > 0:
+                h = None
+        self.solver = self.Stepper(self.fun, t, y, self.t_end, rtol=self.rtol, atol=self.atol,
+                                   first_step=h, max_step=self.opts["max_step"] or np.inf)
+
+    def records_upto(self, t_hi, y_of_t, t_lo=-np.inf, inclusive=True):
+        while self.pending and (self.pending[0] <= t_hi if inclusive else self.pending[0] < t_hi):
+            tr = self.pending.pop(0)
+            self.record(tr, y_of_t(tr))
+
+    def err_norm(self, e, y0, y1):
+        scale = self.atol + np.maximum(np.abs(y0), np.abs(y1)) * self.rtol
+        return float(np.sqrt(np.mean((e / scale) ** 2)))
+
+    # ----------------------------------------------------------------- the run
+    def run(self):
+        problem = self.problem
+        started = time.monotonic()
+        self.pieces = _Pieces(problem)
+        y0 = problem.pack(problem.params)
+        self.record(0.0, y0)
+        self.last = _State(0.0, y0)
+        status, detail = None, ""
+        self.solver = None
+        stuck = 0
+        try:
+            ev = self.pieces.full(y0)
+            status = _stop_reason(ev.cost, ev.grad_norm, problem.n_evaluations, started, self.rules)
+            if status is None:
+                self.start(0.0, y0, self.opts["first_step"])
+            while status is None:
+                t0, ya = self.solver.t, self.solver.y
+                nfev = self.solver.nfev
+                message = self.solver.step()
+                attempts = (self.solver.nfev - nfev) // self.solver.n_stages
+                if self.solver.status == "failed":
+                    if self.failure is not None:
+                        status, detail = "diverged", (f"at t = {self.solver.t:.6g} the flow reached a state it "
+                                                      f"cannot evaluate ({self.failure[1]})")
+                    else:
+                        status, detail = "failed", f"at t = {self.solver.t:.6g}: {message}"
+                    break
+                self.counters["rejected"] += max(attempts - 1, 0)
+                self.failure = None
+                t1, y1 = self.solver.t, self.solver.y
+                progressed = self.after_step(t0, ya, t1, y1)
+                if progressed is None:      # step redone shorter: no progress
+                    continue
+                t_new, y_new = progressed
+                stuck = stuck + 1 if t_new <= t0 else 0
+                if stuck > _MAX_STUCK:
+                    status, detail = "failed", f"at t = {t_new:.6g}: {_MAX_STUCK} events in a row without progress"
+                    break
+                self.counters["accepted"] += 1
+                self.last = _State(t_new, y_new)
+                ev = self.pieces.full(y_new)
+                if not (math.isfinite(ev.cost) and math.isfinite(ev.grad_norm)):
+                    status, detail = "diverged", f"at t = {t_new:.6g}: non-finite cost"
+                    break
+                if self.callback is not None:
+                    self.callback(t_new, ev.cost)
+                if t_new >= self.t_end:
+                    status = "t_end"
+                    break
+                status = _stop_reason(ev.cost, ev.grad_norm, problem.n_evaluations, started, self.rules)
+                if status is None and self.guard is not None:
+                    self.guard.check()
+        except Interrupted as exc:
+            status, detail = "interrupted", f"signal {exc.signal_name}"
+        except KeyboardInterrupt:
+            status, detail = "interrupted", "KeyboardInterrupt"
+        except Exception as exc:  # keep what was recorded; say what happened
+            status, detail = "failed", f"{type(exc).__name__}: {exc}"
+        if self.guard is not None:
+            self.guard.armed = False
+        self._record_final(status)
+        for it in self.intervals:
+            if it[4] is None:
+                it[4] = self.last.t
+        result = self.recorder.result(status, detail)
+        self.stats["evaluations"] = int(problem.n_evaluations)
+        result.config["kinks"] = dict(self.stats)
+        result.arrays["sliding_intervals"] = np.array([[float(v) for v in it] for it in self.intervals],
+                                                      dtype=np.float64).reshape(-1, 5)
+        return result
+
+    def _record_final(self, status):
+        """Record the last accepted state unless it is already the last record (as the rk45 loop does)."""
+        t, y = self.last.t, self.last.y
+        if status in ("diverged", "failed", "interrupted"):
+            if not np.all(np.isfinite(y)):
+                return
+            try:
+                self.problem.unpack(y)
+            except ValueError:
+                return
+        if self.recorder.last_time is not None and t <= self.recorder.last_time:
+            return
+        try:
+            self.record(t, y)
+        except Exception:
+            pass
+
+    # -------------------------------------------------------- after each step
+    def after_step(self, t0, ya, t1, y1):
+        """Handle the accepted frozen step [t0, t1]. Returns the new (t, y), or None if redone."""
+        pc = self.pieces
+        ev = pc.full(y1)
+        cand = self._candidates(ev, y1)
+        exits = self._exits(ev)
+        if cand.size == 0 and not exits:
+            dense = None
+            if self.pending and self.pending[0] <= t1:
+                dense = self.solver.dense_output()
+                self.records_upto(t1, lambda tr: y1 if tr == t1 else dense(tr))
+            y_new = self._project(t1, y1)
+            return t1, y_new
+        dense = self.solver.dense_output()
+        h = t1 - t0
+        self.stats["max_crossings_per_step"] = max(self.stats["max_crossings_per_step"], int(cand.size))
+        nodes_t = t0 + (self.quad.x + 1) * (h / 2)
+        nodes_y = [ya] + [dense(t) for t in nodes_t[1:-1]] + [y1]
+        segs, final_pats = self._paths(cand, nodes_t, nodes_y, t0, t1)
+        # sliding exits: earliest time s_j leaves [0, 1]
+        t_exit, j_exit, side_exit = self._exit_time(exits, dense, t0, t1) if exits else (np.inf, None, None)
+        n_cross = len(segs)
+        t_first = min((s[2] for s in segs), default=np.inf)
+        if t_exit <= t_first:
+            return self._event_exit(dense, t_exit, j_exit, side_exit, t0, h)
+        if n_cross:
+            # Bulk correction adds each crossing's jump integrated from its crossing time, plus the
+            # first term of its feedback on the step, J q1 (q_n = int (t1 - s)^n / n! jumps ds; one
+            # evaluation, a difference of the frozen flow). It is taken when the feedback estimate
+            # ||J|| ||q1|| passes the stepper's error test (||J|| the larger of a secant estimate
+            # along the step and ||J q1|| / ||q1||), and when no crossing is of the sliding kind
+            # (its own jump turning its pre-activation back): those are located.
+            delta, q1, q2 = self._bulk_delta(segs, nodes_t, nodes_y, t0, t1, t1, moments=True)
+            jq1 = self._frozen_difference(y1, q1) if BULK else q1 * np.nan
+            n1 = np.linalg.norm(q1)
+            r = max(np.linalg.norm(jq1) / n1 if n1 > 0 else 0.0, self._secant(ya, y1))
+            err = self.err_norm(r * q1, ya, y1)
+            ok = bool(np.all(np.isfinite(jq1)))
+            if BULK and ok and (err <= BULK_BUDGET or n_cross > _EVENT_MAX):
+                slide = self._sliding_kind(segs, y1)
+                grow = 0.9 * (BULK_BUDGET / err) ** (1.0 / 3.0) if err > 0 else 10.0
+                if err <= BULK_BUDGET and not slide.any():
+                    h_next = min(self.solver.h_abs, h * grow)
+                    return self._bulk_accept(segs, final_pats, cand, nodes_t, nodes_y, dense, t0, t1, y1,
+                                             delta + jq1 * BULK_FEEDBACK, h_next, jq1 * BULK_FEEDBACK)
+                if n_cross > _EVENT_MAX:
+                    # correct in bulk up to where the feedback estimate (~ h^3) fits the budget, or up
+                    # to the first crossing of the sliding kind (located by the next step)
+                    t_u = t0 + h * min(1.0, max(0.05, grow))
+                    if slide.any():
+                        t_u = min(t_u, min(sg[3] for sg, f in zip(segs, slide) if f))
+                    # check the estimate on [t0, t_u] itself: q1 there is int (t_u - s) jumps ds
+                    for _ in range(8):
+                        segs_u = [sg for sg in segs if sg[3] < t_u]
+                        d_u, m_u, _ = self._bulk_delta(segs_u, nodes_t, nodes_y, t0, t1, t_u, moments=True)
+                        if self.err_norm(r * (m_u - (t1 - t_u) * d_u), ya, y1) <= BULK_BUDGET:
+                            break
+                        t_u = t0 + 0.5 * (t_u - t0)
+                    else:
+                        t_u = t0
+                    if t_u > t0 + 1e-3 * h:
+                        self.stats["shortened_steps"] += 1
+                        return self._bulk_partial(segs, cand, nodes_t, nodes_y, dense, t0, t1, t_u)
+            return self._event_cross(dense, segs, t0, h)
+        # flagged points whose crossings could not be placed: resynchronise at t1
+        return self._resync(cand, t1, y1, h)
+
+    def _candidates(self, ev, y):
+        """Points whose pattern differs from their signs at y (sliding coordinates excepted)."""
+        pc = self.pieces
+        flags = ev.mismatch
+        if not pc.sliding:
+            return np.flatnonzero(flags)
+        sl_pts = sorted({c[0] for c in pc.sliding})
+        flags = flags.copy()
+        flags[sl_pts] = 0
+        cand = list(np.flatnonzero(flags))
+        at = pc.at(y)
+        a = pc.preacts(at, sl_pts, pc.pat[sl_pts])
+        held = {(c[0], c[1], c[2]) for c in pc.sliding}
+        for e, i in enumerate(sl_pts):
+            for l in range(pc.L):
+                for k in range(pc.M):
+                    if (i, l, k) in held:
+                        continue
+                    if (a[e, l, k] > 0) != _bit(pc.pat[i], l, k):
+                        cand.append(i)
+                        break
+                else:
+                    continue
+                break
+        return np.array(sorted(set(cand)), dtype=np.int64)
+
+    # --------------------------------------------------------- crossing paths
+    def _paths(self, cand, nodes_t, nodes_y, t0, t1):
+        """Crossings of the flagged points along the step, in order per point.
+
+        Returns (segs, final_pats): segs a list of (point, l, k, tau, pattern after, x) sorted
+        by tau (x: tau mapped to [-1, 1]); final_pats (n, L, W) the patterns at t1.
+        """
+        pc = self.pieces
+        q = self.quad
+        h = t1 - t0
+        L, M = pc.L, pc.M
+        LM = L * M
+        ats = [pc.at(y) for y in nodes_y]
+        n = cand.size
+        pats = pc.pat[cand].copy()
+        start = np.full(n, -1.0)                  # in x in [-1, 1]
+        just = np.full(n, -1)                     # flat coordinate flipped last
+        held = np.zeros((n, LM), bool)
+        for (i, l, k) in pc.sliding:
+            held[cand == i, l * M + k] = True
+        active = np.arange(n)
+        segs = []
+        xs = np.linspace(-1.0, 1.0, _SCAN + 1)
+        Tx = np.vander(xs, q.n, increasing=True) @ q.Vinv      # values on the scan grid from node values
+        for _round in range(4 * LM + 4):
+            if active.size == 0:
+                break
+            m = active.size
+            vals = np.stack([pc.preacts(at, cand[active], pats[active]) for at in ats])   # (K, m, L, M)
+            flat = vals.reshape(len(ats), m * LM)
+            coef = q.Vinv @ flat
+            grid = Tx @ flat
+            bits = _bits(pats[active], M).reshape(-1)
+            thr = np.repeat(start[active], LM)
+            jf = just[active]
+            rows = np.flatnonzero(jf >= 0)
+            thr[rows * LM + jf[rows]] += 1e-7
+            mism = ((grid > 0) != bits[None, :]) & (xs[:, None] > thr[None, :]) & ~held[active].reshape(-1)[None, :]
+            has = mism.any(axis=0)
+            cols = np.flatnonzero(has)
+            roots = np.full(m * LM, np.inf)
+            slope = np.zeros(m * LM)
+            if cols.size:
+                g = mism[:, cols].argmax(axis=0)
+                lo = np.where(g > 0, np.maximum(xs[np.maximum(g - 1, 0)], thr[cols]), thr[cols])
+                roots[cols] = _poly_roots(coef[:, cols], lo, xs[g], bits[cols])
+                xr = roots[cols]
+                d = np.zeros(cols.size)
+                for j in range(coef.shape[0] - 1, 0, -1):
+                    d = d * xr + j * coef[j, cols]
+                slope[cols] = d * (2.0 / h)          # da/dt along the frozen step at the crossing
+            roots = roots.reshape(m, LM)
+            slope = slope.reshape(m, LM)
+            c = roots.argmin(axis=1)
+            x = roots[np.arange(m), c]
+            nxt = []
+            for r in np.flatnonzero(np.isfinite(x)):
+                e = active[r]
+                l, k = divmod(int(c[r]), M)
+                pats[e] = _set_bit(pats[e], l, k, not _bit(pats[e], l, k))
+                segs.append((int(cand[e]), l, k, t0 + (x[r] + 1) * h / 2, pats[e].copy(), float(x[r]),
+                             float(slope[r, c[r]])))
+                start[e] = x[r]
+                just[e] = c[r]
+                nxt.append(e)
+            active = np.array(nxt, dtype=np.int64)
+        segs.sort(key=lambda s: s[3])
+        return segs, pats
+
+    # -------------------------------------------------------------- bulk mode
+    def _bulk_delta(self, segs, nodes_t, nodes_y, t0, t1, upper, moments=False):
+        """Integral over the step (up to ``upper``) of the crossings' velocity jumps (and their moment)."""
+        pc = self.pieces
+        q = self.quad
+        h = t1 - t0
+        xu = -1.0 + 2.0 * (upper - t0) / h
+        # per point: pieces [x_a, x_b) with the pattern after each crossing
+        by_point = {}
+        for (i, l, k, tau, pat, x, _) in segs:
+            by_point.setdefault(i, []).append((x, pat))
+        idx, pats, xa, xb, sign = [], [], [], [], []
+        for i, lst in by_point.items():
+            base = pc.pat[i]
+            for n_, (x, pat) in enumerate(lst):
+                x_end = lst[n_ + 1][0] if n_ + 1 < len(lst) else 1.0
+                a_, b_ = min(x, xu), min(x_end, xu)
+                if b_ <= a_:
+                    continue
+                idx += [i, i]
+                pats += [pat, base]
+                xa += [a_, a_]
+                xb += [b_, b_]
+                sign += [1.0, -1.0]
+        size = self.problem.size
+        if not idx:
+            return (np.zeros(size),) * (3 if moments else 2)
+        idx = np.array(idx, np.int64)
+        pats = np.array(pats, np.uint64)
+        xa, xb, sign = np.array(xa), np.array(xb), np.array(sign)
+        W = q.weights(xa, xb) * (h / 2) * sign[:, None]                 # (entries, K)
+        delta = np.zeros(size)
+        slots = np.zeros(idx.size, np.int64)
+        if moments:
+            W1 = q.moment_weights(xa, xb, 1) * (h / 2) ** 2 * sign[:, None]
+            W2 = q.moment_weights(xa, xb, 2) * (h / 2) ** 3 * sign[:, None]
+            q1, q2 = np.zeros(size), np.zeros(size)
+        for kk, y in enumerate(nodes_y):
+            at = pc.at(y)
+            if moments:
+                g3 = pc.subset(at, np.concatenate([idx, idx, idx]), np.concatenate([pats, pats, pats]),
+                               np.concatenate([W[:, kk], W1[:, kk], W2[:, kk]]),
+                               np.concatenate([slots, slots + 1, slots + 2]), 3)
+                delta -= self._project_velocity(g3[0])
+                q1 -= self._project_velocity(g3[1])
+                q2 -= self._project_velocity(g3[2])
+            else:
+                delta -= self._project_velocity(pc.subset(at, idx, pats, W[:, kk], slots, 1)[0])
+        if moments:
+            return delta, q1, q2
+        return delta, None
+
+    def _project_velocity(self, g):
+        """A gradient change's effect on the velocity: itself, projected off the sliding normals."""
+        pc = self.pieces
+        if not pc.sliding:
+            return g
+        ev = pc.last_ev
+        if ev is None or ev.D is None:
+            return g
+        D = ev.D
+        s = _least_squares(D, g)
+        return g + D @ s
+
+    def _secant(self, ya, y1):
+        """A secant estimate of the flow's Lipschitz constant along the step."""
+        f0, f1 = self.solver.K[0], self.solver.f
+        dy = np.linalg.norm(y1 - ya)
+        return float(np.linalg.norm(f1 - f0) / dy) if dy > 0 else 0.0
+
+    def _sliding_kind(self, segs, y):
+        """Per crossing: whether its own velocity jump turns its pre-activation back (a sliding mode)."""
+        pc = self.pieces
+        n = len(segs)
+        idx = np.array([s_[0] for s_ in segs], np.int64)
+        new = np.array([s_[4] for s_ in segs], np.uint64)
+        old = np.array([pc.pat[s_[0]] for s_ in segs], np.uint64)
+        # the jump of each crossing point alone, from its pattern before to after this crossing
+        before = new.copy()
+        for e, s_ in enumerate(segs):
+            before[e] = _set_bit(new[e], s_[1], s_[2], not _bit(new[e], s_[1], s_[2]))
+        at = pc.at(y)
+        ent_idx = np.repeat(idx, 2)
+        ent_pat = np.empty((2 * n,) + new.shape[1:], np.uint64)
+        ent_pat[0::2], ent_pat[1::2] = new, before
+        jumps = pc.subset(at, ent_idx, ent_pat, np.tile([-1.0, 1.0], n), np.repeat(np.arange(n), 2), n)
+        jumps = np.stack([self._project_velocity(j) for j in jumps]) if pc.sliding else jumps
+        _, da = pc.jvp(at, idx, new, jumps)
+        own = np.array([da[e, s_[1], s_[2]] for e, s_ in enumerate(segs)])
+        slope = np.array([s_[6] for s_ in segs])
+        return slope * (slope + own) <= 0.0
+
+    def _frozen_difference(self, y1, q):
+        """J q: the change of the frozen (pre-crossing) velocity from y1 to y1 + q (one evaluation)."""
+        if not np.any(q):
+            return np.zeros_like(q)
+        try:
+            v1 = self.pieces.full(y1).v
+            return self.pieces.full(y1 + q).v - v1
+        except ValueError:
+            return np.full_like(q, np.nan)
+
+    def _bulk_partial(self, segs, cand, nodes_t, nodes_y, dense, t0, t1, t_u):
+        """Bulk-correct the crossings before t_u < t1 and continue from t_u (the rest of the step is dropped)."""
+        pc = self.pieces
+        segs_u = [sg for sg in segs if sg[3] < t_u]
+        y_u = dense(t_u)
+        if self.pending and self.pending[0] <= t_u:
+            self.records_upto(t_u, lambda tr: dense(tr) + self._bulk_delta(segs_u, nodes_t, nodes_y, t0, t1, tr)[0])
+        if segs_u:
+            y_u = y_u + self._bulk_delta(segs_u, nodes_t, nodes_y, t0, t1, t_u)[0]
+            for sg in segs_u:                 # in time order: the last one of a point is its pattern at t_u
+                pc.pat[sg[0]] = sg[4]
+            pc.changed()
+        self._sync(cand, y_u)
+        self.stats["corrected_crossings"] += len(segs_u)
+        self.stats["bulk_steps"] += 1
+        y_u = self._project(t_u, y_u, restart=False)
+        self.start(t_u, y_u, t_u - t0)
+        return t_u, y_u
+
+    def _bulk_accept(self, segs, final_pats, cand, nodes_t, nodes_y, dense, t0, t1, y1, delta, h, jq1=None):
+        pc = self.pieces
+        jq1_part = 0.0 if jq1 is None else jq1
+        if self.pending and self.pending[0] <= t1:
+            def y_of(tr):
+                if tr == t1:
+                    return y1 + delta
+                d, _ = self._bulk_delta(segs, nodes_t, nodes_y, t0, t1, tr)
+                return dense(tr) + d + jq1_part * ((tr - t0) / h) ** 2
+            self.records_upto(t1, y_of)
+        y_new = y1 + delta
+        pc.pat[cand] = final_pats
+        pc.changed()
+        # resynchronise with the true patterns at the corrected state
+        self._sync(cand, y_new)
+        self.stats["corrected_crossings"] += len(segs)
+        self.stats["bulk_steps"] += 1
+        y_new = self._project(t1, y_new, restart=False)
+        self.start(t1, y_new, h)
+        return t1, y_new
+
+    def _sync(self, cand, y):
+        """Set the listed points' patterns to their true patterns at y (sliding coordinates kept)."""
+        pc = self.pieces
+        at = pc.at(y)
+        true = patterns_kernel(np.ascontiguousarray(pc.ds.points[cand]), *at.kern, config.chunk_size(cand.size))
+        held = pc.sliding
+        for (i, l, k) in held:
+            w = np.flatnonzero(cand == i)
+            if w.size:
+                true[w[0]] = _set_bit(true[w[0]], l, k, False)
+        diff = np.any(true != pc.pat[cand], axis=(1, 2))
+        if diff.any():
+            self.stats["unresolved_crossings"] += int(diff.sum())
+            pc.pat[cand] = true
+            pc.changed()
+
+    def _resync(self, cand, t1, y1, h):
+        self._sync(cand, y1)
+        if self.pending and self.pending[0] <= t1:
+            dense = self.solver.dense_output()
+            self.records_upto(t1, lambda tr: y1 if tr == t1 else dense(tr))
+        y_new = self._project(t1, y1, restart=False)
+        self.start(t1, y_new, h)
+        return t1, y_new
+
+    # ------------------------------------------------------------- event mode
+    def _event_cross(self, dense, segs, t0, h):
+        """Step to the earliest crossing (polished on the dense output) and switch there."""
+        pc = self.pieces
+        i, l, k, tau, _, _, _ = segs[0]
+        free_before = _bit(pc.pat[i], l, k)
+        pat_i = pc.pat[i][None].copy()
+
+        def a_of(t):
+            return pc.preacts(pc.at(dense(t)), [i], pat_i)[0, l, k]
+
+        # bracket around the polynomial root, then Brent to round-off
+        side = lambda a: (a > 0) == free_before      # still on the old side
+        lo, hi = t0, min(self.solver.t, tau + 0.05 * h)
+        a_lo, a_hi = a_of(lo), a_of(hi)
+        if side(a_hi) and hi < self.solver.t:
+            hi = self.solver.t
+            a_hi = a_of(hi)
+        if not side(a_lo):
+            t_star = lo
+        elif side(a_hi):
+            # no sign change seen: fall back to the polynomial root
+            t_star = tau
+        else:
+            lo2, hi2 = max(lo, tau - 0.05 * h), hi
+            if not side(a_of(lo2)):
+                lo2 = lo
+            r = brentq(a_of, lo2, hi2, xtol=1e-15 * max(1.0, abs(hi2)), rtol=4 * np.finfo(float).eps, maxiter=200)
+            # the first time on the new side: step past the root by ulps until the sign has changed
+            t_star = r
+            for _ in range(60):
+                if not side(a_of(t_star)) or t_star >= hi2:
+                    break
+                t_star = np.nextafter(t_star, np.inf) if _ < 8 else t_star + (t_star - r + 1e-300) * 2
+            t_star = min(t_star, hi2)
+        y_star = dense(t_star) if t_star < self.solver.t else self.solver.y
+        self.records_upto(t_star, lambda tr: dense(tr), inclusive=False)
+        self.stats["events_located"] += 1
+        self.stats["event_steps"] += 1
+        self._switch(t_star, y_star, [(i, l, k)])
+        # any other flagged point already past its hyperplane here switches too
+        self._sync_at_event(t_star, y_star)
+        y_star = self._project(t_star, y_star, restart=False)
+        self.start(t_star, y_star, max(self.solver.h_abs, h) if t_star > t0 else h)
+        return t_star, y_star
+
+    def _sync_at_event(self, t, y):
+        pc = self.pieces
+        ev = pc.full(y)
+        cand = self._candidates(ev, y)
+        if cand.size:
+            at = pc.at(y)
+            a = pc.preacts(at, cand, pc.pat[cand])
+            held = {tuple(c[:3]) for c in pc.sliding}
+            coords = []
+            for e, i in enumerate(cand):
+                for l in range(pc.L):
+                    for k in range(pc.M):
+                        if (int(i), l, k) not in held and (a[e, l, k] > 0) != _bit(pc.pat[i], l, k):
+                            coords.append((int(i), l, k))
+                            break
+                    else:
+                        continue
+                    break
+            if coords:
+                self.stats["events_located"] += len(coords)
+                self._switch(t, y, coords)
+
+    def _switch(self, t, y, coords):
+        """Switch the listed coordinates at (t, y), each to the other side or into the sliding set."""
+        pc = self.pieces
+        for (i, l, k) in coords:
+            at = pc.at(y)
+            ev = pc.full(y)
+            pat_i = pc.pat[i]
+            pF, pT = _set_bit(pat_i, l, k, True), _set_bit(pat_i, l, k, False)
+            cur_free = _bit(pat_i, l, k)
+            d = pc.jumps(at, [(i, l, k)])[:, 0]                 # contribution free minus truncated
+            gF = ev.g0 + (0.0 if cur_free else d)
+            gT = ev.g0 - (d if cur_free else 0.0)
+            vF, vT = self._velocity(ev, gF), self._velocity(ev, gT)
+            _, adot = pc.jvp(at, [i, i], np.stack([pF, pT]), np.stack([vF, vT]))
+            aF, aT = adot[0, l, k], adot[1, l, k]
+            if aF < 0.0 < aT and np.any(d != 0):
+                pc.pat[i] = pT
+                pc.sliding.append((i, l, k))
+                self.intervals.append([i, l, k, t, None])
+                self.stats["sliding_entries"] += 1
+            else:
+                pc.pat[i] = pT if cur_free else pF
+            pc.changed()
+
+    def _velocity(self, ev, g0):
+        if ev.D is None:
+            return -g0
+        s = _least_squares(ev.D, g0)
+        return -(g0 + ev.D @ s)
+
+    # ------------------------------------------------------------ sliding set
+    def _exits(self, ev):
+        if not self.pieces.sliding or ev.s is None:
+            return []
+        return [j for j, s in enumerate(ev.s) if not (0.0 < s < 1.0)]
+
+    def _exit_time(self, exits, dense, t0, t1):
+        pc = self.pieces
+        best = (np.inf, None, None)
+        for j in exits:
+            s1 = pc.full(dense(t1) if t1 < self.solver.t else self.solver.y).s[j]
+            bound = 1.0 if s1 >= 1.0 else 0.0
+
+            def f(t):
+                return pc.full(dense(t)).s[j] - bound
+            f0 = f(t0)
+            if (f0 > 0) == (bound == 1.0) or f0 == 0.0:
+                te = t0
+            else:
+                te = brentq(f, t0, t1, xtol=1e-14 * max(1.0, abs(t1)), rtol=4 * np.finfo(float).eps)
+            if te < best[0]:
+                best = (te, j, bound == 1.0)
+        return best
+
+    def _event_exit(self, dense, t_exit, j, to_free, t0, h):
+        pc = self.pieces
+        y_e = dense(t_exit) if t_exit < self.solver.t else self.solver.y
+        self.records_upto(t_exit, lambda tr: dense(tr), inclusive=False)
+        i, l, k = pc.sliding.pop(j)
+        pc.pat[i] = _set_bit(pc.pat[i], l, k, to_free)
+        for it in self.intervals:
+            if it[0] == i and it[1] == l and it[2] == k and it[4] is None:
+                it[4] = t_exit
+        self.stats["sliding_exits"] += 1
+        pc.changed()
+        y_e = self._project(t_exit, y_e, restart=False)
+        self.start(t_exit, y_e, h)
+        return t_exit, y_e
+
+    def _project(self, t, y, restart=True):
+        """Newton projection of y onto the sliding hyperplanes a_j = 0 (when it drifted)."""
+        pc = self.pieces
+        if not pc.sliding:
+            return y
+        tol = 1e-3 * min(self.atol, self.rtol)
+        idx = [c[0] for c in pc.sliding]
+        y_new = y
+        for _ in range(3):
+            at = pc.at(y_new)
+            pats = pc.pat[idx]
+            a = pc.preacts(at, idx, pats)
+            av = np.array([a[j, l, k] for j, (i, l, k) in enumerate(pc.sliding)])
+            if np.max(np.abs(av)) <= tol:
+                break
+            D = pc.jumps(at, pc.sliding)                              # (size, n) = c_j n_j
+            _, dd = pc.jvp(at, idx, pats, D.T.copy())
+            dda = np.array([dd[j, l, k] for j, (i, l, k) in enumerate(pc.sliding)])  # c_j |n_j|^2
+            nn = np.sum(D * D, axis=0)
+            ok = (nn > 0) & (dda != 0)
+            if not ok.any():
+                break
+            Nrm = D[:, ok] * (dda[ok] / nn[ok])[None, :]             # n_j = d_j / c_j
+            mu = np.linalg.lstsq(Nrm.T @ Nrm, -av[ok], rcond=None)[0]
+            y_new = y_new + Nrm @ mu
+        if y_new is not y:
+            self.stats["projections"] += 1
+            if restart:
+                self.start(t, y_new, self.solver.h_abs)
+        return y_new
+
+
+class _State:
+    __slots__ = ("t", "y")
+
+    def __init__(self, t, y):
+        self.t, self.y = t, y
+
+
+def _bits(pats, M):
+    """(n, L, M) bool: the free bits of bit-packed patterns (n, L, W)."""
+    k = np.arange(M)
+    words = pats[:, :, k // 64]
+    return ((words >> (k % 64).astype(np.uint64)) & np.uint64(1)).astype(bool)
+
+
+def _poly_roots(coef, lo, hi, was_free):
+    """Per column, where the polynomial sum coef[j, c] x^j leaves its old side in [lo, hi] (bisection)."""
+    def f(x):
+        v = coef[-1].copy()
+        for j in range(coef.shape[0] - 2, -1, -1):
+            v = v * x + coef[j]
+        return v
+    lo, hi = lo.copy(), hi.copy()
+    at_lo = (f(lo) > 0) != was_free
+    for _ in range(56):
+        mid = 0.5 * (lo + hi)
+        old = (f(mid) > 0) == was_free
+        lo = np.where(old, mid, lo)
+        hi = np.where(old, hi, mid)
+    return np.where(at_lo, lo, hi)

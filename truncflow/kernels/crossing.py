@@ -1,0 +1,315 @@
+"""Kernels of the nonsmooth integrator (``engine.kinks``): frozen activation patterns.
+
+The flow's right-hand side is smooth while no point changes activation pattern.
+These kernels evaluate the *frozen-pattern extension* of the cost: every point's
+truncation and reverse sweep follow a pattern given as input (bit-packed as
+``compute.activation_patterns`` returns it: bit ``k % 64`` of word ``k // 64`` of
+``patterns[i, l]`` set = coordinate k of layer l free), not the sign of its
+pre-activation. Where the given pattern is the true one the result is the
+package's gradient bit for bit (same tiles, same sums in the same order as
+``gradient.gradient_kernel``); elsewhere it is the smooth continuation of the
+piece the pattern names.
+
+    frozen_gradient_kernel   one streaming pass over all points (chunked like
+                             gradient_kernel: deterministic), plus a per-point flag
+                             "the pattern differs from the signs of a" (a crossing)
+    subset_gradient_kernel   the same tile code on a gathered index list, each entry
+                             with its own pattern, weight and output slot: the gradient
+                             contributions of a few points (jumps, quadratures)
+    subset_preacts_kernel    frozen-pattern pre-activations a (n, L, M) of listed points
+    subset_jvp_kernel        the same and their derivative along a parameter direction
+"""
+import numpy as np
+from numba import njit, prange
+
+from .config import JIT_OPTIONS, JIT_OPTIONS_REDUCTION
+from .gradient import (TILE, _FROM_BIAS, _FROM_SRC, _back_product, _first_slot, _layer_sums, _masked_outer,
+                       _masked_sum_sq, _matvec, _next_slot, _slot_mask)
+
+
+@njit(parallel=True, **JIT_OPTIONS_REDUCTION)
+def frozen_gradient_kernel(points, labels, patterns, targets, cw, cb, inv, back, out_w, out_b, output_cost,
+                           n_slots, chunk):
+    """``gradient.gradient_kernel`` with the activation patterns as input.
+
+    patterns (N, L, n_words) uint64. Returns the five per-chunk sums of
+    ``gradient_kernel`` (same layout, unscaled) and ``mismatch`` (N,) uint8: 1 where
+    the point's frozen-pattern pre-activations disagree in sign with its pattern
+    (``a > 0`` on a cleared bit or ``a <= 0`` on a set bit), i.e. where it crossed.
+    """
+    N = points.shape[0]
+    L, M, _ = cw.shape
+    P = out_w.shape[0]
+    C = (N + chunk - 1) // chunk
+    sq = np.zeros((C, n_slots))
+    g_w = np.zeros((C, n_slots, L, M, M))
+    g_b = np.zeros((C, n_slots, L, M))
+    g_ow = np.zeros((C, n_slots, P, M))
+    g_ob = np.zeros((C, n_slots, P))
+    mismatch = np.zeros(N, dtype=np.uint8)
+    for c in prange(C):
+        z, act, sg, cn, u, u_next, um, r, wt, lab, idx, pw = _buffers(L, M, P)
+        stop = min(N, (c + 1) * chunk)
+        for start in range(c * chunk, stop, TILE):
+            nb = min(TILE, stop - start)
+            for t in range(nb):
+                idx[t] = start + t
+            _load_gather(points, labels, idx, nb, z[0], lab)
+            _forward_tile_pat(cw, cb, inv, patterns, idx, z, act, sg, cn, nb)
+            _mismatch(act, sg, idx, nb, points.shape[1], mismatch)
+            _tile_gradient_pat(back, targets, out_w, out_b, output_cost, n_slots, z, act, sg, lab, lab, pw, False,
+                               nb, u, u_next, um, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
+    return sq, g_w, g_b, g_ow, g_ob, mismatch
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def subset_gradient_kernel(points, labels, idx, pats, weights, slots, targets, cw, cb, inv, back, out_w, out_b,
+                           output_cost, n_slots):
+    """Weighted gradient sums of listed entries, each with its own pattern, into slots.
+
+    Entry e is point ``idx[e]`` under pattern ``pats[e]`` (L, n_words), its
+    contribution multiplied by ``weights[e]`` and added to slot ``slots[e]``
+    (0..n_slots-1). Serial over tiles of entries in order: deterministic. Returns
+    (g_w (S, L, Mp, Mp), g_b (S, L, Mp), g_ow (S, P, Mp), g_ob (S, P)), unscaled
+    (divide by N) like ``gradient_kernel``'s sums.
+    """
+    n = idx.shape[0]
+    L, M, _ = cw.shape
+    P = out_w.shape[0]
+    g_w = np.zeros((n_slots, L, M, M))
+    g_b = np.zeros((n_slots, L, M))
+    g_ow = np.zeros((n_slots, P, M))
+    g_ob = np.zeros((n_slots, P))
+    sq = np.zeros(n_slots)
+    z, act, sg, cn, u, u_next, um, r, wt, lab, tidx, pw = _buffers(L, M, P)
+    slot = np.empty(TILE, dtype=np.int64)
+    tpat = np.empty((TILE, pats.shape[1], pats.shape[2]), dtype=np.uint64)
+    local = np.empty(TILE, dtype=np.int64)
+    for start in range(0, n, TILE):
+        nb = min(TILE, n - start)
+        for t in range(nb):
+            tidx[t] = idx[start + t]
+            slot[t] = slots[start + t]
+            pw[t] = weights[start + t]
+            local[t] = t
+            for l in range(pats.shape[1]):
+                for w in range(pats.shape[2]):
+                    tpat[t, l, w] = pats[start + t, l, w]
+        _load_gather(points, labels, tidx, nb, z[0], lab)
+        _forward_tile_pat(cw, cb, inv, tpat, local, z, act, sg, cn, nb)
+        _tile_gradient_pat(back, targets, out_w, out_b, output_cost, n_slots, z, act, sg, lab, slot, pw, True,
+                           nb, u, u_next, um, r, wt, sq, g_w, g_b, g_ow, g_ob)
+    return g_w, g_b, g_ow, g_ob
+
+
+@njit(**JIT_OPTIONS)
+def _buffers(L, M, P):
+    T = TILE
+    return (np.zeros((L + 1, M, T)), np.empty((L, M, T)), np.empty((L, M, T)), np.empty((M, T)),
+            np.empty((M, T)), np.empty((M, T)), np.empty((M, T)),
+            np.empty((max(M, P), T)), np.empty(T), np.empty(T, dtype=np.int64), np.empty(T, dtype=np.int64),
+            np.ones(T))
+
+
+@njit(**JIT_OPTIONS)
+def _load_gather(points, labels, idx, nb, z0, lab):
+    M = points.shape[1]
+    for t in range(nb):
+        i = idx[t]
+        lab[t] = labels[i]
+        for j in range(M):
+            z0[j, t] = points[i, j]
+
+
+@njit(**JIT_OPTIONS)
+def _is_free(patterns, i, l, k):
+    return (patterns[i, l, k // 64] >> np.uint64(k % 64)) & np.uint64(1) == np.uint64(1)
+
+
+@njit(**JIT_OPTIONS)
+def _forward_tile_pat(cw, cb, inv, patterns, idx, z, act, sg, cn, nb):
+    """``gradient._forward_tile`` with truncation by pattern; sg[l] = +1 free, -1 truncated.
+
+    Padded coordinates (k >= the patterns' width 64 * n_words, or bits never set) are
+    truncated with a = 0: they add nothing, as in the tile kernel.
+    """
+    L = cw.shape[0]
+    M = cw.shape[1]
+    n_bits = patterns.shape[2] * 64
+    for l in range(L):
+        _matvec(cw[l], z[l], act[l], z[l], cb[l], _FROM_BIAS, nb)
+        for k in range(M):
+            for t in range(nb):
+                free = k < n_bits and _is_free(patterns, idx[t], l, k)
+                sg[l, k, t] = 1.0 if free else -1.0
+                cn[k, t] = 0.0 if free else -act[l, k, t]
+        _matvec(inv[l], cn, z[l + 1], z[l], cb[l], _FROM_SRC, nb)
+
+
+@njit(**JIT_OPTIONS)
+def _mismatch(act, sg, idx, nb, m_true, out):
+    L = act.shape[0]
+    for l in range(L):
+        for k in range(m_true):
+            for t in range(nb):
+                if (act[l, k, t] > 0.0) != (sg[l, k, t] > 0.0):
+                    out[idx[t]] = 1
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _output_top_pat(out_w, out_b, targets, lab, act_last, sg_last, r, h, nb):
+    """``gradient._output_top`` with x^(L) = a on free (by pattern) coordinates, 0 elsewhere."""
+    P, M = out_w.shape
+    for p in range(P):
+        for t in range(nb):
+            r[p, t] = out_b[p] - targets[lab[t], p]
+        for j in range(M):
+            w = out_w[p, j]
+            for t in range(nb):
+                if sg_last[j, t] > 0.0:
+                    r[p, t] += w * act_last[j, t]
+    for j in range(M):
+        for t in range(nb):
+            h[j, t] = 0.0
+        for p in range(P):
+            w = out_w[p, j]
+            for t in range(nb):
+                h[j, t] += w * r[p, t]
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _tile_gradient_pat(back, targets, out_w, out_b, output_cost, n_slots, z, act, sg, lab, slot, pw, weighted,
+                       nb, u, u_next, um, r, wt, sq, g_w, g_b, g_ow, g_ob):
+    """``gradient._tile_gradient`` with free/truncated read from sg, targets by lab, sums by slot.
+
+    With ``weighted`` each entry's residual (hence its whole contribution) is multiplied
+    by pw[t] after the squared residuals are summed.
+    """
+    L = back.shape[0]
+    M = u.shape[0]
+    P = out_w.shape[0]
+    if output_cost:
+        _output_top_pat(out_w, out_b, targets, lab, act[L - 1], sg[L - 1], r, u, nb)
+        n_res = P
+    else:
+        for k in range(M):
+            for t in range(nb):
+                r[k, t] = z[L, k, t] - targets[lab[t], k]
+        n_res = M
+    s = _first_slot(slot, nb, n_slots)
+    while s >= 0:
+        _slot_mask(slot, nb, s, n_slots, wt)
+        sq[s] += _masked_sum_sq(r, n_res, wt, nb)
+        s = _next_slot(slot, nb, s, n_slots)
+    if weighted:
+        for k in range(n_res):
+            for t in range(nb):
+                r[k, t] *= pw[t]
+        if output_cost:
+            for k in range(M):
+                for t in range(nb):
+                    u[k, t] *= pw[t]
+    if not output_cost:
+        _matvec(back[L - 1], r, u, u, wt[:0], _FROM_BIAS, nb)
+    else:
+        s = _first_slot(slot, nb, n_slots)
+        while s >= 0:
+            _slot_mask(slot, nb, s, n_slots, wt)
+            for k in range(M):
+                for t in range(nb):
+                    um[k, t] = act[L - 1, k, t] if sg[L - 1, k, t] > 0.0 else 0.0
+            _masked_outer(r, um, wt, nb, g_ow[s], g_ob[s], 1.0)
+            _masked_outer(u, z[L], wt, nb, g_w[s, L - 1], g_b[s, L - 1], 1.0)
+            s = _next_slot(slot, nb, s, n_slots)
+    for l in range(L - 1, -1, -1):
+        if n_slots == 1:
+            _layer_sums(u, sg[l], z[l], z[l + 1], nb, g_w[0, l], g_b[0, l])
+        else:
+            s = _first_slot(slot, nb, n_slots)
+            while s >= 0:
+                _slot_mask(slot, nb, s, n_slots, wt)
+                for k in range(M):
+                    for t in range(nb):
+                        um[k, t] = wt[t] * u[k, t]
+                _layer_sums(um, sg[l], z[l], z[l + 1], nb, g_w[s, l], g_b[s, l])
+                s = _next_slot(slot, nb, s, n_slots)
+        if l > 0:
+            _back_product(back[l - 1], u, sg[l], u_next, nb)
+            u, u_next = u_next, u
+
+
+@njit(**JIT_OPTIONS)
+def _forward_point_pat(x, pat, cw, cb, edges_t, images, acts):
+    """``forward.forward_point`` through all layers, truncating by the pattern pat (L, n_words)."""
+    L = cw.shape[0]
+    M = x.shape[0]
+    for j in range(M):
+        images[0, j] = x[j]
+    for l in range(L):
+        for k in range(M):
+            s = cb[l, k]
+            for j in range(M):
+                s += cw[l, k, j] * images[l, j]
+            acts[l, k] = s
+        for j in range(M):
+            images[l + 1, j] = images[l, j]
+        for k in range(M):
+            if not ((pat[l, k // 64] >> np.uint64(k % 64)) & np.uint64(1) == np.uint64(1)):
+                a = acts[l, k]
+                for j in range(M):
+                    images[l + 1, j] -= a * edges_t[l, k, j]
+
+
+@njit(**JIT_OPTIONS)
+def subset_preacts_kernel(points, idx, pats, cw, cb, edges_t):
+    """Frozen-pattern pre-activations (n, L, M) of points idx[e] under patterns pats[e] (unpadded arrays)."""
+    n = idx.shape[0]
+    L, M, _ = cw.shape
+    out = np.empty((n, L, M))
+    images = np.empty((L + 1, M))
+    acts = np.empty((L, M))
+    x = np.empty(M)
+    for e in range(n):
+        for j in range(M):
+            x[j] = points[idx[e], j]
+        _forward_point_pat(x, pats[e], cw, cb, edges_t, images, acts)
+        out[e] = acts
+    return out
+
+
+@njit(**JIT_OPTIONS)
+def subset_jvp_kernel(points, idx, pats, cw, cb, edges_t, dcw, dcb, dedges_t):
+    """Frozen-pattern pre-activations a (n, L, M) and their derivatives along a direction.
+
+    (dcw, dcb, dedges_t) is the direction's tangent of (cw, cb, edges_t), one per entry
+    (n, L, M, M), (n, L, M), (n, L, M, M): with dA = -A dW A, dedges_t[e, l] = dA^T.
+    """
+    n = idx.shape[0]
+    L, M, _ = cw.shape
+    a_out = np.empty((n, L, M))
+    d_out = np.empty((n, L, M))
+    z = np.empty(M)
+    dz = np.empty(M)
+    a = np.empty(M)
+    da = np.empty(M)
+    for e in range(n):
+        for j in range(M):
+            z[j] = points[idx[e], j]
+            dz[j] = 0.0
+        for l in range(L):
+            for k in range(M):
+                s = cb[l, k]
+                ds = dcb[e, l, k]
+                for j in range(M):
+                    s += cw[l, k, j] * z[j]
+                    ds += dcw[e, l, k, j] * z[j] + cw[l, k, j] * dz[j]
+                a[k] = s
+                da[k] = ds
+                a_out[e, l, k] = s
+                d_out[e, l, k] = ds
+            for k in range(M):
+                if not ((pats[e, l, k // 64] >> np.uint64(k % 64)) & np.uint64(1) == np.uint64(1)):
+                    for j in range(M):
+                        z[j] -= a[k] * edges_t[l, k, j]
+                        dz[j] -= da[k] * edges_t[l, k, j] + a[k] * dedges_t[e, l, k, j]
+    return a_out, d_out
