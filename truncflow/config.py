@@ -84,7 +84,8 @@ SCHEMA: dict[str, dict[str, str]] = {
     "flow": {
         "kind": '"input" or "output" cost',
         "wrt": '"cumulative", "layers" or "aligned" (init = "aligned"): the parameters that flow',
-        "method": '"rk45", "gd" or "events" (exact, aligned model, input cost)',
+        "method": '"rk45", "gd", "events" (exact, aligned model, input cost) or "kinks" (experimental: '
+                  'locates pattern changes, follows sliding modes)',
         "train": '"all", "weights" or "biases"',
         "frozen_layers": "list of 1-based hidden layers that stay fixed",
         "t_end": "flow time to reach (> 0)",
@@ -128,8 +129,9 @@ _INIT_ONLY = {
     "cum_weights": ("cumulative",), "cum_biases": ("cumulative",),
     "frames": ("aligned",), "scales": ("aligned",), "thresholds": ("aligned",),
 }
-_METHOD_ONLY = {"rtol": ("rk45",), "atol": ("rk45",), "first_step": ("rk45",), "max_step": ("rk45",),
-                "lr": ("gd",), "record_truncation_times": ("events",), "max_evals": ("rk45", "gd")}
+_ADAPTIVE = ("rk45", "kinks")
+_METHOD_ONLY = {"rtol": _ADAPTIVE, "atol": _ADAPTIVE, "first_step": _ADAPTIVE, "max_step": _ADAPTIVE,
+                "lr": ("gd",), "record_truncation_times": ("events",), "max_evals": ("rk45", "gd", "kinks")}
 
 DEFAULT_FOLDER = "truncflow-out"
 
@@ -170,8 +172,8 @@ class RunConfig:
         """One line saying what the job does."""
         kw = self.simulate_kwargs
         ds, p = self.dataset, self.params
-        if kw["method"] == "rk45":
-            how = f"rk45, rtol {kw['rtol']:g}, atol {kw['atol']:g}"
+        if kw["method"] in _ADAPTIVE:
+            how = f"{kw['method']}, rtol {kw['rtol']:g}, atol {kw['atol']:g}"
         elif kw["method"] == "gd":
             how = f"gd, lr {kw['lr']:g}"
         else:
@@ -662,7 +664,7 @@ class _Builder:
             frozen = tuple(int(x) for x in v)
         t_end = self.number(sec, f, "t_end", required=True, positive=True)
         kw = dict(t_end=t_end, kind=kind, wrt=wrt, method=method, train=train, frozen_layers=frozen)
-        if method == "rk45":
+        if method in _ADAPTIVE:
             kw["rtol"] = self.number(sec, f, "rtol", default=1e-6, positive=True)
             kw["atol"] = self.number(sec, f, "atol", default=1e-9, positive=True)
             kw["first_step"] = self.number(sec, f, "first_step", positive=True)
