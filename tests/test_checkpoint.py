@@ -112,3 +112,24 @@ def test_signal_before_the_run_stops_it_after_its_first_record():
     assert guard.received == "SIGINT"
     assert r.status == "interrupted" and r.n_records >= 1 and r.t[0] == 0.0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # handlers restored
+
+
+def test_signal_during_the_exact_solver_keeps_the_records_made():
+    import os
+    import signal
+
+    from problems import one_layer_problem
+
+    params, ds = one_layer_problem()
+    seen = []
+
+    def callback(t, cost):
+        seen.append(t)
+        if len(seen) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    r = tf.simulate(params, ds, 5.0, wrt="aligned", method="events", train="biases", callback=callback)
+    assert r.status == "interrupted" and "SIGTERM" in r.message
+    assert r.n_records == 3 and np.array_equal(r.t, seen)
+    with pytest.raises(ValueError, match="checkpoint applies to method 'rk45' or 'gd'"):
+        tf.simulate(params, ds, 5.0, wrt="aligned", method="events", train="biases", checkpoint="x.ckpt")
