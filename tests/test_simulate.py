@@ -614,8 +614,9 @@ def test_records(kind, wrt):
               "spread": (T, L, Q), "collapse_ratio": (T, L), "n_patterns": (T,), "pattern_changes": (T,),
               "steps_accepted": (T,), "steps_rejected": (T,), "evaluations": (T,),
               "weights": (T, L, M, M), "biases": (T, L, M), "cum_weights": (T, L, M, M), "cum_biases": (T, L, M),
-              "out_weight": (T, P, M), "out_bias": (T, P)}
+              "out_weight": (T, P, M), "out_bias": (T, P), "sliding_points": (T, L, Q)}
     assert set(r.series) == set(shapes)
+    assert not r.sliding_points.any()          # only method="kinks" holds points in sliding modes
     for k, s in shapes.items():
         assert r.series[k].shape == s, k
     assert_close(r.cost_per_cluster.sum(axis=1), r.cost, 1e-13, "cost per cluster")

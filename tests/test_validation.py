@@ -492,3 +492,19 @@ def test_inconsistent_result_file_refused(tmp_path, saved_result, change, patter
     path = _rewrite(tmp_path, entries, **change(entries))
     with pytest.raises(ValueError, match=rf"{path}.*{pattern}"):
         tf.load_result(path)
+
+
+def test_result_file_without_later_series_loads_with_them_filled(tmp_path):
+    """A result written before the sliding_points series existed still loads (zeros)."""
+    import json
+
+    prob_params = tf.Params.from_layers(np.eye(2)[None], np.zeros((1, 2)))
+    ds = tf.Dataset(np.array([[1.0, -1.0], [2.0, 0.5]]), np.array([0, 1]), np.zeros((2, 2)))
+    r = tf.simulate(prob_params, ds, 0.1, method="gd", lr=0.05)
+    path = r.save(tmp_path / "new.npz")
+    with np.load(path) as z:
+        entries = {k: z[k] for k in z.files if k != "sliding_points"}
+    np.savez(tmp_path / "old.npz", **entries)
+    old = tf.load_result(tmp_path / "old.npz")
+    assert old.sliding_points.shape == r.sliding_points.shape and not old.sliding_points.any()
+    assert json.loads(str(entries["__meta__"]))["status"] == old.status

@@ -28,8 +28,10 @@ _SERIES = {
     "spread": "(L, Q)", "collapse_ratio": "(L,)", "n_patterns": "()", "pattern_changes": "()",
     "steps_accepted": "()", "steps_rejected": "()", "evaluations": "()",
     "weights": "(L, M, M)", "biases": "(L, M)", "cum_weights": "(L, M, M)", "cum_biases": "(L, M)",
-    "out_weight": "(P, M)", "out_bias": "(P,)",
+    "out_weight": "(P, M)", "out_bias": "(P,)", "sliding_points": "(L, Q)",
 }
+#: Series added after the first result files: filled in when an older file lacks them.
+_LATER_SERIES = {"sliding_points": lambda s: np.zeros(np.shape(s["truncated_fraction"]), dtype=np.int64)}
 #: Why an optional quantity may be missing from a Result.
 _ABSENT_HINTS = {
     "truncation_times": "they are recorded by method='events' with record_truncation_times=True",
@@ -77,7 +79,10 @@ class Result:
         (points whose activation pattern changed since the previous record; 0 first),
         steps_accepted, steps_rejected, evaluations (T,): counters at each record,
         weights, biases, cum_weights, cum_biases (T, L, M, M) / (T, L, M),
-        out_weight (T, P, M), out_bias (T, P) (P = 0 without output layer);
+        out_weight (T, P, M), out_bias (T, P) (P = 0 without output layer),
+        sliding_points (T, L, Q) int64: points of each cluster held on a hyperplane of
+        each layer in a sliding mode (method="kinks"; 0 for the other methods, and when
+        a file written before this series is loaded);
         aligned runs also ``scales`` and ``thresholds`` (T, L, M), derived from the
         cumulative parameters and the frames.
     Run-level arrays in ``arrays`` (also attributes): "sample_points" (S, M) and
@@ -239,6 +244,9 @@ def load_result(path) -> Result:
             arrays = {k[len(_ARRAY_PREFIX):]: z[k] for k in z.files if k.startswith(_ARRAY_PREFIX)}
         if not isinstance(meta, dict):
             raise ValueError(f"its __meta__ entry is a JSON {type(meta).__name__}, not a table")
+        if "truncated_fraction" in series:
+            for name, fill in _LATER_SERIES.items():
+                series.setdefault(name, fill(series))
         missing = [k for k in ("status", "message") if k not in meta] + [k for k in _SERIES if k not in series]
         if missing:
             raise ValueError(f"{path} is not a complete truncflow result (missing {', '.join(missing)})")
@@ -302,6 +310,7 @@ class Recorder:
             "cum_weights": params.cum_weights, "cum_biases": params.cum_biases,
             "out_weight": params.out_weight if P else np.zeros((0, M)),
             "out_bias": params.out_bias if P else np.zeros(0),
+            "sliding_points": counters.get("sliding", np.zeros(obs.truncated_fraction.shape, dtype=np.int64)),
         }
         if params.is_aligned:
             self.arrays.setdefault("frames", np.array(params.frames))
