@@ -3,11 +3,19 @@
     python bench/work_precision.py small            # (a) N = 16..64 with sliding modes
     python bench/work_precision.py clusters         # (b) N = 2e4, three clusters, M = 4, L = 2, layer flow, t = 5
     python bench/work_precision.py default          # (c) the README's default job (150,000 points, t = 60)
-    options: --rtols 1e-4,1e-6,...  --max-time S (per run)  --out DIR
+    options: --rtols 1e-4,1e-6,...  --rk-rtols ...  --lrs ...  --max-time S  --max-evals N (per run)
+             --seeds seed:kind:N,...  (small)   --n N  --ref-rtol R  --ref-bulk  (clusters)  --out DIR
+
+    e.g. the runs behind bench/WORK_PRECISION.md:
+    NUMBA_NUM_THREADS=1 python bench/work_precision.py small --seeds 0:input:32,1:output:32,2:input:16,3:output:64 \
+        --lrs 4e-3,2e-3,1e-3,5e-4,2.5e-4 --max-time 60 --max-evals 300000 --out bench/work_precision
+    python bench/work_precision.py clusters --n 20000 --rtols 1e-4,1e-5,1e-6,1e-7 --rk-rtols 1e-4,1e-5,1e-6,1e-7 \
+        --lrs 2e-2,1e-2,5e-3 --ref-rtol 1e-8 --ref-bulk --max-time 150 --out bench/work_precision
 
 Methods: method="kinks" at several tolerances, method="rk45" at several tolerances,
 gradient descent at several step sizes. Reference: method="kinks" locating every
-crossing (``kinks.BULK = False``) at the tightest tolerance, cross-checked by gradient
+crossing (``kinks.BULK = False``) at the tightest tolerance (with ``--ref-bulk``: bulk
+correction allowed, for large N where locating ~1e5 crossings one by one is unaffordable), cross-checked by gradient
 descent converging to it at first order as the step halves (the GD errors and their
 observed order are printed). Error: max-abs over the final parameters (layer form).
 Writes DIR/work_precision_<case>.json and .png.
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,20 +56,26 @@ def final(r):
                            r.out_bias[-1].ravel()])
 
 
+MAX_EVALS = None
+
+
 def run(params, ds, t_end, max_time, **kw):
     t0 = time.perf_counter()
-    r = tf.simulate(params, ds, t_end, record_times=[t_end], max_time=max_time, **kw)
+    r = tf.simulate(params, ds, t_end, record_times=[t_end], max_time=max_time, max_evals=MAX_EVALS, **kw)
     wall = time.perf_counter() - t0
     return r, wall
 
 
-def case(name, params, ds, t_end, rtols, rk_rtols, lrs, ref_rtol, max_time, sim_kw, out):
+def case(name, params, ds, t_end, rtols, rk_rtols, lrs, ref_rtol, max_time, sim_kw, out, ref_bulk=False):
     rows = []
-    print(f"== {name}: N = {ds.n_points}, t_end = {t_end}", flush=True)
-    kinks.BULK = False
+    load0 = os.getloadavg()
+    print(f"== {name}: N = {ds.n_points}, t_end = {t_end}, load average {load0[0]:.2f}", flush=True)
+    kinks.BULK = ref_bulk
     ref, wall = run(params, ds, t_end, None, method="kinks", rtol=ref_rtol, atol=ref_rtol * 1e-2, **sim_kw)
     kinks.BULK = True
-    print(f"reference: kinks, every crossing located, rtol {ref_rtol}: {ref.status} evals {ref.evaluations[-1]} "
+    ref_row = dict(status=ref.status, evaluations=int(ref.evaluations[-1]), wall=wall, bulk=ref_bulk,
+                   kinks=ref.config.get("kinks"))
+    print(f"reference: kinks, {'bulk correction' if ref_bulk else 'every crossing located'}, rtol {ref_rtol}: {ref.status} evals {ref.evaluations[-1]} "
           f"{wall:.1f}s {ref.config['kinks']}", flush=True)
     yref = final(ref)
 
@@ -84,12 +99,17 @@ def case(name, params, ds, t_end, rtols, rk_rtols, lrs, ref_rtol, max_time, sim_
         r, wall = run(params, ds, t_end, max_time, method="gd", lr=lr, **sim_kw)
         add(f"gd lr {lr:g}", "gd", lr, r, wall)
         gd.append(rows[-1]["error"])
+    gd_order = None
     if len(gd) >= 2 and all(np.isfinite(gd)) and min(gd) > 0:
-        order = np.polyfit(np.log(lrs), np.log(gd), 1)[0]
+        gd_order = order = float(np.polyfit(np.log(lrs), np.log(gd), 1)[0])
         print(f"gradient descent -> reference: observed order {order:.2f} (errors {', '.join(f'{e:.2e}' for e in gd)})")
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"work_precision_{name}.json").write_text(json.dumps(dict(case=name, reference_rtol=ref_rtol,
-                                                                      rows=rows), indent=1))
+    load1 = os.getloadavg()
+    (out / f"work_precision_{name}.json").write_text(json.dumps(dict(
+        case=name, n_points=int(ds.n_points), t_end=t_end, reference_rtol=ref_rtol, reference=ref_row,
+        reference_final=yref.tolist(),
+        gd_order=gd_order, load_average_before=load0, load_average_after=load1, cpus=os.cpu_count(),
+        rows=rows), indent=1, default=float))
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -120,18 +140,31 @@ def main(argv=None):
     ap.add_argument("--rtols", default=None)
     ap.add_argument("--max-time", type=float, default=600.0)
     ap.add_argument("--out", default="bench/out")
+    ap.add_argument("--max-evals", type=int, default=None, help="per run (a stalled run stops there)")
+    ap.add_argument("--seeds", default="0:input:32,1:output:32",
+                    help="small case: seed:kind:N,... (N = 16..64)")
+    ap.add_argument("--n", type=int, default=20000, help="clusters case: number of points")
+    ap.add_argument("--ref-rtol", type=float, default=None)
+    ap.add_argument("--ref-bulk", action="store_true", help="reference with bulk correction (large N)")
+    ap.add_argument("--rk-rtols", default=None)
+    ap.add_argument("--lrs", default=None)
     a = ap.parse_args(argv)
+    global MAX_EVALS
+    MAX_EVALS = a.max_evals
     out = Path(a.out)
     parse = lambda s, d: [float(v) for v in s.split(",")] if s else d
     if a.case == "small":
-        for seed, kind in ((0, "input"), (1, "output")):
-            p, ds = small_problem(seed, kind=kind)
-            case(f"small_{kind}_{seed}", p, ds, 3.0, parse(a.rtols, [1e-4, 1e-6, 1e-8, 1e-10]), [1e-4, 1e-6, 1e-8],
-                 [4e-3, 2e-3, 1e-3, 5e-4], 1e-12, a.max_time, dict(kind=kind, wrt="layers"), out)
+        for spec in a.seeds.split(","):
+            seed, kind, n = spec.split(":")
+            p, ds = small_problem(int(seed), N=int(n), kind=kind)
+            case(f"small_{kind}_{seed}_N{n}", p, ds, 3.0, parse(a.rtols, [1e-4, 1e-6, 1e-8, 1e-10]),
+                 parse(a.rk_rtols, [1e-4, 1e-6, 1e-8]), parse(a.lrs, [4e-3, 2e-3, 1e-3, 5e-4]),
+                 a.ref_rtol or 1e-12, a.max_time, dict(kind=kind, wrt="layers"), out)
     elif a.case == "clusters":
-        p, ds = clusters_problem()
-        case("clusters", p, ds, 5.0, parse(a.rtols, [1e-4, 1e-5, 1e-6]), [1e-4, 1e-6], [2e-2, 1e-2], 1e-7,
-             a.max_time, dict(wrt="layers"), out)
+        p, ds = clusters_problem(N=a.n)
+        case(f"clusters_N{a.n}", p, ds, 5.0, parse(a.rtols, [1e-4, 1e-5, 1e-6]), parse(a.rk_rtols, [1e-4, 1e-6]),
+             parse(a.lrs, [2e-2, 1e-2]), a.ref_rtol or 1e-7, a.max_time, dict(wrt="layers"), out,
+             ref_bulk=a.ref_bulk)
     else:
         from truncflow.config import load_config
         cfg = load_config(None)

@@ -245,3 +245,43 @@ def test_records_and_result_fields():
                 "event_steps", "stepper"):
         assert key in r.config["kinks"]
     assert r.arrays["sliding_intervals"].shape[1] == 5
+
+
+@pytest.mark.parametrize("kind", ["input", "output"])
+@pytest.mark.parametrize("wrt", ["cumulative", "layers", "aligned"])
+def test_batched_gradient_vectors_match_one_by_one(kind, wrt):
+    p, ds = small(4, N=10, M=3, L=3, kind=kind)
+    if wrt == "aligned":
+        frames = np.stack([np.linalg.qr(np.random.default_rng(l).standard_normal((3, 3)))[0] for l in range(3)])
+        p = tf.Params.aligned(frames, np.full((3, 3), 0.8), p.cum_biases, p.out_weight, p.out_bias)
+    prob = FlowProblem(p, ds, kind=kind, wrt=wrt)
+    pieces = _Pieces(prob)
+    at = pieces.at(prob.pack(p))
+    rng = np.random.default_rng(1)
+    S, L, Mp = 5, p.n_layers, at.tiles[1].shape[1]
+    P = at.tiles[5].shape[0]
+    gw, gb = rng.standard_normal((S, L, Mp, Mp)), rng.standard_normal((S, L, Mp))
+    gow, gob = rng.standard_normal((S, P, Mp)), rng.standard_normal((S, P))
+    batched = pieces._vectors(at.params, gw, gb, gow, gob)
+    single = np.stack([pieces._vector(at.params, gw[s], gb[s], gow[s], gob[s]) for s in range(S)])
+    np.testing.assert_allclose(batched, single, rtol=1e-13, atol=1e-15)
+
+
+def test_records_count_the_sliding_points():
+    """sliding_points (T, L, Q) at each record = the (point, layer) pairs inside a sliding interval."""
+    p, ds = small(1)
+    r = tf.simulate(p, ds, 3.0, wrt="layers", method="kinks", rtol=1e-8, atol=1e-10,
+                    record_times=np.linspace(0.0, 3.0, 301))
+    iv = r.arrays["sliding_intervals"]
+    assert iv.shape[0] >= 1 and r.sliding_points.shape == (r.n_records, p.n_layers, ds.n_clusters)
+    checked = 0
+    for t, counts in zip(r.t, r.sliding_points):
+        if np.any(np.isclose(t, iv[:, 3:5], rtol=0, atol=1e-12)):
+            continue                       # a record at an entry or exit: either side is right
+        inside = iv[(iv[:, 3] <= t) & (t < iv[:, 4])]
+        expected = np.zeros_like(counts)
+        for i, l in {(int(a), int(b)) for a, b in inside[:, :2]}:
+            expected[l, ds.labels[i]] += 1
+        assert np.array_equal(counts, expected), t
+        checked += int(counts.sum() > 0)
+    assert checked >= 1                    # some record fell inside a sliding interval

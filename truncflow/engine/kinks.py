@@ -185,7 +185,40 @@ class _Pieces:
         gw, gb, gow, gob = subset_gradient_kernel(self.ds.points, self.ds.labels, np.asarray(idx, np.int64),
                                                   np.ascontiguousarray(pats), np.asarray(weights, np.float64),
                                                   np.asarray(slots, np.int64), *at.tiles, self.output, n_slots)
-        return np.stack([self._vector(at.params, gw[s], gb[s], gow[s], gob[s]) for s in range(n_slots)])
+        if n_slots == 1:
+            return self._vector(at.params, gw[0], gb[0], gow[0], gob[0])[None]
+        return self._vectors(at.params, gw, gb, gow, gob)
+
+    def _vectors(self, params, gw, gb, gow, gob):
+        """``_vector`` for a stack of S slots at once, (S, size): the same linear maps, batched."""
+        N, M, L = self.N, self.M, self.L
+        S = gw.shape[0]
+        w = gw[:, :, :M, :M] / N
+        b = gb[:, :, :M] / N
+        wrt = self.problem.wrt
+        if wrt == "layers":
+            # compute.cumulative_to_layer_gradient on every slot
+            gwl = np.empty((S, L, M, M))
+            gbl = np.empty((S, L, M))
+            G_bar, B_bar = w[:, L - 1].copy(), b[:, L - 1].copy()
+            for l in range(L - 1, -1, -1):
+                if l > 0:
+                    gwl[:, l] = (G_bar @ params.cum_weights[l - 1].T
+                                 + B_bar[:, :, None] * params.cum_biases[l - 1][None, None, :])
+                else:
+                    gwl[:, l] = G_bar
+                gbl[:, l] = B_bar
+                if l > 0:
+                    Wt = params.weights[l].T
+                    G_bar = w[:, l - 1] + Wt[None] @ G_bar
+                    B_bar = b[:, l - 1] + B_bar @ params.weights[l]
+            w, b = gwl, gbl
+        elif wrt == "aligned":
+            w = aligned_scale_gradient(params, w)
+        parts = [w.reshape(S, -1), b.reshape(S, -1)]
+        if self.output:
+            parts += [(gow[:, :, :M] / N).reshape(S, -1), (gob / N).reshape(S, -1)]
+        return np.concatenate(parts, axis=1) * self.problem.mask[None, :]
 
     def jumps(self, at, coords):
         """(size, n) columns d_j = contribution with coordinate j free minus truncated (others as now)."""
@@ -290,7 +323,7 @@ class _Stats(dict):
     def __init__(self, stepper):
         super().__init__(stepper=stepper, events_located=0, sliding_entries=0, sliding_exits=0,
                          corrected_crossings=0, bulk_steps=0, event_steps=0, shortened_steps=0,
-                         projections=0, unresolved_crossings=0, max_crossings_per_step=0)
+                         projections=0, unresolved_crossings=0, late_crossings=0, max_crossings_per_step=0)
 
 
 def run_kinks(problem, t_end, schedule, recorder, opts, rules, callback, guard=None):
@@ -340,10 +373,21 @@ class _Kinks:
         try:
             cost, gn = self.rec_fun.at(y)
             self.counters["evaluations"] = self.problem.n_evaluations
+            self.counters["sliding"] = self._sliding_counts()
             self.recorder.record(float(t), self.problem.unpack(y), gn, self.counters)
         finally:
             if self.guard is not None:
                 self.guard.armed = armed
+
+    def _sliding_counts(self):
+        """(L, Q) int64: points of each cluster held on a hyperplane of each layer (sliding)."""
+        L, Q = self.problem.params.n_layers, self.problem.dataset.n_clusters
+        counts = np.zeros((L, Q), dtype=np.int64)
+        pieces = getattr(self, "pieces", None)
+        if pieces is not None and pieces.sliding:
+            pairs = np.array(sorted({(c[0], c[1]) for c in pieces.sliding}), dtype=np.int64)
+            np.add.at(counts, (pairs[:, 1], self.problem.dataset.labels[pairs[:, 0]]), 1)
+        return counts
 
     def start(self, t, y, h):
         if t >= self.t_end:
@@ -476,7 +520,7 @@ class _Kinks:
         # sliding exits: earliest time s_j leaves [0, 1]
         t_exit, j_exit, side_exit = self._exit_time(exits, dense, t0, t1) if exits else (np.inf, None, None)
         n_cross = len(segs)
-        t_first = min((s[2] for s in segs), default=np.inf)
+        t_first = min((s[3] for s in segs), default=np.inf)
         if t_exit <= t_first:
             return self._event_exit(dense, t_exit, j_exit, side_exit, t0, h)
         if n_cross:
@@ -486,15 +530,16 @@ class _Kinks:
             # ||J|| ||q1|| passes the stepper's error test (||J|| the larger of a secant estimate
             # along the step and ||J q1|| / ||q1||), and when no crossing is of the sliding kind
             # (its own jump turning its pre-activation back): those are located.
-            delta, q1, q2 = self._bulk_delta(segs, nodes_t, nodes_y, t0, t1, t1, moments=True)
+            delta, q1 = self._bulk_delta(segs, nodes_t, nodes_y, t0, t1, t1, moments=True)
             jq1 = self._frozen_difference(y1, q1) if BULK else q1 * np.nan
             n1 = np.linalg.norm(q1)
             r = max(np.linalg.norm(jq1) / n1 if n1 > 0 else 0.0, self._secant(ya, y1))
             err = self.err_norm(r * q1, ya, y1)
+            expo = 1.0 / 3.0
             ok = bool(np.all(np.isfinite(jq1)))
             if BULK and ok and (err <= BULK_BUDGET or n_cross > _EVENT_MAX):
                 slide = self._sliding_kind(segs, y1)
-                grow = 0.9 * (BULK_BUDGET / err) ** (1.0 / 3.0) if err > 0 else 10.0
+                grow = 0.9 * (BULK_BUDGET / err) ** expo if err > 0 else 10.0
                 if err <= BULK_BUDGET and not slide.any():
                     h_next = min(self.solver.h_abs, h * grow)
                     return self._bulk_accept(segs, final_pats, cand, nodes_t, nodes_y, dense, t0, t1, y1,
@@ -508,7 +553,7 @@ class _Kinks:
                     # check the estimate on [t0, t_u] itself: q1 there is int (t_u - s) jumps ds
                     for _ in range(8):
                         segs_u = [sg for sg in segs if sg[3] < t_u]
-                        d_u, m_u, _ = self._bulk_delta(segs_u, nodes_t, nodes_y, t0, t1, t_u, moments=True)
+                        d_u, m_u = self._bulk_delta(segs_u, nodes_t, nodes_y, t0, t1, t_u, moments=True)
                         if self.err_norm(r * (m_u - (t1 - t_u) * d_u), ya, y1) <= BULK_BUDGET:
                             break
                         t_u = t0 + 0.5 * (t_u - t0)
@@ -602,23 +647,26 @@ class _Kinks:
             slope = slope.reshape(m, LM)
             c = roots.argmin(axis=1)
             x = roots[np.arange(m), c]
-            nxt = []
-            for r in np.flatnonzero(np.isfinite(x)):
-                e = active[r]
-                l, k = divmod(int(c[r]), M)
-                pats[e] = _set_bit(pats[e], l, k, not _bit(pats[e], l, k))
-                segs.append((int(cand[e]), l, k, t0 + (x[r] + 1) * h / 2, pats[e].copy(), float(x[r]),
-                             float(slope[r, c[r]])))
-                start[e] = x[r]
-                just[e] = c[r]
-                nxt.append(e)
-            active = np.array(nxt, dtype=np.int64)
+            rr = np.flatnonzero(np.isfinite(x))
+            e_ = active[rr]
+            cc = c[rr]
+            ll, kk = np.divmod(cc, M)
+            pats[e_, ll, kk // 64] ^= np.left_shift(np.uint64(1), (kk % 64).astype(np.uint64))
+            after = pats[e_]                                  # a copy (fancy indexing)
+            taus = t0 + (x[rr] + 1) * h / 2
+            sl = slope[rr, cc]
+            segs.extend(zip(cand[e_].tolist(), ll.tolist(), kk.tolist(), taus.tolist(), after,
+                            x[rr].tolist(), sl.tolist()))
+            start[e_] = x[rr]
+            just[e_] = cc
+            active = e_.astype(np.int64)
         segs.sort(key=lambda s: s[3])
         return segs, pats
 
     # -------------------------------------------------------------- bulk mode
     def _bulk_delta(self, segs, nodes_t, nodes_y, t0, t1, upper, moments=False):
-        """Integral over the step (up to ``upper``) of the crossings' velocity jumps (and their moment)."""
+        """(delta, q1): the integral over the step (up to ``upper``) of the crossings' velocity jumps,
+        and (``moments``) its first moment q1 = int (t1 - s) jumps ds (None otherwise)."""
         pc = self.pieces
         q = self.quad
         h = t1 - t0
@@ -642,7 +690,7 @@ class _Kinks:
                 sign += [1.0, -1.0]
         size = self.problem.size
         if not idx:
-            return (np.zeros(size),) * (3 if moments else 2)
+            return np.zeros(size), (np.zeros(size) if moments else None)
         idx = np.array(idx, np.int64)
         pats = np.array(pats, np.uint64)
         xa, xb, sign = np.array(xa), np.array(xb), np.array(sign)
@@ -651,22 +699,17 @@ class _Kinks:
         slots = np.zeros(idx.size, np.int64)
         if moments:
             W1 = q.moment_weights(xa, xb, 1) * (h / 2) ** 2 * sign[:, None]
-            W2 = q.moment_weights(xa, xb, 2) * (h / 2) ** 3 * sign[:, None]
-            q1, q2 = np.zeros(size), np.zeros(size)
+            q1 = np.zeros(size)
         for kk, y in enumerate(nodes_y):
             at = pc.at(y)
             if moments:
-                g3 = pc.subset(at, np.concatenate([idx, idx, idx]), np.concatenate([pats, pats, pats]),
-                               np.concatenate([W[:, kk], W1[:, kk], W2[:, kk]]),
-                               np.concatenate([slots, slots + 1, slots + 2]), 3)
-                delta -= self._project_velocity(g3[0])
-                q1 -= self._project_velocity(g3[1])
-                q2 -= self._project_velocity(g3[2])
+                g2 = pc.subset(at, np.concatenate([idx, idx]), np.concatenate([pats, pats]),
+                               np.concatenate([W[:, kk], W1[:, kk]]), np.concatenate([slots, slots + 1]), 2)
+                delta -= self._project_velocity(g2[0])
+                q1 -= self._project_velocity(g2[1])
             else:
                 delta -= self._project_velocity(pc.subset(at, idx, pats, W[:, kk], slots, 1)[0])
-        if moments:
-            return delta, q1, q2
-        return delta, None
+        return delta, (q1 if moments else None)
 
     def _project_velocity(self, g):
         """A gradient change's effect on the velocity: itself, projected off the sliding normals."""
@@ -692,11 +735,11 @@ class _Kinks:
         n = len(segs)
         idx = np.array([s_[0] for s_ in segs], np.int64)
         new = np.array([s_[4] for s_ in segs], np.uint64)
-        old = np.array([pc.pat[s_[0]] for s_ in segs], np.uint64)
         # the jump of each crossing point alone, from its pattern before to after this crossing
         before = new.copy()
-        for e, s_ in enumerate(segs):
-            before[e] = _set_bit(new[e], s_[1], s_[2], not _bit(new[e], s_[1], s_[2]))
+        ls = np.array([s_[1] for s_ in segs], np.int64)
+        ks = np.array([s_[2] for s_ in segs], np.int64)
+        before[np.arange(n), ls, ks // 64] ^= np.left_shift(np.uint64(1), (ks % 64).astype(np.uint64))
         at = pc.at(y)
         ent_idx = np.repeat(idx, 2)
         ent_pat = np.empty((2 * n,) + new.shape[1:], np.uint64)
@@ -704,9 +747,10 @@ class _Kinks:
         jumps = pc.subset(at, ent_idx, ent_pat, np.tile([-1.0, 1.0], n), np.repeat(np.arange(n), 2), n)
         jumps = np.stack([self._project_velocity(j) for j in jumps]) if pc.sliding else jumps
         _, da = pc.jvp(at, idx, new, jumps)
-        own = np.array([da[e, s_[1], s_[2]] for e, s_ in enumerate(segs)])
+        own = da[np.arange(n), ls, ks]
         slope = np.array([s_[6] for s_ in segs])
-        return slope * (slope + own) <= 0.0
+        kind = slope * (slope + own) <= 0.0
+        return kind
 
     def _frozen_difference(self, y1, q):
         """J q: the change of the frozen (pre-crossing) velocity from y1 to y1 + q (one evaluation)."""
