@@ -184,7 +184,7 @@ def test_random_signals_through_the_command_line(compiled, tmp_path, method):
         assert t_ck == pytest.approx(result.t[-1], rel=1e-12, abs=0)
 
 
-def test_signal_while_writing_the_result_leaves_whole_files(compiled, tmp_path, monkeypatch):
+def test_signal_while_writing_the_result_leaves_whole_files(compiled, tmp_path, monkeypatch, capsys):
     """SIGINT twice while the result file is being written: the file is complete, exit 130."""
     import truncflow._files as files
 
@@ -202,6 +202,7 @@ def test_signal_while_writing_the_result_leaves_whole_files(compiled, tmp_path, 
     monkeypatch.setattr("truncflow.engine.record.atomic_savez", interrupting)
     code = main(["run", str(config), "--out", str(tmp_path / "o"), "--quiet"])
     assert code == 130 and calls
+    assert "while saving" in capsys.readouterr().err
     result = tf.load_result(tmp_path / "o" / "result.npz")   # whole: it loads, every series complete
     assert result.status == "t_end" and result.n_records > 2
     assert not list((tmp_path / "o").glob(".*.tmp"))

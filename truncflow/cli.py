@@ -171,9 +171,14 @@ def _run(args) -> int:
             print(f"wrote {label}: {path}")
     if guard.received is not None or result.status == "interrupted":
         from .engine.control import SIGNAL_EXIT_CODES
-        print(f"{PROG}: interrupted ({guard.received or 'SIGINT'}) at t = {result.t[-1]:.6g}; what was recorded is in "
-              f"{folder} (continue with '{PROG} run --resume {folder}')", file=sys.stderr)
-        return SIGNAL_EXIT_CODES.get(guard.received, 130)
+        signal_name = guard.received or "SIGINT"
+        if result.status == "interrupted":
+            print(f"{PROG}: interrupted ({signal_name}) at t = {result.t[-1]:.6g}; what was recorded is in "
+                  f"{folder} (continue with '{PROG} run --resume {folder}')", file=sys.stderr)
+        else:   # the signal came after the run, while its files were written: they are whole
+            print(f"{PROG}: interrupted ({signal_name}) while saving; the run had stopped ({result.status}) and "
+                  f"its results are complete in {folder}", file=sys.stderr)
+        return SIGNAL_EXIT_CODES.get(signal_name, 130)
     if not result.success:
         print(f"{PROG}: run stopped: {result.status} ({_one_line(result.message)}); "
               f"what was recorded is in {folder}", file=sys.stderr)
