@@ -133,3 +133,25 @@ def test_signal_during_the_exact_solver_keeps_the_records_made():
     assert r.n_records == 3 and np.array_equal(r.t, seen)
     with pytest.raises(ValueError, match="checkpoint applies to method 'rk45' or 'gd'"):
         tf.simulate(params, ds, 5.0, wrt="aligned", method="events", train="biases", checkpoint="x.ckpt")
+
+
+def test_runs_in_worker_threads_do_not_share_signal_state():
+    """Two flows in threads (no handlers there: signals reach the main thread only) finish
+    independently and leave the main thread's handlers untouched."""
+    import signal
+    import threading
+
+    params, ds = problem("input")
+    results = {}
+
+    def run(name):
+        results[name] = tf.simulate(params, ds, 0.5, method="gd", lr=0.01)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["a"].status == results["b"].status == "t_end"
+    assert np.array_equal(results["a"].cost, results["b"].cost)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

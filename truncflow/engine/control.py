@@ -47,6 +47,7 @@ class SignalGuard:
         self.received: str | None = None
         self._previous = {}
         self._outer = None
+        self._registered = False
         self.armed = True
 
     def _note(self, signum, frame):
@@ -54,12 +55,13 @@ class SignalGuard:
             self.received = signal.Signals(signum).name
 
     def __enter__(self) -> "SignalGuard":
+        self._registered = threading.current_thread() is threading.main_thread()
+        if not self._registered:       # signals are delivered to the main thread only: nothing to note
+            return self
         self._outer = SignalGuard._active
         if self._outer is not None:
             self.received = self._outer.received
-            SignalGuard._active = self
-            return self
-        if threading.current_thread() is threading.main_thread():
+        else:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._note_active)
         SignalGuard._active = self
@@ -73,6 +75,8 @@ class SignalGuard:
             guard = guard._outer
 
     def __exit__(self, *exc) -> bool:
+        if not self._registered:
+            return False
         SignalGuard._active = self._outer
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
