@@ -112,14 +112,13 @@ def load_checkpoint(path, expected: dict, method: str) -> tuple[dict, dict]:
         raise ValueError(f"{path} is not a truncflow checkpoint (not an .npz file)")
     try:
         with np.load(path, allow_pickle=False) as z:
-            if "__checkpoint__" not in z.files:
-                raise ValueError(f"{path} is not a truncflow checkpoint (no __checkpoint__ entry)")
-            meta = json.loads(str(z["__checkpoint__"]))
-            arrays = {k: z[k] for k in z.files if k != "__checkpoint__"}
-    except ValueError:
-        raise
+            names = z.files
+            meta = json.loads(str(z["__checkpoint__"])) if "__checkpoint__" in names else None
+            arrays = {k: z[k] for k in names if k != "__checkpoint__"}
     except Exception as exc:  # corrupt file
         raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("state"), dict):
+        raise ValueError(f"{path} is not a truncflow checkpoint (no valid __checkpoint__ entry)")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {path} has format {meta.get('format')!r}; this truncflow reads "
                          f"format {CHECKPOINT_FORMAT}")
