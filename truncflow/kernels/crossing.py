@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from .config import JIT_OPTIONS, JIT_OPTIONS_REDUCTION
 from .gradient import (TILE, _FROM_BIAS, _FROM_SRC, _back_product, _first_slot, _layer_sums, _masked_outer,
-                       _masked_sum_sq, _matvec, _next_slot, _slot_mask)
+                       _masked_sum_sq, _matvec, _next_slot, _slot_mask, _tile_gradient)
 
 
 @njit(parallel=True, **JIT_OPTIONS_REDUCTION)
@@ -57,8 +57,8 @@ def frozen_gradient_kernel(points, labels, patterns, targets, cw, cb, inv, back,
             _load_gather(points, labels, idx, nb, z[0], lab)
             _forward_tile_pat(cw, cb, inv, patterns, idx, z, act, sg, cn, nb)
             _mismatch(act, sg, idx, nb, points.shape[1], mismatch)
-            _tile_gradient_pat(back, targets, out_w, out_b, output_cost, n_slots, z, act, sg, lab, lab, pw, False,
-                               nb, u, u_next, um, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
+            _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, sg, lab, lab, pw, False,
+                           nb, u, u_next, um, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
     return sq, g_w, g_b, g_ow, g_ob, mismatch
 
 
@@ -97,8 +97,8 @@ def subset_gradient_kernel(points, labels, idx, pats, weights, slots, targets, c
                     tpat[t, l, w] = pats[start + t, l, w]
         _load_gather(points, labels, tidx, nb, z[0], lab)
         _forward_tile_pat(cw, cb, inv, tpat, local, z, act, sg, cn, nb)
-        _tile_gradient_pat(back, targets, out_w, out_b, output_cost, n_slots, z, act, sg, lab, slot, pw, True,
-                           nb, u, u_next, um, r, wt, sq, g_w, g_b, g_ow, g_ob)
+        _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, sg, lab, slot, pw, True,
+                       nb, u, u_next, um, r, wt, sq, g_w, g_b, g_ow, g_ob)
     return g_w, g_b, g_ow, g_ob
 
 
@@ -154,88 +154,6 @@ def _mismatch(act, sg, idx, nb, m_true, out):
             for t in range(nb):
                 if (act[l, k, t] > 0.0) != (sg[l, k, t] > 0.0):
                     out[idx[t]] = 1
-
-
-@njit(**JIT_OPTIONS_REDUCTION)
-def _output_top_pat(out_w, out_b, targets, lab, act_last, sg_last, r, h, nb):
-    """``gradient._output_top`` with x^(L) = a on free (by pattern) coordinates, 0 elsewhere."""
-    P, M = out_w.shape
-    for p in range(P):
-        for t in range(nb):
-            r[p, t] = out_b[p] - targets[lab[t], p]
-        for j in range(M):
-            w = out_w[p, j]
-            for t in range(nb):
-                if sg_last[j, t] > 0.0:
-                    r[p, t] += w * act_last[j, t]
-    for j in range(M):
-        for t in range(nb):
-            h[j, t] = 0.0
-        for p in range(P):
-            w = out_w[p, j]
-            for t in range(nb):
-                h[j, t] += w * r[p, t]
-
-
-@njit(**JIT_OPTIONS_REDUCTION)
-def _tile_gradient_pat(back, targets, out_w, out_b, output_cost, n_slots, z, act, sg, lab, slot, pw, weighted,
-                       nb, u, u_next, um, r, wt, sq, g_w, g_b, g_ow, g_ob):
-    """``gradient._tile_gradient`` with free/truncated read from sg, targets by lab, sums by slot.
-
-    With ``weighted`` each entry's residual (hence its whole contribution) is multiplied
-    by pw[t] after the squared residuals are summed.
-    """
-    L = back.shape[0]
-    M = u.shape[0]
-    P = out_w.shape[0]
-    if output_cost:
-        _output_top_pat(out_w, out_b, targets, lab, act[L - 1], sg[L - 1], r, u, nb)
-        n_res = P
-    else:
-        for k in range(M):
-            for t in range(nb):
-                r[k, t] = z[L, k, t] - targets[lab[t], k]
-        n_res = M
-    s = _first_slot(slot, nb, n_slots)
-    while s >= 0:
-        _slot_mask(slot, nb, s, n_slots, wt)
-        sq[s] += _masked_sum_sq(r, n_res, wt, nb)
-        s = _next_slot(slot, nb, s, n_slots)
-    if weighted:
-        for k in range(n_res):
-            for t in range(nb):
-                r[k, t] *= pw[t]
-        if output_cost:
-            for k in range(M):
-                for t in range(nb):
-                    u[k, t] *= pw[t]
-    if not output_cost:
-        _matvec(back[L - 1], r, u, u, wt[:0], _FROM_BIAS, nb)
-    else:
-        s = _first_slot(slot, nb, n_slots)
-        while s >= 0:
-            _slot_mask(slot, nb, s, n_slots, wt)
-            for k in range(M):
-                for t in range(nb):
-                    um[k, t] = act[L - 1, k, t] if sg[L - 1, k, t] > 0.0 else 0.0
-            _masked_outer(r, um, wt, nb, g_ow[s], g_ob[s], 1.0)
-            _masked_outer(u, z[L], wt, nb, g_w[s, L - 1], g_b[s, L - 1], 1.0)
-            s = _next_slot(slot, nb, s, n_slots)
-    for l in range(L - 1, -1, -1):
-        if n_slots == 1:
-            _layer_sums(u, sg[l], z[l], z[l + 1], nb, g_w[0, l], g_b[0, l])
-        else:
-            s = _first_slot(slot, nb, n_slots)
-            while s >= 0:
-                _slot_mask(slot, nb, s, n_slots, wt)
-                for k in range(M):
-                    for t in range(nb):
-                        um[k, t] = wt[t] * u[k, t]
-                _layer_sums(um, sg[l], z[l], z[l + 1], nb, g_w[s, l], g_b[s, l])
-                s = _next_slot(slot, nb, s, n_slots)
-        if l > 0:
-            _back_product(back[l - 1], u, sg[l], u_next, nb)
-            u, u_next = u_next, u
 
 
 @njit(**JIT_OPTIONS)

@@ -73,8 +73,8 @@ def gradient_kernel(points, labels, targets, cw, cb, inv, back, out_w, out_b, ou
             nb = min(TILE, stop - start)
             _load_tile(points, labels, start, nb, z[0], lab)
             _forward_tile(cw, cb, inv, z, act, cn, nb)
-            _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, lab, nb,
-                           u, u_next, um, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
+            _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, act, lab, lab, wt, False,
+                           nb, u, u_next, um, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
     return sq, g_w, g_b, g_ow, g_ob
 
 
@@ -105,9 +105,15 @@ def _load_tile(points, labels, start, nb, z0, lab):
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
-def _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, lab, nb,
-                   u, u_next, um, r, wt, sq, g_w, g_b, g_ow, g_ob):
+def _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, sg, lab, slot, pw, weighted,
+                   nb, u, u_next, um, r, wt, sq, g_w, g_b, g_ow, g_ob):
     """The tile's residuals and reverse sweep (section 6), accumulated per slot.
+
+    Which rows are free is read from ``sg`` (> 0: free): ``sg = act`` for the true
+    patterns, or a tile of +-1 for patterns given as input (``kernels.crossing``).
+    Targets are picked by ``lab``, sums go to slot ``slot[t]`` (``slot = lab`` for a
+    per-cluster split). With ``weighted`` each point's residual, hence its whole
+    contribution, is multiplied by ``pw[t]`` after the squared residuals are summed.
 
     back (L, M, M) from ``compute.tile_arrays``; z, act from ``_forward_tile``; u,
     u_next, um (M, T), r (max(M, P), T), wt (T,) scratch; sq (S,), g_w (S, L, M, M),
@@ -123,42 +129,52 @@ def _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, la
     M = u.shape[0]
     P = out_w.shape[0]
     if output_cost:
-        _output_top(out_w, out_b, targets, lab, act[L - 1], r, u, nb)
+        _output_top(out_w, out_b, targets, lab, act[L - 1], sg[L - 1], r, u, nb)
         n_res = P
     else:
         for k in range(M):
             for t in range(nb):
                 r[k, t] = z[L, k, t] - targets[lab[t], k]
-        _matvec(back[L - 1], r, u, u, wt[:0], _FROM_BIAS, nb)
         n_res = M
-    s = _first_slot(lab, nb, n_slots)
+    s = _first_slot(slot, nb, n_slots)
     while s >= 0:
-        _slot_mask(lab, nb, s, n_slots, wt)
+        _slot_mask(slot, nb, s, n_slots, wt)
         sq[s] += _masked_sum_sq(r, n_res, wt, nb)
+        s = _next_slot(slot, nb, s, n_slots)
+    if weighted:
+        for k in range(n_res):
+            for t in range(nb):
+                r[k, t] *= pw[t]
         if output_cost:
-            # e = r: dC/dW_out = e x^(L)^T with x^(L) = sigma(a_L); h = W_out^T e (in u)
-            # feeds W^(L), b^(L) directly: + h x~^(L)^T and + h.
             for k in range(M):
                 for t in range(nb):
-                    um[k, t] = act[L - 1, k, t] if act[L - 1, k, t] > 0.0 else 0.0
+                    u[k, t] *= pw[t]
+    if not output_cost:
+        _matvec(back[L - 1], r, u, u, wt[:0], _FROM_BIAS, nb)
+    else:
+        s = _first_slot(slot, nb, n_slots)
+        while s >= 0:
+            _slot_mask(slot, nb, s, n_slots, wt)
+            for k in range(M):
+                for t in range(nb):
+                    um[k, t] = act[L - 1, k, t] if sg[L - 1, k, t] > 0.0 else 0.0
             _masked_outer(r, um, wt, nb, g_ow[s], g_ob[s], 1.0)
             _masked_outer(u, z[L], wt, nb, g_w[s, L - 1], g_b[s, L - 1], 1.0)
-        s = _next_slot(lab, nb, s, n_slots)
+            s = _next_slot(slot, nb, s, n_slots)
     for l in range(L - 1, -1, -1):
         if n_slots == 1:
-            _layer_sums(u, act[l], z[l], z[l + 1], nb, g_w[0, l], g_b[0, l])
+            _layer_sums(u, sg[l], z[l], z[l + 1], nb, g_w[0, l], g_b[0, l])
         else:
-            s = _first_slot(lab, nb, n_slots)
+            s = _first_slot(slot, nb, n_slots)
             while s >= 0:
-                # restrict the tile to slot s: zero u on the other points (z, x~ need no mask)
-                _slot_mask(lab, nb, s, n_slots, wt)
+                _slot_mask(slot, nb, s, n_slots, wt)
                 for k in range(M):
                     for t in range(nb):
                         um[k, t] = wt[t] * u[k, t]
-                _layer_sums(um, act[l], z[l], z[l + 1], nb, g_w[s, l], g_b[s, l])
-                s = _next_slot(lab, nb, s, n_slots)
+                _layer_sums(um, sg[l], z[l], z[l + 1], nb, g_w[s, l], g_b[s, l])
+                s = _next_slot(slot, nb, s, n_slots)
         if l > 0:
-            _back_product(back[l - 1], u, act[l], u_next, nb)
+            _back_product(back[l - 1], u, sg[l], u_next, nb)
             u, u_next = u_next, u
 
 
@@ -292,8 +308,8 @@ def _back_block(w, k0, j0, u, a, y, nb):
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
-def _output_top(out_w, out_b, targets, lab, act_last, r, h, nb):
-    """r = W_out sigma(a_L) + b_out - y and h = W_out^T r."""
+def _output_top(out_w, out_b, targets, lab, act_last, sg_last, r, h, nb):
+    """r = W_out x^(L) + b_out - y and h = W_out^T r, x^(L) = a_L on the free rows (sg_last > 0)."""
     P, M = out_w.shape
     for p in range(P):
         for t in range(nb):
@@ -301,9 +317,8 @@ def _output_top(out_w, out_b, targets, lab, act_last, r, h, nb):
         for j in range(M):
             w = out_w[p, j]
             for t in range(nb):
-                a = act_last[j, t]
-                if a > 0.0:
-                    r[p, t] += w * a
+                if sg_last[j, t] > 0.0:
+                    r[p, t] += w * act_last[j, t]
     for j in range(M):
         for t in range(nb):
             h[j, t] = 0.0

@@ -76,8 +76,8 @@ def statistics_kernel(points, labels, targets, cw, cb, inv, back, out_w, out_b,
             _forward_tile(cw, cb, inv, z, act, cn, nb)
             _tile_moments(z, act, lab, nb, Q, second_moments, wt, wf, wc, pair,
                           truncated[c], free1[c], con1[c], free2[c], con2[c])
-            _tile_gradient(back, targets, out_w, out_b, output_cost, Q, z, act, lab, nb,
-                           u, u_next, um, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
+            _tile_gradient(back, targets, out_w, out_b, output_cost, Q, z, act, act, lab, lab, wt, False,
+                           nb, u, u_next, um, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
     return sq, g_w, g_b, g_ow, g_ob, truncated, free1, con1, free2, con2
 
 
