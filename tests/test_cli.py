@@ -261,9 +261,9 @@ def test_diverged_run_saves_and_exits_1(capsys, tmp_path):
     assert (tmp_path / "o" / "plot.png").is_file()
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_during_run_saves_and_exits_128_plus_signal(capsys, tmp_path, monkeypatch, sig, code):
-    """A real signal, sent to this process after the third step (subprocess tests: test_interrupt.py)."""
+def signal_after_steps(monkeypatch, n_steps, sig):
+    """Make the command line's simulate send ``sig`` to this process after ``n_steps``
+    accepted steps (a real signal, caught by the run's guard); returns the real simulate."""
     real = truncflow.simulate
 
     def interrupted(*args, callback, **kwargs):
@@ -272,11 +272,18 @@ def test_signal_during_run_saves_and_exits_128_plus_signal(capsys, tmp_path, mon
         def cb(t, cost):
             callback(t, cost)
             steps.append(t)
-            if len(steps) == 3:
+            if len(steps) == n_steps:
                 os.kill(os.getpid(), sig)
         return real(*args, callback=cb, **kwargs)
 
     monkeypatch.setattr(truncflow, "simulate", interrupted)
+    return real
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_run_saves_and_exits_128_plus_signal(capsys, tmp_path, monkeypatch, sig, code):
+    """A real signal, sent to this process after the third step (subprocess tests: test_interrupt.py)."""
+    signal_after_steps(monkeypatch, 3, sig)
     got, out, err = run_cli(capsys, "run", write(tmp_path, SMALL), "--out", tmp_path / "o")
     assert got == code
     assert f"interrupted ({sig.name})" in err.strip().splitlines()[-1]
@@ -561,19 +568,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_records(capsys, tmp_path, 
     config = write(tmp_path, SMALL)
     assert run_cli(capsys, "run", config, "--out", tmp_path / "whole", "--quiet")[0] == 0
     expected = truncflow.load_result(tmp_path / "whole" / "result.npz")
-    real = truncflow.simulate
-
-    def interrupted(*args, callback, **kwargs):
-        steps = []
-
-        def cb(t, cost):
-            callback(t, cost)
-            steps.append(t)
-            if len(steps) == 5:
-                os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, callback=cb, **kwargs)
-
-    monkeypatch.setattr(truncflow, "simulate", interrupted)
+    real = signal_after_steps(monkeypatch, 5, signal.SIGINT)
     assert run_cli(capsys, "run", config, "--out", tmp_path / "o", "--quiet")[0] == 130
     monkeypatch.setattr(truncflow, "simulate", real)
     assert truncflow.load_result(tmp_path / "o" / "result.npz").steps_accepted[-1] == 5
