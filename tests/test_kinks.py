@@ -8,8 +8,8 @@ import truncflow as tf
 from truncflow.compute import kernel_arrays, tile_arrays
 from truncflow.engine.kinks import _Kinks, _Pieces, _Quadrature, _set_bit
 from truncflow.engine.rhs import FlowProblem
-from truncflow.kernels.crossing import (frozen_gradient_kernel, subset_gradient_kernel, subset_jvp_kernel,
-                                        subset_preacts_kernel)
+from truncflow.kernels.crossing import (frozen_gradient_kernel, hermite_dips_kernel, preacts_jvp_kernel,
+                                        subset_gradient_kernel, subset_jvp_kernel, subset_preacts_kernel)
 from truncflow.kernels.gradient import gradient_kernel
 
 from problems import one_layer_problem, separated_problem
@@ -95,6 +95,68 @@ def test_jvp_of_preactivations_matches_finite_differences(wrt):
     am = pieces.preacts(pieces.at(y - eps * v), idx, pats)
     np.testing.assert_allclose(a, pieces.preacts(pieces.at(y), idx, pats), rtol=0, atol=1e-14)
     np.testing.assert_allclose(da, (ap - am) / (2 * eps), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("wrt", ["cumulative", "layers"])
+def test_jvp_of_all_points_is_the_subset_jvp(wrt):
+    p, ds = small(4, N=70, M=3)
+    prob = FlowProblem(p, ds, wrt=wrt)
+    pieces = _Pieces(prob)
+    y = prob.pack(p)
+    v = np.random.default_rng(1).standard_normal(y.size) * prob.mask
+    idx = np.arange(70)
+    a_sub, da_sub = pieces.jvp(pieces.at(y), idx, pieces.pat, np.tile(v, (70, 1)))
+    a, da = pieces.all_jvp(pieces.at(y), v)
+    np.testing.assert_allclose(a, a_sub, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(da, da_sub, rtol=1e-13, atol=1e-15)
+
+
+def test_hermite_dips_kernel_against_dense_sampling():
+    # random end values and rates; reference: the Hermite cubic sampled on a fine grid
+    rng = np.random.default_rng(3)
+    N, L, M, h, margin = 4000, 2, 3, 0.7, 0.5
+    pats = np.zeros((N, L, 1), np.uint64)
+    free = rng.random((N, L, M)) < 0.5
+    for k in range(M):
+        pats[:, :, 0] |= free[:, :, k].astype(np.uint64) << np.uint64(k)
+    sig = np.where(free, 1.0, -1.0)
+    a0, a1 = sig * rng.exponential(1.0, (2, N, L, M))
+    a0[::7] *= -1                                   # some end points on the wrong side: not dips
+    da0, da1 = rng.standard_normal((2, N, L, M)) * 3
+    flags = hermite_dips_kernel(pats, a0, da0, a1, da1, h, margin, 1024)
+    s = np.linspace(0, 1, 20001)[:, None, None, None]
+    p0, p1, m0, m1 = sig * a0, sig * a1, sig * da0 * h, sig * da1 * h
+    cubic = ((2 * s**3 - 3 * s**2 + 1) * p0 + (s**3 - 2 * s**2 + s) * m0 + (-2 * s**3 + 3 * s**2) * p1
+             + (s**3 - s**2) * m1)
+    lo = margin * np.minimum(p0, p1)
+    gap = cubic.min(axis=0) - lo                    # < 0: the path comes closer than the margin
+    valid = (p0 > 0) & (p1 > 0)
+    want = np.any(valid & (gap < -1e-6), axis=(1, 2))
+    unsure = np.any(valid & (np.abs(gap) <= 1e-6), axis=(1, 2))
+    assert want.sum() > 100 and (~want).sum() > 100
+    np.testing.assert_array_equal(flags.astype(bool)[~unsure], want[~unsure])
+
+
+def test_a_dip_inside_a_step_is_flagged():
+    # one point, b_1[0] moving as -c t (1 - t): a_0 = 0.3 - c t (1 - t) is 0.3 at both ends of the
+    # step, with rates -c and +c; the end-point test sees nothing either way
+    x = np.array([[0.3, 0.5]])
+    ds = tf.Dataset(x, np.array([0]), np.zeros((1, 2)))
+    p = tf.Params.from_layers(np.eye(2)[None], np.zeros((1, 2)))
+    prob, k = _kinks_for(p, ds, wrt="layers")
+    y = prob.pack(p)
+    off = prob._offsets[1]
+
+    class Step:                 # what _dips reads of the stepper: the velocities at both ends
+        pass
+    for c, dips in [(1.6, True), (0.4, False)]:         # min of a_0: 0.3 - c / 4 = -0.1 or 0.2 (> 0.5 * 0.3)
+        k.solver = Step()
+        k.solver.K = [np.zeros_like(y)]
+        k.solver.f = np.zeros_like(y)
+        k.solver.K[0][off] = -c
+        k.solver.f[off] = c
+        k._ends_key = None
+        assert k._dips(y, 1.0, y.copy()).tolist() == ([0] if dips else [])
 
 
 def test_quadrature_weights_integrate_polynomials():

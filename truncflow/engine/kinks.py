@@ -57,8 +57,8 @@ from scipy.optimize import brentq, lsq_linear
 
 from ..compute import Gradient, aligned_scale_gradient, cumulative_to_layer_gradient, kernel_arrays, tile_arrays
 from ..kernels import config
-from ..kernels.crossing import (frozen_gradient_kernel, subset_gradient_kernel, subset_jvp_kernel,
-                                subset_preacts_kernel)
+from ..kernels.crossing import (frozen_gradient_kernel, hermite_dips_kernel, preacts_jvp_kernel,
+                                subset_gradient_kernel, subset_jvp_kernel, subset_preacts_kernel)
 from ..kernels.forward import patterns_kernel
 from .control import Interrupted, stop_reason as _stop_reason
 from .integrate import _Evaluator
@@ -68,7 +68,11 @@ __all__ = ["run_kinks"]
 #: Chebyshev-Lobatto nodes per step for crossing times and quadratures.
 _NODES = 9
 #: Points of the fine grid on which the interpolated pre-activations are scanned for sign changes.
-_SCAN = 64
+_SCAN = 256
+#: A coordinate whose cubic Hermite path (values and time derivatives at both ends of a step)
+#: comes closer to its hyperplane than this share of its end distances is examined on the
+#: step's dense output: it may cross and come back inside the step (a "dip").
+DIP_MARGIN = 0.5
 #: At most this many crossings in a step are located one by one (event mode) when bulk
 #: correction does not pass the error test; with more the step is shortened instead.
 _EVENT_MAX = 4
@@ -233,6 +237,15 @@ class _Pieces:
         weights = np.tile([1.0, -1.0], n)
         return self.subset(at, idx, pats, weights, np.repeat(np.arange(n), 2), n).T
 
+    def all_jvp(self, at, v):
+        """(a, da) (N, L, M): every point's frozen-pattern pre-activations and their rate along velocity v."""
+        dcw, dcb = self._cum_tangent(at.params, v[None])
+        A = at.params.inverses
+        dA = -np.einsum("lij,ljk,lkm->lim", A, dcw[0], A)
+        return preacts_jvp_kernel(self.ds.points, self.pat, *at.kern, np.ascontiguousarray(dcw[0]),
+                                  np.ascontiguousarray(dcb[0]), np.ascontiguousarray(np.swapaxes(dA, 1, 2)),
+                                  config.chunk_size(self.N))
+
     def preacts(self, at, idx, pats):
         return subset_preacts_kernel(self.ds.points, np.asarray(idx, np.int64), np.ascontiguousarray(pats),
                                      *at.kern)
@@ -323,7 +336,7 @@ class _Stats(dict):
     def __init__(self, stepper):
         super().__init__(stepper=stepper, events_located=0, sliding_entries=0, sliding_exits=0,
                          corrected_crossings=0, bulk_steps=0, event_steps=0, shortened_steps=0,
-                         projections=0, unresolved_crossings=0, late_crossings=0, max_crossings_per_step=0)
+                         projections=0, dip_candidates=0, unresolved_crossings=0, late_crossings=0, max_crossings_per_step=0)
 
 
 def run_kinks(problem, t_end, schedule, recorder, opts, rules, callback, guard=None):
@@ -352,6 +365,8 @@ class _Kinks:
         self.rec_fun = _Evaluator(problem, self.guard)
         self.failure = None
         self.intervals = []     # [i, l, k, t_in, t_out]
+        self._ends = None       # (pattern version, a, da) at the end of the last step ...
+        self._ends_key = None   # ... and the state there (bytes)
 
     # --------------------------------------------------------------- plumbing
     def fun(self, t, y):
@@ -502,15 +517,11 @@ class _Kinks:
         """Handle the accepted frozen step [t0, t1]. Returns the new (t, y), or None if redone."""
         pc = self.pieces
         ev = pc.full(y1)
-        cand = self._candidates(ev, y1)
+        mism = self._candidates(ev, y1)
+        cand = np.union1d(mism, self._dips(ya, t1 - t0, y1))
         exits = self._exits(ev)
         if cand.size == 0 and not exits:
-            dense = None
-            if self.pending and self.pending[0] <= t1:
-                dense = self.solver.dense_output()
-                self.records_upto(t1, lambda tr: y1 if tr == t1 else dense(tr))
-            y_new = self._project(t1, y1)
-            return t1, y_new
+            return self._plain(t1, y1)
         dense = self.solver.dense_output()
         h = t1 - t0
         self.stats["max_crossings_per_step"] = max(self.stats["max_crossings_per_step"], int(cand.size))
@@ -563,8 +574,38 @@ class _Kinks:
                         self.stats["shortened_steps"] += 1
                         return self._bulk_partial(segs, cand, nodes_t, nodes_y, dense, t0, t1, t_u)
             return self._event_cross(dense, segs, t0, h)
+        if mism.size == 0:
+            return self._plain(t1, y1)      # only possible dips, and none crossed
         # flagged points whose crossings could not be placed: resynchronise at t1
         return self._resync(cand, t1, y1, h)
+
+    def _plain(self, t1, y1):
+        """Accept the step as it is (no pattern changed)."""
+        if self.pending and self.pending[0] <= t1:
+            dense = self.solver.dense_output()
+            self.records_upto(t1, lambda tr: y1 if tr == t1 else dense(tr))
+        return t1, self._project(t1, y1)
+
+    def _dips(self, ya, h, y1):
+        """Points that may cross a hyperplane inside the step and come back (sliding points excepted).
+
+        The end-point test (pattern against signs at y1) cannot see them. One pass over all
+        points at y1 (pre-activations and their rates along the velocity, kept for the next
+        step's start) and a cubic Hermite test per coordinate (``hermite_dips_kernel``).
+        """
+        pc = self.pieces
+        if ya.tobytes() == self._ends_key and self._ends[0] == pc.version:
+            _, a0, da0 = self._ends
+        else:
+            a0, da0 = pc.all_jvp(pc.at(ya), self.solver.K[0])
+        a1, da1 = pc.all_jvp(pc.at(y1), self.solver.f)
+        self._ends, self._ends_key = (pc.version, a1, da1), y1.tobytes()
+        flags = hermite_dips_kernel(pc.pat, a0, da0, a1, da1, h, DIP_MARGIN, config.chunk_size(pc.N))
+        if pc.sliding:
+            flags[[c[0] for c in pc.sliding]] = 0
+        found = np.flatnonzero(flags)
+        self.stats["dip_candidates"] += int(found.size)
+        return found
 
     def _candidates(self, ev, y):
         """Points whose pattern differs from their signs at y (sliding coordinates excepted)."""

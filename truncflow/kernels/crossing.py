@@ -18,6 +18,10 @@ piece the pattern names.
                              contributions of a few points (jumps, quadratures)
     subset_preacts_kernel    frozen-pattern pre-activations a (n, L, M) of listed points
     subset_jvp_kernel        the same and their derivative along a parameter direction
+    preacts_jvp_kernel       pre-activations of all points and their derivative along
+                             one direction (the flow's velocity)
+    hermite_dips_kernel      from those at both ends of a step: the points that may
+                             touch a hyperplane inside the step and come back
 """
 import numpy as np
 from numba import njit, prange
@@ -231,3 +235,95 @@ def subset_jvp_kernel(points, idx, pats, cw, cb, edges_t, dcw, dcb, dedges_t):
                         z[j] -= a[k] * edges_t[l, k, j]
                         dz[j] -= da[k] * edges_t[l, k, j] + a[k] * dedges_t[e, l, k, j]
     return a_out, d_out
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def preacts_jvp_kernel(points, pats, cw, cb, edges_t, dcw, dcb, dedges_t, chunk):
+    """Frozen-pattern pre-activations a (N, L, M) of all points and their derivative along one direction.
+
+    ``subset_jvp_kernel`` on every point with the tangent shared, (dcw, dcb,
+    dedges_t) of shapes (L, M, M), (L, M), (L, M, M). Parallel over fixed chunks.
+    """
+    N, M = points.shape
+    L = cw.shape[0]
+    a_out = np.empty((N, L, M))
+    d_out = np.empty((N, L, M))
+    C = (N + chunk - 1) // chunk
+    for c in prange(C):
+        z = np.empty(M)
+        dz = np.empty(M)
+        a = np.empty(M)
+        da = np.empty(M)
+        for i in range(c * chunk, min(N, (c + 1) * chunk)):
+            for j in range(M):
+                z[j] = points[i, j]
+                dz[j] = 0.0
+            for l in range(L):
+                for k in range(M):
+                    s = cb[l, k]
+                    ds = dcb[l, k]
+                    for j in range(M):
+                        s += cw[l, k, j] * z[j]
+                        ds += dcw[l, k, j] * z[j] + cw[l, k, j] * dz[j]
+                    a[k] = s
+                    da[k] = ds
+                    a_out[i, l, k] = s
+                    d_out[i, l, k] = ds
+                for k in range(M):
+                    if not ((pats[i, l, k // 64] >> np.uint64(k % 64)) & np.uint64(1) == np.uint64(1)):
+                        for j in range(M):
+                            z[j] -= a[k] * edges_t[l, k, j]
+                            dz[j] -= da[k] * edges_t[l, k, j] + a[k] * dedges_t[l, k, j]
+    return a_out, d_out
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def hermite_dips_kernel(pats, a0, da0, a1, da1, h, margin, chunk):
+    """Points that may touch or cross a hyperplane inside a step and come back: (N,) uint8.
+
+    For every coordinate on the side its pattern names at both ends of the step
+    (values a0, a1 and time derivatives da0, da1 at t0 and t0 + h), the cubic
+    Hermite interpolant p(s), s in [0, 1], of its distance sigma * a (sigma = +1 free,
+    -1 truncated) is examined: flagged when its interior minimum falls below
+    ``margin * min(sigma a0, sigma a1)`` (0 < margin < 1: the coordinate approaches
+    its hyperplane and recedes; a sign change in between is possible). Exact for any
+    path that is a cubic in time; the flagged points are then examined on the
+    step's dense output.
+    """
+    N, L, M = a0.shape
+    flags = np.zeros(N, dtype=np.uint8)
+    C = (N + chunk - 1) // chunk
+    for c in prange(C):
+        for i in range(c * chunk, min(N, (c + 1) * chunk)):
+            for l in range(L):
+                for k in range(M):
+                    free = (pats[i, l, k // 64] >> np.uint64(k % 64)) & np.uint64(1) == np.uint64(1)
+                    sig = 1.0 if free else -1.0
+                    p0 = sig * a0[i, l, k]
+                    p1 = sig * a1[i, l, k]
+                    if not (p0 > 0.0 and p1 > 0.0):
+                        continue
+                    m0 = sig * da0[i, l, k] * h
+                    m1 = sig * da1[i, l, k] * h
+                    c1 = m0
+                    c2 = -3.0 * p0 - 2.0 * m0 + 3.0 * p1 - m1
+                    c3 = 2.0 * p0 + m0 - 2.0 * p1 + m1
+                    lo = margin * min(p0, p1)
+                    # interior critical points of p: c1 + 2 c2 s + 3 c3 s^2 = 0
+                    qa, qb, qc = 3.0 * c3, 2.0 * c2, c1
+                    hit = False
+                    if qa == 0.0:
+                        if qb != 0.0:
+                            s = -qc / qb
+                            if 0.0 < s < 1.0 and p0 + s * (c1 + s * (c2 + s * c3)) < lo:
+                                hit = True
+                    else:
+                        disc = qb * qb - 4.0 * qa * qc
+                        if disc >= 0.0:
+                            r = np.sqrt(disc)
+                            for s in ((-qb - r) / (2.0 * qa), (-qb + r) / (2.0 * qa)):
+                                if 0.0 < s < 1.0 and p0 + s * (c1 + s * (c2 + s * c3)) < lo:
+                                    hit = True
+                    if hit:
+                        flags[i] = 1
+    return flags
