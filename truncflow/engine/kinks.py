@@ -78,10 +78,14 @@ DIP_MARGIN = 0.5
 _EVENT_MAX = 4
 #: rtol at or below which DOP853 (8th order) is used instead of RK45.
 _DOP853_BELOW = 1e-7
-#: Share of the stepper's error budget the neglected feedback of a bulk-corrected step may take.
-BULK_BUDGET = 0.01
-#: Apply the first feedback term J q1 of a bulk-corrected step.
-BULK_FEEDBACK = True
+#: Share of the stepper's error budget the estimated error of a bulk correction may take.
+BULK_BUDGET = 0.1
+#: Passes that re-find the crossing times and jump integrals of a bulk-corrected step along its
+#: corrected path (each contracts the error of the crossing times by about |moved| / |delta|).
+BULK_REFINE = 2
+#: A bulk step that fails its test is cut short (corrected up to where the estimate fits) when the
+#: fitting share of the step is at least this; otherwise it is redone shorter.
+BULK_PARTIAL_MIN = 0.1
 #: Bulk correction allowed (False: every crossing is located; for experiments and benchmarks).
 BULK = True
 #: Zero-length events in a row after which the run stops (a degenerate tangency).
@@ -335,7 +339,7 @@ class _Quadrature:
 class _Stats(dict):
     def __init__(self, stepper):
         super().__init__(stepper=stepper, events_located=0, sliding_entries=0, sliding_exits=0,
-                         corrected_crossings=0, bulk_steps=0, event_steps=0, shortened_steps=0,
+                         corrected_crossings=0, bulk_steps=0, event_steps=0, shortened_steps=0, redone_steps=0,
                          projections=0, dip_candidates=0, unresolved_crossings=0, late_crossings=0, max_crossings_per_step=0)
 
 
@@ -367,6 +371,7 @@ class _Kinks:
         self.intervals = []     # [i, l, k, t_in, t_out]
         self._ends = None       # (pattern version, a, da) at the end of the last step ...
         self._ends_key = None   # ... and the state there (bytes)
+        self.h_cap = np.inf     # step limit from the last bulk test (relaxed by steps without crossings)
 
     # --------------------------------------------------------------- plumbing
     def fun(self, t, y):
@@ -411,8 +416,15 @@ class _Kinks:
             h = float(min(h, self.t_end - t))
             if not h > 0:
                 h = None
+        if h is not None:
+            h = min(h, self.h_cap)
         self.solver = self.Stepper(self.fun, t, y, self.t_end, rtol=self.rtol, atol=self.atol,
                                    first_step=h, max_step=self.opts["max_step"] or np.inf)
+        self._cap_steps()
+
+    def _cap_steps(self):
+        """Hold the stepper's steps to ``h_cap``, the longest step the last bulk test allowed."""
+        self.solver.max_step = min(self.opts["max_step"] or np.inf, self.h_cap)
 
     def records_upto(self, t_hi, y_of_t, t_lo=-np.inf, inclusive=True):
         while self.pending and (self.pending[0] <= t_hi if inclusive else self.pending[0] < t_hi):
@@ -535,44 +547,12 @@ class _Kinks:
         if t_exit <= t_first:
             return self._event_exit(dense, t_exit, j_exit, side_exit, t0, h)
         if n_cross:
-            # Bulk correction adds each crossing's jump integrated from its crossing time, plus the
-            # first term of its feedback on the step, J q1 (q_n = int (t1 - s)^n / n! jumps ds; one
-            # evaluation, a difference of the frozen flow). It is taken when the feedback estimate
-            # ||J|| ||q1|| passes the stepper's error test (||J|| the larger of a secant estimate
-            # along the step and ||J q1|| / ||q1||), and when no crossing is of the sliding kind
-            # (its own jump turning its pre-activation back): those are located.
-            delta, q1 = self._bulk_delta(segs, nodes_t, nodes_y, t0, t1, t1, moments=True)
-            jq1 = self._frozen_difference(y1, q1) if BULK else q1 * np.nan
-            n1 = np.linalg.norm(q1)
-            r = max(np.linalg.norm(jq1) / n1 if n1 > 0 else 0.0, self._secant(ya, y1))
-            err = self.err_norm(r * q1, ya, y1)
-            expo = 1.0 / 3.0
-            ok = bool(np.all(np.isfinite(jq1)))
-            if BULK and ok and (err <= BULK_BUDGET or n_cross > _EVENT_MAX):
-                slide = self._sliding_kind(segs, y1)
-                grow = 0.9 * (BULK_BUDGET / err) ** expo if err > 0 else 10.0
-                if err <= BULK_BUDGET and not slide.any():
-                    h_next = min(self.solver.h_abs, h * grow)
-                    return self._bulk_accept(segs, final_pats, cand, nodes_t, nodes_y, dense, t0, t1, y1,
-                                             delta + jq1 * BULK_FEEDBACK, h_next, jq1 * BULK_FEEDBACK)
-                if n_cross > _EVENT_MAX:
-                    # correct in bulk up to where the feedback estimate (~ h^3) fits the budget, or up
-                    # to the first crossing of the sliding kind (located by the next step)
-                    t_u = t0 + h * min(1.0, max(0.05, grow))
-                    if slide.any():
-                        t_u = min(t_u, min(sg[3] for sg, f in zip(segs, slide) if f))
-                    # check the estimate on [t0, t_u] itself: q1 there is int (t_u - s) jumps ds
-                    for _ in range(8):
-                        segs_u = [sg for sg in segs if sg[3] < t_u]
-                        d_u, m_u = self._bulk_delta(segs_u, nodes_t, nodes_y, t0, t1, t_u, moments=True)
-                        if self.err_norm(r * (m_u - (t1 - t_u) * d_u), ya, y1) <= BULK_BUDGET:
-                            break
-                        t_u = t0 + 0.5 * (t_u - t0)
-                    else:
-                        t_u = t0
-                    if t_u > t0 + 1e-3 * h:
-                        self.stats["shortened_steps"] += 1
-                        return self._bulk_partial(segs, cand, nodes_t, nodes_y, dense, t0, t1, t_u)
+            if BULK:
+                done = self._bulk_step(cand, segs, final_pats, nodes_t, nodes_y, dense, ya, y1, t0, t1)
+                if done is False:
+                    return None
+                if done is not None:
+                    return done
             return self._event_cross(dense, segs, t0, h)
         if mism.size == 0:
             return self._plain(t1, y1)      # only possible dips, and none crossed
@@ -581,6 +561,9 @@ class _Kinks:
 
     def _plain(self, t1, y1):
         """Accept the step as it is (no pattern changed)."""
+        if self.h_cap < np.inf:
+            self.h_cap *= 1.5
+            self._cap_steps()
         if self.pending and self.pending[0] <= t1:
             dense = self.solver.dense_output()
             self.records_upto(t1, lambda tr: y1 if tr == t1 else dense(tr))
@@ -705,14 +688,11 @@ class _Kinks:
         return segs, pats
 
     # -------------------------------------------------------------- bulk mode
-    def _bulk_delta(self, segs, nodes_t, nodes_y, t0, t1, upper, moments=False):
-        """(delta, q1): the integral over the step (up to ``upper``) of the crossings' velocity jumps,
-        and (``moments``) its first moment q1 = int (t1 - s) jumps ds (None otherwise)."""
+    def _jump_pieces(self, segs, xu):
+        """Per crossing point, the pieces [x_a, x_b) of the step (clipped at xu, in [-1, 1]) after each
+        of its crossings, as subset entries: (idx, pats, xa, xb, sign), two entries per piece (the
+        pattern after, +1, and the pattern at the step's start, -1)."""
         pc = self.pieces
-        q = self.quad
-        h = t1 - t0
-        xu = -1.0 + 2.0 * (upper - t0) / h
-        # per point: pieces [x_a, x_b) with the pattern after each crossing
         by_point = {}
         for (i, l, k, tau, pat, x, _) in segs:
             by_point.setdefault(i, []).append((x, pat))
@@ -729,12 +709,155 @@ class _Kinks:
                 xa += [a_, a_]
                 xb += [b_, b_]
                 sign += [1.0, -1.0]
+        W = pc.pat.shape[1:]
+        return (np.array(idx, np.int64), np.array(pats, np.uint64).reshape((-1,) + W), np.array(xa, float),
+                np.array(xb, float), np.array(sign, float))
+
+    def _bulk_step(self, cand, segs, final_pats, nodes_t, nodes_y, dense, ya, y1, t0, t1):
+        """Correct the step in bulk when its estimated error passes; None: locate its first crossing.
+
+        The step's value becomes y1 + delta + J q1: delta the crossings' velocity jumps
+        integrated from their crossing times along the corrected path (``_corrected_path``),
+        J q1 their feedback on the step to first order (q1 = int (t1 - s) jumps ds; J q1 a
+        difference of the frozen flow, one evaluation). Error estimate (max norm, scaled as
+        the stepper's): what another refinement of the path would still move, plus the next
+        feedback term, about ||J|| ||J q1|| h / 4 (||J|| the larger of ||J q1|| / ||q1|| and a
+        secant estimate along the step). Crossings of the sliding kind (their own jump turns
+        their pre-activation back) are located, never corrected: the step is then corrected
+        up to the first one. With more than ``_EVENT_MAX`` crossings a step that fails is cut
+        where the estimate (~ h^4) fits and corrected up to there.
+        """
+        h = t1 - t0
+        path = self._corrected_path(cand, segs, final_pats, nodes_t, nodes_y, y1, t0, t1)
+        if path is None:
+            return None
+        segs, final_pats, cand, nodes_c, delta, q1, jq1, shift = path
+        n1 = np.linalg.norm(q1)
+        r = max(np.linalg.norm(jq1) / n1 if n1 > 0 else 0.0, self._secant(ya, y1))
+        scale = self.atol + np.maximum(np.abs(ya), np.abs(y1)) * self.rtol
+        # per unit of the flow's time scale 1 / ||J||: the errors of many steps add up
+        err = float(np.max((shift + r * np.abs(jq1) * (h / 4)) / scale)) / min(1.0, r * h)
+        slide = self._sliding_kind(segs, y1)
+        t_slide = min((sg[3] for sg, f in zip(segs, slide) if f), default=np.inf)
+        grow = 0.9 * (BULK_BUDGET / err) ** (1.0 / 3.0) if err > 0 else 10.0
+        self.h_cap = h * min(grow, 4.0)
+        if err <= BULK_BUDGET and t_slide == np.inf:
+            h_next = min(self.solver.h_abs, h * grow)
+            return self._bulk_accept(segs, final_pats, cand, nodes_t, nodes_c, dense, t0, t1, y1,
+                                     delta + jq1, h_next, jq1)
+        if len(segs) <= _EVENT_MAX:
+            return None
+        if grow < BULK_PARTIAL_MIN:
+            # far off: redo the step shorter (the stepper restarts at t0)
+            self.stats["redone_steps"] += 1
+            self.start(t0, ya, h * grow)
+            return False
+        t_u = min(t0 + h * min(1.0, grow), t_slide)
+        if t_u <= t0 + 1e-3 * h:
+            return None
+        self.stats["shortened_steps"] += 1
+        return self._bulk_partial(segs, cand, nodes_t, nodes_c, dense, t0, t1, t_u, y1)
+
+    def _corrected_path(self, cand, segs, final_pats, nodes_t, nodes_y, y1, t0, t1):
+        """Crossing times and jump integrals re-found along the corrected path.
+
+        The frozen path misplaces every crossing by the effect of the earlier ones (the
+        leading error of a bulk step, ~ h^3 per step). At the nodes the corrected path is
+        the frozen dense output plus E (the integrals of the jumps up to each node) plus
+        the feedback (J applied to the moments Q up to each node, taken along J q1: each
+        node's Q projected on q1). Pass 1 re-finds the crossings on the path without
+        feedback; then J q1 is evaluated (one evaluation), points that cross on the
+        corrected path though not on the frozen one join the candidates (one pass over all
+        points: pre-activations at y1 and their change towards the corrected end, to first
+        order), and ``BULK_REFINE - 1`` more passes follow on the path with feedback. Each
+        pass contracts the crossing-time error by about |moved| / |delta|. Subset work only
+        apart from the two passes named. Returns (segs, final_pats, cand, nodes, delta, q1,
+        J q1, shift) with ``shift`` (size,) what one more pass would still move, or None
+        when the feedback cannot be evaluated.
+        """
+        K = len(nodes_y)
+        E, Q = self._node_deltas(segs, nodes_y, t0, t1)
+        nodes_c, moves, jq1, fb = nodes_y, [], None, np.zeros(K)
+        for it in range(max(BULK_REFINE, 1)):
+            trial = [nodes_y[m] + E[m] + fb[m] * (jq1 if jq1 is not None else 0.0) for m in range(K)]
+            segs_n, pats_n = self._paths(cand, nodes_t, trial, t0, t1)
+            if segs_n:
+                E_n, Q_n = self._node_deltas(segs_n, trial, t0, t1)
+                moves.append(np.abs(E_n[-1] - E[-1]))
+                segs, final_pats, nodes_c, E, Q = segs_n, pats_n, trial, E_n, Q_n
+            if jq1 is None:
+                jq1 = self._frozen_difference(y1, Q[-1])
+                if not np.all(np.isfinite(jq1)):
+                    return None
+                q1 = Q[-1]
+                nq = float(q1 @ q1)
+                fb = (Q @ q1) / nq if nq > 0 else np.zeros(K)
+                late = self._late_candidates(cand, final_pats, y1, y1 + E[-1] + jq1)
+                if late.size:
+                    self.stats["late_crossings"] += int(late.size)
+                    cand = np.union1d(cand, late)
+                    pos = np.searchsorted(cand, late)
+                    final_pats = np.insert(final_pats, pos - np.arange(late.size), self.pieces.pat[late], axis=0)
+            if not segs_n:
+                break
+        delta = E[-1]
+        if not moves:
+            shift = np.abs(delta)
+        else:
+            last = np.linalg.norm(moves[-1])
+            before = np.linalg.norm(moves[-2]) if len(moves) > 1 else np.linalg.norm(delta)
+            shift = moves[-1] * min(1.0, last / before if before > 0 else 1.0)
+        return segs, final_pats, cand, nodes_c, delta, Q[-1], jq1, shift
+
+    def _late_candidates(self, cand, final_pats, y1, y_end):
+        """Points outside ``cand`` whose sign at y_end (to first order from y1) differs from their pattern."""
+        pc = self.pieces
+        a1, da = pc.all_jvp(pc.at(y1), y_end - y1)
+        free = _bits(pc.pat, pc.M)
+        flip = np.any(((a1 + da) > 0) != free, axis=(1, 2))
+        flip[cand] = False
+        if pc.sliding:
+            flip[[c[0] for c in pc.sliding]] = False
+        return np.flatnonzero(flip)
+
+    def _node_deltas(self, segs, nodes_y, t0, t1):
+        """(E, Q): the crossings' velocity jumps integrated from t0 to each of the step's K nodes t_m,
+        E[m] = int_{t0}^{t_m} jumps ds, and their first moments Q[m] = int_{t0}^{t_m} (t_m - s) jumps ds
+        (both (K, size); E[-1] is the step's delta, Q[-1] its q1)."""
+        pc, q = self.pieces, self.quad
+        h = t1 - t0
+        K = q.n
         size = self.problem.size
-        if not idx:
+        idx, pats, xa, xb, sign = self._jump_pieces(segs, 1.0)
+        n = idx.size
+        if n == 0:
+            return np.zeros((K, size)), np.zeros((K, size))
+        a_ = np.minimum(xa[None, :], q.x[:, None]).ravel()
+        b_ = np.minimum(xb[None, :], q.x[:, None]).ravel()
+        W = q.weights(a_, b_).reshape(K, n, K) * (h / 2) * sign[None, :, None]
+        W1 = q.moment_weights(a_, b_, 1).reshape(K, n, K) * (h / 2) ** 2 * sign[None, :, None]
+        W = np.concatenate([W, W1], axis=0)                           # (2K, n, K): E, then int (t1 - s)
+        e_idx, e_pats, slots = np.tile(idx, 2 * K), np.tile(pats, (2 * K, 1, 1)), np.repeat(np.arange(2 * K), n)
+        out = np.zeros((2 * K, size))
+        for kk, y in enumerate(nodes_y):
+            g = pc.subset(pc.at(y), e_idx, e_pats, W[:, :, kk].ravel(), slots, 2 * K)
+            out -= np.stack([self._project_velocity(r) for r in g]) if pc.sliding else g
+        E = out[:K]
+        tm = t0 + (q.x + 1) * (h / 2)
+        Q = out[K:] - (t1 - tm)[:, None] * E
+        return E, Q
+
+    def _bulk_delta(self, segs, nodes_t, nodes_y, t0, t1, upper, moments=False):
+        """(delta, q1): the integral over the step (up to ``upper``) of the crossings' velocity jumps,
+        and (``moments``) its first moment q1 = int (t1 - s) jumps ds (None otherwise)."""
+        pc = self.pieces
+        q = self.quad
+        h = t1 - t0
+        xu = -1.0 + 2.0 * (upper - t0) / h
+        idx, pats, xa, xb, sign = self._jump_pieces(segs, xu)
+        size = self.problem.size
+        if not idx.size:
             return np.zeros(size), (np.zeros(size) if moments else None)
-        idx = np.array(idx, np.int64)
-        pats = np.array(pats, np.uint64)
-        xa, xb, sign = np.array(xa), np.array(xb), np.array(sign)
         W = q.weights(xa, xb) * (h / 2) * sign[:, None]                 # (entries, K)
         delta = np.zeros(size)
         slots = np.zeros(idx.size, np.int64)
@@ -803,18 +926,27 @@ class _Kinks:
         except ValueError:
             return np.full_like(q, np.nan)
 
-    def _bulk_partial(self, segs, cand, nodes_t, nodes_y, dense, t0, t1, t_u):
-        """Bulk-correct the crossings before t_u < t1 and continue from t_u (the rest of the step is dropped)."""
+    def _bulk_partial(self, segs, cand, nodes_t, nodes_y, dense, t0, t1, t_u, y1):
+        """Bulk-correct the crossings before t_u < t1 and continue from t_u (the rest of the step is dropped).
+
+        The feedback term J q1 of [t0, t_u] uses the Jacobian at y1 (one evaluation)."""
         pc = self.pieces
         segs_u = [sg for sg in segs if sg[3] < t_u]
         y_u = dense(t_u)
-        if self.pending and self.pending[0] <= t_u:
-            self.records_upto(t_u, lambda tr: dense(tr) + self._bulk_delta(segs_u, nodes_t, nodes_y, t0, t1, tr)[0])
         if segs_u:
-            y_u = y_u + self._bulk_delta(segs_u, nodes_t, nodes_y, t0, t1, t_u)[0]
+            d_u, m_u = self._bulk_delta(segs_u, nodes_t, nodes_y, t0, t1, t_u, moments=True)
+            jq = self._frozen_difference(y1, m_u - (t1 - t_u) * d_u)
+            if not np.all(np.isfinite(jq)):
+                jq = np.zeros_like(d_u)
+            if self.pending and self.pending[0] <= t_u:
+                self.records_upto(t_u, lambda tr: (dense(tr) + self._bulk_delta(segs_u, nodes_t, nodes_y, t0, t1, tr)[0]
+                                                   + jq * ((tr - t0) / (t_u - t0)) ** 2))
+            y_u = y_u + d_u + jq
             for sg in segs_u:                 # in time order: the last one of a point is its pattern at t_u
                 pc.pat[sg[0]] = sg[4]
             pc.changed()
+        elif self.pending and self.pending[0] <= t_u:
+            self.records_upto(t_u, dense)
         self._sync(cand, y_u)
         self.stats["corrected_crossings"] += len(segs_u)
         self.stats["bulk_steps"] += 1
@@ -830,7 +962,7 @@ class _Kinks:
                 if tr == t1:
                     return y1 + delta
                 d, _ = self._bulk_delta(segs, nodes_t, nodes_y, t0, t1, tr)
-                return dense(tr) + d + jq1_part * ((tr - t0) / h) ** 2
+                return dense(tr) + d + jq1_part * ((tr - t0) / (t1 - t0)) ** 2
             self.records_upto(t1, y_of)
         y_new = y1 + delta
         pc.pat[cand] = final_pats
