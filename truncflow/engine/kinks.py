@@ -57,7 +57,7 @@ from scipy.optimize import brentq, lsq_linear
 
 from ..compute import Gradient, aligned_scale_gradient, cumulative_to_layer_gradient, kernel_arrays, tile_arrays
 from ..kernels import config
-from ..kernels.crossing import (frozen_gradient_kernel, hermite_dips_kernel, preacts_jvp_kernel,
+from ..kernels.crossing import (first_crossings, frozen_gradient_kernel, hermite_dips_kernel, preacts_jvp_kernel,
                                 subset_gradient_kernel, subset_jvp_kernel, subset_preacts_kernel)
 from ..kernels.forward import patterns_kernel
 from .control import Interrupted, stop_reason as _stop_reason
@@ -67,8 +67,9 @@ __all__ = ["run_kinks"]
 
 #: Chebyshev-Lobatto nodes per step for crossing times and quadratures.
 _NODES = 9
-#: Points of the fine grid on which the interpolated pre-activations are scanned for sign changes.
-_SCAN = 256
+#: Points of the grid on which the interpolated pre-activations are scanned for sign changes
+#: (local minima closer to the hyperplane than a quarter of the largest distance are polished).
+_SCAN = 64
 #: A coordinate whose cubic Hermite path (values and time derivatives at both ends of a step)
 #: comes closer to its hyperplane than this share of its end distances is examined on the
 #: step's dense output: it may cross and come back inside the step (a "dip").
@@ -83,9 +84,6 @@ BULK_BUDGET = 0.1
 #: Passes that re-find the crossing times and jump integrals of a bulk-corrected step along its
 #: corrected path (each contracts the error of the crossing times by about |moved| / |delta|).
 BULK_REFINE = 2
-#: A bulk step that fails its test is cut short (corrected up to where the estimate fits) when the
-#: fitting share of the step is at least this; otherwise it is redone shorter.
-BULK_PARTIAL_MIN = 0.1
 #: Bulk correction allowed (False: every crossing is located; for experiments and benchmarks).
 BULK = True
 #: Zero-length events in a row after which the run stops (a degenerate tangency).
@@ -321,19 +319,28 @@ class _Quadrature:
 
     def weights(self, xa, xb):
         """(m, n) int_{xa}^{xb} l_k(x) dx for arrays xa, xb (m,) in [-1, 1]."""
-        p = self.powers + 1
-        mono = (xb[:, None] ** p - xa[:, None] ** p) / p      # (m, n) integrals of x^j
+        j = np.arange(1, self.n + 1)
+        mono = (_powers(xb, self.n)[:, 1:] - _powers(xa, self.n)[:, 1:]) / j     # (m, n) integrals of x^j
         return mono @ self.Vinv
 
     def moment_weights(self, xa, xb, n=1):
         """(m, K) int_{xa}^{xb} (1 - x)^n / n! l_k(x) dx (with (h/2)^(n+1): the quadrature of (t1 - s)^n / n!)."""
         from math import comb, factorial
-        p = self.powers
+        Pa, Pb = _powers(xa, self.n + n), _powers(xb, self.n + n)
         mono = np.zeros((xa.size, self.n))
         for r in range(n + 1):
-            e = p + r + 1
-            mono += (comb(n, r) * (-1) ** r) * (xb[:, None] ** e - xa[:, None] ** e) / e
+            e = self.powers + r + 1
+            mono += (comb(n, r) * (-1) ** r) * (Pb[:, e] - Pa[:, e]) / e
         return (mono / factorial(n)) @ self.Vinv
+
+
+def _powers(x, m):
+    """(len(x), m + 1): x^0 ... x^m."""
+    P = np.empty((x.size, m + 1))
+    P[:, 0] = 1.0
+    for j in range(1, m + 1):
+        P[:, j] = P[:, j - 1] * x
+    return P
 
 
 class _Stats(dict):
@@ -638,35 +645,21 @@ class _Kinks:
             held[cand == i, l * M + k] = True
         active = np.arange(n)
         segs = []
-        xs = np.linspace(-1.0, 1.0, _SCAN + 1)
-        Tx = np.vander(xs, q.n, increasing=True) @ q.Vinv      # values on the scan grid from node values
+        held_flat = held.reshape(n, LM)
         for _round in range(4 * LM + 4):
             if active.size == 0:
                 break
             m = active.size
             vals = np.stack([pc.preacts(at, cand[active], pats[active]) for at in ats])   # (K, m, L, M)
-            flat = vals.reshape(len(ats), m * LM)
-            coef = q.Vinv @ flat
-            grid = Tx @ flat
+            coef = q.Vinv @ vals.reshape(len(ats), m * LM)
             bits = _bits(pats[active], M).reshape(-1)
             thr = np.repeat(start[active], LM)
             jf = just[active]
             rows = np.flatnonzero(jf >= 0)
             thr[rows * LM + jf[rows]] += 1e-7
-            mism = ((grid > 0) != bits[None, :]) & (xs[:, None] > thr[None, :]) & ~held[active].reshape(-1)[None, :]
-            has = mism.any(axis=0)
-            cols = np.flatnonzero(has)
-            roots = np.full(m * LM, np.inf)
-            slope = np.zeros(m * LM)
-            if cols.size:
-                g = mism[:, cols].argmax(axis=0)
-                lo = np.where(g > 0, np.maximum(xs[np.maximum(g - 1, 0)], thr[cols]), thr[cols])
-                roots[cols] = _poly_roots(coef[:, cols], lo, xs[g], bits[cols])
-                xr = roots[cols]
-                d = np.zeros(cols.size)
-                for j in range(coef.shape[0] - 1, 0, -1):
-                    d = d * xr + j * coef[j, cols]
-                slope[cols] = d * (2.0 / h)          # da/dt along the frozen step at the crossing
+            roots, slope = first_crossings(np.ascontiguousarray(coef), thr, bits,
+                                           np.ascontiguousarray(held_flat[active].reshape(-1)), _SCAN)
+            slope = slope * (2.0 / h)                 # da/dt along the path at the crossing
             roots = roots.reshape(m, LM)
             slope = slope.reshape(m, LM)
             c = roots.argmin(axis=1)
@@ -747,12 +740,12 @@ class _Kinks:
                                      delta + jq1, h_next, jq1)
         if len(segs) <= _EVENT_MAX:
             return None
-        if grow < BULK_PARTIAL_MIN:
-            # far off: redo the step shorter (the stepper restarts at t0)
+        if err > BULK_BUDGET:
+            # redo the step shorter (the stepper restarts at t0)
             self.stats["redone_steps"] += 1
             self.start(t0, ya, h * grow)
             return False
-        t_u = min(t0 + h * min(1.0, grow), t_slide)
+        t_u = t_slide                   # correct up to the first crossing of the sliding kind
         if t_u <= t0 + 1e-3 * h:
             return None
         self.stats["shortened_steps"] += 1
@@ -1181,20 +1174,3 @@ def _bits(pats, M):
     k = np.arange(M)
     words = pats[:, :, k // 64]
     return ((words >> (k % 64).astype(np.uint64)) & np.uint64(1)).astype(bool)
-
-
-def _poly_roots(coef, lo, hi, was_free):
-    """Per column, where the polynomial sum coef[j, c] x^j leaves its old side in [lo, hi] (bisection)."""
-    def f(x):
-        v = coef[-1].copy()
-        for j in range(coef.shape[0] - 2, -1, -1):
-            v = v * x + coef[j]
-        return v
-    lo, hi = lo.copy(), hi.copy()
-    at_lo = (f(lo) > 0) != was_free
-    for _ in range(56):
-        mid = 0.5 * (lo + hi)
-        old = (f(mid) > 0) == was_free
-        lo = np.where(old, mid, lo)
-        hi = np.where(old, hi, mid)
-    return np.where(at_lo, lo, hi)

@@ -327,3 +327,106 @@ def hermite_dips_kernel(pats, a0, da0, a1, da1, h, margin, chunk):
                     if hit:
                         flags[i] = 1
     return flags
+
+
+@njit(**JIT_OPTIONS)
+def _poly(coef, c, x):
+    K = coef.shape[0]
+    v = coef[K - 1, c]
+    for j in range(K - 2, -1, -1):
+        v = v * x + coef[j, c]
+    return v
+
+
+@njit(**JIT_OPTIONS)
+def _dpoly(coef, c, x):
+    K = coef.shape[0]
+    d = 0.0
+    for j in range(K - 1, 0, -1):
+        d = d * x + j * coef[j, c]
+    return d
+
+
+@njit(**JIT_OPTIONS)
+def _leave(coef, c, lo, hi, free):
+    """Bisection: the first x in [lo, hi] where sum_j coef[j, c] x^j is off its old side."""
+    if (_poly(coef, c, lo) > 0.0) != free:
+        return lo
+    for _ in range(56):
+        mid = 0.5 * (lo + hi)
+        if (_poly(coef, c, mid) > 0.0) == free:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+@njit(**JIT_OPTIONS)
+def first_crossings(coef, after, free, held, n_scan):
+    """Per column c, the first x in (after[c], 1] where the polynomial p_c leaves its side.
+
+    coef (K, C): monomial coefficients in x in [-1, 1] of each column's pre-activation
+    along a step; free (C,) bool: its side (p > 0 free); held (C,) bool: skipped.
+    A sign change is looked for on a grid of n_scan + 1 points; where none is seen, the
+    grid's interior local minima of the distance sigma * p within a quarter of its
+    largest value are polished by golden-section search, so that a dip narrower than
+    the grid is not missed. Returns (x, slope) (C,): x = inf where p stays on its
+    side, slope = dp/dx at x.
+    """
+    C = coef.shape[1]
+    roots = np.full(C, np.inf)
+    slopes = np.zeros(C)
+    dx = 2.0 / n_scan
+    g = 0.6180339887498949
+    for c in range(C):
+        if held[c]:
+            continue
+        fr = free[c]
+        sig = 1.0 if fr else -1.0
+        thr = after[c]
+        prev_x = thr
+        found = False
+        s_m2 = np.inf
+        s_m1 = np.inf
+        x_m1 = thr
+        big = 0.0
+        cand_x = np.inf
+        cand_s = np.inf
+        for k in range(n_scan + 1):
+            x = -1.0 + k * dx
+            if x <= thr:
+                continue
+            s = sig * _poly(coef, c, x)
+            if s <= 0.0:
+                roots[c] = _leave(coef, c, prev_x, x, fr)
+                found = True
+                break
+            big = max(big, s)
+            if s_m1 <= s_m2 and s_m1 <= s and s_m1 < cand_s:
+                cand_s = s_m1
+                cand_x = x_m1
+            s_m2, s_m1, x_m1 = s_m1, s, x
+            prev_x = x
+        if not found and cand_x < np.inf and cand_s < 0.25 * big:
+            a = max(thr, cand_x - dx)
+            b = min(1.0, cand_x + dx)
+            for _ in range(60):
+                u = b - g * (b - a)
+                v = a + g * (b - a)
+                su = sig * _poly(coef, c, u)
+                sv = sig * _poly(coef, c, v)
+                if su <= 0.0:
+                    roots[c] = _leave(coef, c, a, u, fr)
+                    found = True
+                    break
+                if sv <= 0.0:
+                    roots[c] = _leave(coef, c, a, v, fr)
+                    found = True
+                    break
+                if su < sv:
+                    b = v
+                else:
+                    a = u
+        if found:
+            slopes[c] = _dpoly(coef, c, roots[c])
+    return roots, slopes
