@@ -8,7 +8,7 @@ import truncflow as tf
 from truncflow.compute import kernel_arrays, tile_arrays
 from truncflow.engine.kinks import _Kinks, _Pieces, _Quadrature, _set_bit
 from truncflow.engine.rhs import FlowProblem
-from truncflow.kernels.crossing import (frozen_gradient_kernel, hermite_dips_kernel, preacts_jvp_kernel,
+from truncflow.kernels.crossing import (first_crossings, frozen_gradient_kernel, hermite_dips_kernel, preacts_jvp_kernel,
                                         subset_gradient_kernel, subset_jvp_kernel, subset_preacts_kernel)
 from truncflow.kernels.gradient import gradient_kernel
 
@@ -159,6 +159,43 @@ def test_a_dip_inside_a_step_is_flagged():
         assert k._dips(y, 1.0, y.copy()).tolist() == ([0] if dips else [])
 
 
+def test_first_crossings_against_dense_sampling():
+    # random degree-8 polynomials on [-1, 1], some with narrow dips through zero between grid points
+    rng = np.random.default_rng(5)
+    C = 1000
+    x = -np.cos(np.pi * np.arange(9) / 8)
+    V = np.vander(x, 9, increasing=True)
+    vals = rng.standard_normal((9, C)) + 0.8
+    coef = np.linalg.solve(V, vals)
+    # narrow dips: (x - c)^2 - w^2 scaled, w below the grid spacing 2 / 64
+    for c in range(0, C, 5):
+        cen, w = rng.uniform(-0.9, 0.9), rng.uniform(0.002, 0.02)
+        coef[:, c] = 0.0
+        coef[:3, c] = [cen ** 2 - w ** 2, -2 * cen, 1.0]
+    free = rng.random(C) < 0.5
+    coef[:, ~free] *= -1                     # truncated columns: the old side is p <= 0
+    after = rng.uniform(-1, 0.5, C)
+    held = rng.random(C) < 0.05
+    roots, slopes = first_crossings(coef, after, free, held, 64)
+    grid = np.linspace(-1, 1, 100001)
+    has, first = np.zeros(C, bool), np.full(C, np.inf)
+    for c in range(0, C, 50):                                 # (50, G) at a time
+        P = np.polynomial.polynomial.polyval(grid, coef[:, c:c + 50])
+        off = ((P > 0) != free[c:c + 50, None]) & (grid[None, :] > after[c:c + 50, None])
+        has[c:c + 50] = off.any(axis=1) & ~held[c:c + 50]
+        first[c:c + 50] = np.where(has[c:c + 50], grid[off.argmax(axis=1)], np.inf)
+    # the caller starts each column on its side (after a crossing, on the new one)
+    start = np.polynomial.polynomial.polyval(after, coef, tensor=False)
+    ok = (start > 0) == free
+    has, roots, slopes, first = has[ok], roots[ok], slopes[ok], first[ok]
+    coef = coef[:, ok]
+    assert has.sum() > 150 and (~has).sum() > 150
+    np.testing.assert_array_equal(np.isfinite(roots), has)
+    np.testing.assert_allclose(roots[has], first[has], atol=2e-5)
+    d = np.polynomial.polynomial.polyval(roots[has], np.polynomial.polynomial.polyder(coef[:, has]), tensor=False)
+    np.testing.assert_allclose(slopes[has], d, rtol=1e-9, atol=1e-12)
+
+
 def test_quadrature_weights_integrate_polynomials():
     q = _Quadrature(9)
     xa, xb = np.array([-0.3, -1.0]), np.array([0.7, 1.0])
@@ -271,6 +308,32 @@ def test_gradient_descent_converges_to_it_at_first_order(kind):
     order = np.polyfit(np.log(lrs), np.log(errs), 1)[0]
     assert 0.6 <= order <= 1.6, (errs, order)
     assert errs[-1] < 1.5e-4, errs
+
+
+def test_bulk_correction_matches_locating_every_crossing():
+    # three clusters: tens of crossings per step, corrected in bulk, against every crossing located
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((3, 4)) * 1.5
+    x, lab = tf.gaussian_clusters(300, centers, std=0.6, seed=0)
+    p = tf.Params.random(2, 4, scale=0.3, bias_scale=0.5, seed=0)
+    ds = tf.Dataset(x, lab, centers + rng.standard_normal((3, 4)))
+    T = 0.15
+    ref = _every_crossing(p, ds, T, rtol=1e-10, atol=1e-12)
+    for rtol in (1e-5, 1e-7):
+        r = tf.simulate(p, ds, T, wrt="layers", method="kinks", rtol=rtol, atol=rtol * 1e-2, record_times=[T])
+        stats = r.config["kinks"]
+        assert r.status == "t_end" and stats["corrected_crossings"] > 20, stats
+        err = np.max(np.abs(final_vector(r) - final_vector(ref)))
+        assert err < 10 * rtol, (rtol, err, stats)
+
+
+def _every_crossing(p, ds, T, **kw):
+    import truncflow.engine.kinks as kinks
+    kinks.BULK = False
+    try:
+        return tf.simulate(p, ds, T, wrt="layers", method="kinks", record_times=[T], **kw)
+    finally:
+        kinks.BULK = True
 
 
 def test_small_problems_with_sliding_do_not_stall():

@@ -12,25 +12,36 @@ step that straddles a change commits an error of order h * jump). Here:
   as input, bit-identical to the ordinary pass where the pattern is the true one),
   a smooth ODE. The same pass flags the points whose pattern differs from the
   signs of their pre-activations at the step's end: O(N), streaming, deterministic.
+* **Dips.** A point can cross a hyperplane and come back inside one step, which the
+  end-point test cannot see. At each step's end one more pass over all points
+  (``preacts_jvp_kernel``) gives the pre-activations and their rates along the
+  velocity; a cubic Hermite test per coordinate between the step's two ends
+  (``hermite_dips_kernel``) flags those that come within ``DIP_MARGIN`` of their end
+  distances from the hyperplane. Flagged points join the end-point ones.
 * **Crossing times.** For the flagged points only, the pre-activations are sampled
   along the step's dense output at ``_NODES`` Chebyshev-Lobatto nodes
   (``subset_preacts_kernel`` on an index list), interpolated, and every crossing
-  located in order per point (a point may cross in several layers, or cross and
-  cross back, within one step: after each crossing its pattern is switched and the
-  rest of its path re-examined).
+  located in order per point (``first_crossings``; a point may cross in several
+  layers, or cross and cross back, within one step: after each crossing its pattern
+  is switched and the rest of its path re-examined).
 * **Events or bulk correction, chosen per step.** *Event mode* steps to the earliest
   crossing (polished with Brent's method on the dense output to round-off), switches
   the pattern there and restarts the stepper: exact, but a step per crossing.
   *Bulk mode* keeps the step and adds, for each crossing point, the integral of its
   gradient jump from its crossing time to the step's end (an interpolatory quadrature
-  on the same nodes, ``subset_gradient_kernel`` with per-entry weights): the direct
-  effect of every crossing, exactly to the quadrature's order. What bulk mode
-  neglects is the crossings' feedback on the step's own stages, about
-  ``J * sum_i int_{tau_i}^{t1} (t1 - s) jump_i(s) ds`` (J the Jacobian of the flow);
-  it is estimated every step (a secant estimate of ||J|| along the step) and the
-  step is corrected in bulk only when that estimate passes the stepper's error test.
-  Otherwise the step is located event by event when it holds few crossings, or
-  redone with a shorter step (the neglected term falls like h^3 per step).
+  on the same nodes, ``subset_gradient_kernel`` with per-entry weights). Found on the
+  frozen path, every crossing time is off by the earlier crossings' effect on the
+  path (the leading error, ~ h^3 per step), so the crossings are re-found on the
+  corrected path (frozen dense output plus the jumps' integrals up to each node, plus
+  their feedback), ``BULK_REFINE`` passes of subset work only; points that cross only
+  on the corrected path join. The crossings' feedback on the step's own stages is
+  added to first order, ``J q1`` with ``q1 = sum_i int_{tau_i}^{t1} (t1 - s) jump_i(s) ds``
+  (one evaluation: a difference of the frozen flow). The estimated error left (what
+  another pass would still move, plus the next feedback term ||J|| ||J q1|| h / 4),
+  in the max norm scaled as the stepper's and per unit of the flow's time scale
+  1 / ||J||, must be below ``BULK_BUDGET``; otherwise a step with few crossings
+  (<= ``_EVENT_MAX``) is located event by event and one with more is redone shorter,
+  and the stepper's steps are held to the length the test allows.
 * **Sliding modes.** At a located crossing the pre-activation's velocity is computed
   on both sides (``subset_jvp_kernel``: exact forward-mode derivative along the two
   one-sided flows). If both point into the hyperplane the coordinate joins the
@@ -75,7 +86,7 @@ _SCAN = 64
 #: step's dense output: it may cross and come back inside the step (a "dip").
 DIP_MARGIN = 0.5
 #: At most this many crossings in a step are located one by one (event mode) when bulk
-#: correction does not pass the error test; with more the step is shortened instead.
+#: correction does not pass the error test; with more the step is redone shorter instead.
 _EVENT_MAX = 4
 #: rtol at or below which DOP853 (8th order) is used instead of RK45.
 _DOP853_BELOW = 1e-7
