@@ -171,7 +171,8 @@ def main(argv=None):
         kw = {k: v for k, v in cfg.simulate_kwargs.items()
               if k in ("kind", "wrt", "train", "frozen_layers")}
         case("default", cfg.params, cfg.dataset, cfg.simulate_kwargs["t_end"], parse(a.rtols, [1e-4, 1e-5, 1e-6]),
-             [1e-5], [0.5, 0.25], 1e-7, a.max_time, kw, out)
+             parse(a.rk_rtols, [1e-5]), parse(a.lrs, [0.5, 0.25]), a.ref_rtol or 1e-7, a.max_time, kw, out,
+             ref_bulk=a.ref_bulk)
 
 
 if __name__ == "__main__":

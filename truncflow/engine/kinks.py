@@ -744,8 +744,8 @@ class _Kinks:
         slide = self._sliding_kind(segs, y1)
         t_slide = min((sg[3] for sg, f in zip(segs, slide) if f), default=np.inf)
         grow = 0.9 * (BULK_BUDGET / err) ** (1.0 / 3.0) if err > 0 else 10.0
-        self.h_cap = h * min(grow, 4.0)
         if err <= BULK_BUDGET and t_slide == np.inf:
+            self.h_cap = h * min(grow, 4.0)
             h_next = min(self.solver.h_abs, h * grow)
             return self._bulk_accept(segs, final_pats, cand, nodes_t, nodes_c, dense, t0, t1, y1,
                                      delta + jq1, h_next, jq1)
@@ -754,6 +754,7 @@ class _Kinks:
         if err > BULK_BUDGET:
             # redo the step shorter (the stepper restarts at t0)
             self.stats["redone_steps"] += 1
+            self.h_cap = h * grow
             self.start(t0, ya, h * grow)
             return False
         t_u = t_slide                   # correct up to the first crossing of the sliding kind
