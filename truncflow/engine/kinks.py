@@ -97,6 +97,9 @@ BULK_BUDGET = 0.1
 BULK_REFINE = 2
 #: Bulk correction allowed (False: every crossing is located; for experiments and benchmarks).
 BULK = True
+#: Bulk steps redone shorter in a row after which the step's first crossing is located instead
+#: (crossings that do not thin out as the step shrinks: many points crossing at one instant).
+_MAX_REDOS = 3
 #: Zero-length events in a row after which the run stops (a degenerate tangency).
 _MAX_STUCK = 200
 
@@ -389,6 +392,7 @@ class _Kinks:
         self.intervals = []     # [i, l, k, t_in, t_out]
         self._ends = None       # (pattern version, a, da) at the end of the last step ...
         self._ends_key = None   # ... and the state there (bytes)
+        self._redos = 0         # bulk steps redone in a row
         self.h_cap = np.inf     # step limit from the last bulk test (relaxed by steps without crossings)
 
     # --------------------------------------------------------------- plumbing
@@ -488,6 +492,7 @@ class _Kinks:
                 if progressed is None:      # step redone shorter: no progress
                     continue
                 t_new, y_new = progressed
+                self._redos = 0
                 stuck = stuck + 1 if t_new <= t0 else 0
                 if stuck > _MAX_STUCK:
                     status, detail = "failed", f"at t = {t_new:.6g}: {_MAX_STUCK} events in a row without progress"
@@ -749,13 +754,14 @@ class _Kinks:
             h_next = min(self.solver.h_abs, h * grow)
             return self._bulk_accept(segs, final_pats, cand, nodes_t, nodes_c, dense, t0, t1, y1,
                                      delta + jq1, h_next, jq1)
-        if len(segs) <= _EVENT_MAX:
+        if len(segs) <= _EVENT_MAX or (err > BULK_BUDGET and self._redos >= _MAX_REDOS):
             return None
         if err > BULK_BUDGET:
             # redo the step shorter (the stepper restarts at t0)
+            self._redos += 1
             self.stats["redone_steps"] += 1
-            self.h_cap = h * grow
-            self.start(t0, ya, h * grow)
+            self.h_cap = h * max(grow, 0.2)
+            self.start(t0, ya, self.h_cap)
             return False
         t_u = t_slide                   # correct up to the first crossing of the sliding kind
         if t_u <= t0 + 1e-3 * h:
