@@ -3,6 +3,7 @@
     python bench/work_precision.py small            # (a) N = 16..64 with sliding modes
     python bench/work_precision.py clusters         # (b) N = 2e4, three clusters, M = 4, L = 2, layer flow, t = 5
     python bench/work_precision.py default          # (c) the README's default job (150,000 points, t = 60)
+    python bench/work_precision.py replot --out DIR # the PNGs again from DIR's JSONs (with gradientflow's, if there)
     options: --rtols 1e-4,1e-6,...  --rk-rtols ...  --lrs ...  --max-time S  --max-evals N (per run)
              --seeds seed:kind:N,...  (small)   --n N  --ref-rtol R  --ref-bulk  (clusters)  --out DIR
 
@@ -110,33 +111,47 @@ def case(name, params, ds, t_end, rtols, rk_rtols, lrs, ref_rtol, max_time, sim_
         reference_final=yref.tolist(),
         gd_order=gd_order, load_average_before=load0, load_average_after=load1, cpus=os.cpu_count(),
         rows=rows), indent=1, default=float))
+    plot(name, rows, out)
+    return rows
+
+
+def plot(name, rows, out):
+    """Error against evaluations and wall time, PNG next to the JSON; adds gradientflow's runs
+    (bench/peer_gradientflow.py) when out/gradientflow_<name>.json exists."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        for method, style in (("kinks", "o-"), ("rk45", "s--"), ("gd", "^:")):
-            pts = [r_ for r_ in rows if r_["method"] == method and np.isfinite(r_["error"])]
-            if not pts:
-                continue
-            for ax, key in zip(axes, ("evaluations", "wall")):
-                ax.loglog([p_[key] for p_ in pts], [max(p_["error"], 1e-16) for p_ in pts], style, label=method)
-        for ax, key in zip(axes, ("gradient evaluations", "wall time (s)")):
-            ax.set_xlabel(key)
-            ax.set_ylabel("global error at t_end")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend()
-        fig.suptitle(f"work-precision: {name}")
-        fig.tight_layout()
-        fig.savefig(out / f"work_precision_{name}.png", dpi=110)
     except ImportError:
-        pass
-    return rows
+        return
+    series = [(m, st, [r_ for r_ in rows if r_["method"] == m]) for m, st in
+              (("kinks", "o-"), ("rk45", "s--"), ("gd", "^:"))]
+    peer = out / f"gradientflow_{name}.json"
+    if peer.is_file():
+        prow = json.loads(peer.read_text())["rows"]
+        for mode, st in (("ode", "v-."), ("backprop", "<-."), ("dout", "d-.")):
+            series.append((f"gradientflow {mode}", st, [r_ for r_ in prow if r_.get("method") == mode]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, style, pts in series:
+        pts = [p_ for p_ in pts if np.isfinite(p_["error"])]
+        if not pts:
+            continue
+        for ax, key in zip(axes, ("evaluations", "wall")):
+            ax.loglog([p_[key] for p_ in pts], [max(p_["error"], 1e-16) for p_ in pts], style, label=label)
+    for ax, key in zip(axes, ("gradient evaluations", "wall time (s)")):
+        ax.set_xlabel(key)
+        ax.set_ylabel("global error at t_end")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"work-precision: {name}")
+    fig.tight_layout()
+    fig.savefig(out / f"work_precision_{name}.png", dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("case", choices=["small", "clusters", "default"])
+    ap.add_argument("case", choices=["small", "clusters", "default", "replot"])
     ap.add_argument("--rtols", default=None)
     ap.add_argument("--max-time", type=float, default=600.0)
     ap.add_argument("--out", default="bench/out")
@@ -153,7 +168,11 @@ def main(argv=None):
     MAX_EVALS = a.max_evals
     out = Path(a.out)
     parse = lambda s, d: [float(v) for v in s.split(",")] if s else d
-    if a.case == "small":
+    if a.case == "replot":                  # the PNGs again from the JSONs in --out
+        for f in sorted(out.glob("work_precision_*.json")):
+            d = json.loads(f.read_text())
+            plot(d["case"], d["rows"], out)
+    elif a.case == "small":
         for spec in a.seeds.split(","):
             seed, kind, n = spec.split(":")
             p, ds = small_problem(int(seed), N=int(n), kind=kind)
