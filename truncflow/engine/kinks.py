@@ -88,8 +88,11 @@ DIP_MARGIN = 0.5
 #: At most this many crossings in a step are located one by one (event mode) when bulk
 #: correction does not pass the error test; with more the step is redone shorter instead.
 _EVENT_MAX = 4
-#: rtol at or below which DOP853 (8th order) is used instead of RK45.
-_DOP853_BELOW = 1e-7
+#: rtol at or below which DOP853 (8th order, 12 evaluations a step) is used instead of RK45
+#: (5th order, 6). Where crossings limit the steps (bulk mode) the cheaper step wins: the README's
+#: default job at rtol 1e-9 took 25,490 evaluations with DOP853 and 12,412 with RK45 (the two
+#: 5e-10 apart); DOP853 pays only where smooth stretches dominate at the tightest tolerances.
+_DOP853_BELOW = 1e-10
 #: Share of the stepper's error budget the estimated error of a bulk correction may take.
 BULK_BUDGET = 0.1
 #: Passes that re-find the crossing times and jump integrals of a bulk-corrected step along its
