@@ -64,7 +64,7 @@ import time
 
 import numpy as np
 from scipy.integrate import DOP853, RK45
-from scipy.optimize import brentq, lsq_linear
+from scipy.optimize import brentq
 
 from ..compute import Gradient, aligned_scale_gradient, cumulative_to_layer_gradient, kernel_arrays, tile_arrays
 from ..kernels import config
@@ -736,8 +736,10 @@ class _Kinks:
         feedback term, about ||J|| ||J q1|| h / 4 (||J|| the larger of ||J q1|| / ||q1|| and a
         secant estimate along the step). Crossings of the sliding kind (their own jump turns
         their pre-activation back) are located, never corrected: the step is then corrected
-        up to the first one. With more than ``_EVENT_MAX`` crossings a step that fails is cut
-        where the estimate (~ h^4) fits and corrected up to there.
+        up to the first one. A step that fails is located event by event when it holds at
+        most ``_EVENT_MAX`` crossings, else redone shorter (``_MAX_REDOS`` times in a row at
+        most, then its first crossing is located). Returns the new (t, y), None (locate the
+        first crossing) or False (redone: no progress).
         """
         h = t1 - t0
         path = self._corrected_path(cand, segs, final_pats, nodes_t, nodes_y, y1, t0, t1)
@@ -792,7 +794,7 @@ class _Kinks:
         K = len(nodes_y)
         E, Q = self._node_deltas(segs, nodes_y, t0, t1)
         nodes_c, moves, jq1, fb = nodes_y, [], None, np.zeros(K)
-        for it in range(max(BULK_REFINE, 1)):
+        for _ in range(max(BULK_REFINE, 1)):
             trial = [nodes_y[m] + E[m] + fb[m] * (jq1 if jq1 is not None else 0.0) for m in range(K)]
             segs_n, pats_n = self._paths(cand, nodes_t, trial, t0, t1)
             if segs_n:
@@ -806,7 +808,7 @@ class _Kinks:
                 q1 = Q[-1]
                 nq = float(q1 @ q1)
                 fb = (Q @ q1) / nq if nq > 0 else np.zeros(K)
-                late = self._late_candidates(cand, final_pats, y1, y1 + E[-1] + jq1)
+                late = self._late_candidates(cand, y1, y1 + E[-1] + jq1)
                 if late.size:
                     self.stats["late_crossings"] += int(late.size)
                     cand = np.union1d(cand, late)
@@ -823,7 +825,7 @@ class _Kinks:
             shift = moves[-1] * min(1.0, last / before if before > 0 else 1.0)
         return segs, final_pats, cand, nodes_c, delta, Q[-1], jq1, shift
 
-    def _late_candidates(self, cand, final_pats, y1, y_end):
+    def _late_candidates(self, cand, y1, y_end):
         """Points outside ``cand`` whose sign at y_end (to first order from y1) differs from their pattern."""
         pc = self.pieces
         a1, da = pc.all_jvp(pc.at(y1), y_end - y1)
