@@ -140,12 +140,7 @@ def test_hermite_dips_kernel_against_dense_sampling():
 def test_a_dip_inside_a_step_is_flagged():
     # one point, b_1[0] moving as -c t (1 - t): a_0 = 0.3 - c t (1 - t) is 0.3 at both ends of the
     # step, with rates -c and +c; the end-point test sees nothing either way
-    x = np.array([[0.3, 0.5]])
-    ds = tf.Dataset(x, np.array([0]), np.zeros((1, 2)))
-    p = tf.Params.from_layers(np.eye(2)[None], np.zeros((1, 2)))
-    prob, k = _kinks_for(p, ds, wrt="layers")
-    y = prob.pack(p)
-    off = prob._offsets[1]
+    prob, k, y, off = _one_point_one_layer()
 
     class Step:                 # what _dips reads of the stepper: the velocities at both ends
         pass
@@ -213,6 +208,14 @@ def _kinks_for(p, ds, **kw):
     return prob, k
 
 
+def _one_point_one_layer():
+    """The point (0.3, 0.5) under one identity layer: (problem, _Kinks, state, offset of b_1 in it)."""
+    ds = tf.Dataset(np.array([[0.3, 0.5]]), np.array([0]), np.zeros((1, 2)))
+    p = tf.Params.from_layers(np.eye(2)[None], np.zeros((1, 2)))
+    prob, k = _kinks_for(p, ds, wrt="layers")
+    return prob, k, prob.pack(p), prob._offsets[1]
+
+
 def _true_crossings(prob, pieces, path, i, t0, t1, n=4001):
     """Sign changes of point i's true pre-activations along path(t), by brute force on a fine grid."""
     ts = np.linspace(t0, t1, n)
@@ -251,12 +254,7 @@ def test_crossings_in_two_layers_within_one_step():
 
 
 def test_cross_and_cross_back_within_one_step():
-    x = np.array([[0.3, 0.5]])
-    ds = tf.Dataset(x, np.array([0]), np.zeros((1, 2)))
-    p = tf.Params.from_layers(np.eye(2)[None], np.zeros((1, 2)))
-    prob, k = _kinks_for(p, ds, wrt="layers")
-    y0 = prob.pack(p)
-    off = prob._offsets[1]
+    prob, k, y0, off = _one_point_one_layer()
 
     def path(t):                # b_1[0] = -1.6 t (1 - t): a_0 = 0.3 - 1.6 t (1 - t) dips below 0 and back
         y = y0.copy()

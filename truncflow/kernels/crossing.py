@@ -200,6 +200,33 @@ def subset_preacts_kernel(points, idx, pats, cw, cb, edges_t):
 
 
 @njit(**JIT_OPTIONS)
+def _jvp_point(x, pat, cw, cb, edges_t, dcw, dcb, dedges_t, z, dz, a, da, a_out, d_out):
+    """Frozen-pattern pre-activations a_out (L, M) of one point x under pattern pat (L, n_words)
+    and d_out (L, M), their derivative along the tangent (dcw, dcb, dedges_t) of (cw, cb, edges_t).
+    z, dz, a, da: (M,) work buffers."""
+    L, M, _ = cw.shape
+    for j in range(M):
+        z[j] = x[j]
+        dz[j] = 0.0
+    for l in range(L):
+        for k in range(M):
+            s = cb[l, k]
+            ds = dcb[l, k]
+            for j in range(M):
+                s += cw[l, k, j] * z[j]
+                ds += dcw[l, k, j] * z[j] + cw[l, k, j] * dz[j]
+            a[k] = s
+            da[k] = ds
+            a_out[l, k] = s
+            d_out[l, k] = ds
+        for k in range(M):
+            if not ((pat[l, k // 64] >> np.uint64(k % 64)) & np.uint64(1) == np.uint64(1)):
+                for j in range(M):
+                    z[j] -= a[k] * edges_t[l, k, j]
+                    dz[j] -= da[k] * edges_t[l, k, j] + a[k] * dedges_t[l, k, j]
+
+
+@njit(**JIT_OPTIONS)
 def subset_jvp_kernel(points, idx, pats, cw, cb, edges_t, dcw, dcb, dedges_t):
     """Frozen-pattern pre-activations a (n, L, M) and their derivatives along a direction.
 
@@ -210,30 +237,10 @@ def subset_jvp_kernel(points, idx, pats, cw, cb, edges_t, dcw, dcb, dedges_t):
     L, M, _ = cw.shape
     a_out = np.empty((n, L, M))
     d_out = np.empty((n, L, M))
-    z = np.empty(M)
-    dz = np.empty(M)
-    a = np.empty(M)
-    da = np.empty(M)
+    z, dz, a, da = np.empty(M), np.empty(M), np.empty(M), np.empty(M)
     for e in range(n):
-        for j in range(M):
-            z[j] = points[idx[e], j]
-            dz[j] = 0.0
-        for l in range(L):
-            for k in range(M):
-                s = cb[l, k]
-                ds = dcb[e, l, k]
-                for j in range(M):
-                    s += cw[l, k, j] * z[j]
-                    ds += dcw[e, l, k, j] * z[j] + cw[l, k, j] * dz[j]
-                a[k] = s
-                da[k] = ds
-                a_out[e, l, k] = s
-                d_out[e, l, k] = ds
-            for k in range(M):
-                if not ((pats[e, l, k // 64] >> np.uint64(k % 64)) & np.uint64(1) == np.uint64(1)):
-                    for j in range(M):
-                        z[j] -= a[k] * edges_t[l, k, j]
-                        dz[j] -= da[k] * edges_t[l, k, j] + a[k] * dedges_t[e, l, k, j]
+        _jvp_point(points[idx[e]], pats[e], cw, cb, edges_t, dcw[e], dcb[e], dedges_t[e], z, dz, a, da,
+                   a_out[e], d_out[e])
     return a_out, d_out
 
 
@@ -250,30 +257,9 @@ def preacts_jvp_kernel(points, pats, cw, cb, edges_t, dcw, dcb, dedges_t, chunk)
     d_out = np.empty((N, L, M))
     C = (N + chunk - 1) // chunk
     for c in prange(C):
-        z = np.empty(M)
-        dz = np.empty(M)
-        a = np.empty(M)
-        da = np.empty(M)
+        z, dz, a, da = np.empty(M), np.empty(M), np.empty(M), np.empty(M)
         for i in range(c * chunk, min(N, (c + 1) * chunk)):
-            for j in range(M):
-                z[j] = points[i, j]
-                dz[j] = 0.0
-            for l in range(L):
-                for k in range(M):
-                    s = cb[l, k]
-                    ds = dcb[l, k]
-                    for j in range(M):
-                        s += cw[l, k, j] * z[j]
-                        ds += dcw[l, k, j] * z[j] + cw[l, k, j] * dz[j]
-                    a[k] = s
-                    da[k] = ds
-                    a_out[i, l, k] = s
-                    d_out[i, l, k] = ds
-                for k in range(M):
-                    if not ((pats[i, l, k // 64] >> np.uint64(k % 64)) & np.uint64(1) == np.uint64(1)):
-                        for j in range(M):
-                            z[j] -= a[k] * edges_t[l, k, j]
-                            dz[j] -= da[k] * edges_t[l, k, j] + a[k] * dedges_t[l, k, j]
+            _jvp_point(points[i], pats[i], cw, cb, edges_t, dcw, dcb, dedges_t, z, dz, a, da, a_out[i], d_out[i])
     return a_out, d_out
 
 
