@@ -79,14 +79,17 @@ def test_subset_kernel_sums_all_points_like_the_full_pass():
     assert sub[0].shape == one[0].shape
 
 
+def _pieces_state_direction(seed, N, wrt, direction_seed):
+    """_Pieces of small(seed, N, M=3), its initial state and a random masked direction."""
+    p, ds = small(seed, N=N, M=3)
+    prob = FlowProblem(p, ds, wrt=wrt)
+    y = prob.pack(p)
+    return _Pieces(prob), y, np.random.default_rng(direction_seed).standard_normal(y.size) * prob.mask
+
+
 @pytest.mark.parametrize("wrt", ["cumulative", "layers"])
 def test_jvp_of_preactivations_matches_finite_differences(wrt):
-    p, ds = small(2, N=10, M=3)
-    prob = FlowProblem(p, ds, wrt=wrt)
-    pieces = _Pieces(prob)
-    y = prob.pack(p)
-    rng = np.random.default_rng(0)
-    v = rng.standard_normal(y.size) * prob.mask
+    pieces, y, v = _pieces_state_direction(2, 10, wrt, 0)
     idx = np.arange(10)
     pats = pieces.pat[idx]
     a, da = pieces.jvp(pieces.at(y), idx, pats, np.tile(v, (10, 1)))
@@ -99,11 +102,7 @@ def test_jvp_of_preactivations_matches_finite_differences(wrt):
 
 @pytest.mark.parametrize("wrt", ["cumulative", "layers"])
 def test_jvp_of_all_points_is_the_subset_jvp(wrt):
-    p, ds = small(4, N=70, M=3)
-    prob = FlowProblem(p, ds, wrt=wrt)
-    pieces = _Pieces(prob)
-    y = prob.pack(p)
-    v = np.random.default_rng(1).standard_normal(y.size) * prob.mask
+    pieces, y, v = _pieces_state_direction(4, 70, wrt, 1)
     idx = np.arange(70)
     a_sub, da_sub = pieces.jvp(pieces.at(y), idx, pieces.pat, np.tile(v, (70, 1)))
     a, da = pieces.all_jvp(pieces.at(y), v)
