@@ -61,23 +61,24 @@ Install (a separate venv; nothing of this goes into truncflow's pyproject or CI)
     /work/venv-gf/bin/pip install -e /work/main torch==2.13.0 matplotlib     # pinned CPU torch
     /work/venv-gf/bin/pip install /tmp/gradientflow-src
 
-Runs (one after the other):
+Runs (one after the other), as behind bench/work_precision/gradientflow_<case>.json:
 
     NUMBA_NUM_THREADS=1 /work/venv-gf/bin/python bench/peer_gradientflow.py --verify --threads 1
     NUMBA_NUM_THREADS=1 /work/venv-gf/bin/python bench/peer_gradientflow.py \\
         small_input_0_N32 small_output_1_N32 small_input_2_N16 small_output_3_N64 --threads 1 --max-time 60
-    /work/venv-gf/bin/python bench/peer_gradientflow.py clusters_N20000 --threads 2 --max-time 150
-    # the clusters file was written before its reference_final was stored: flows first, errors later
-    /work/venv-gf/bin/python bench/peer_gradientflow.py clusters_N20000 --threads 1 --max-time 150 --reference later
-    /work/venv-gf/bin/python bench/peer_gradientflow.py clusters_N20000 --rescore
+    /work/venv-gf/bin/python bench/peer_gradientflow.py clusters_N20000 --threads 1 --max-time 150
+    # where work_precision_<case>.json has no reference_final yet: --reference later, then --rescore
 
-(Two torch threads on the shared 2-core machine under load 4-6 cost 270-375 ms per evaluation at
-N = 2e4, one thread 13 ms, 3.3 ms unloaded: the clusters tables were run with --threads 1.)
+(--threads is set again before every run: truncflow's Numba kernels, called for the gradient check
+and the reference, share PyTorch's OpenMP runtime and reset its thread count to NUMBA_NUM_THREADS.
+Two torch threads on the shared 2-core machine under load 4-6 cost 270-375 ms per evaluation at
+N = 2e4, one thread 13 ms, two unloaded 3.3 ms: the clusters table was run with --threads 1.)
 
 Options: --dgrads 1,1e-1,... (knobs of ode and backprop) --douts 1e-1,... (knob of dout)
 --methods ode,backprop,dout --max-time S --stall-evals N --threads T --dir bench/work_precision
 --reference recompute|later (no reference_final stored: recompute it first, or run the flows and
-leave the errors NaN) --rescore (no runs: errors of an existing DIR/gradientflow_<case>.json against
+leave the errors NaN) --append (add rows to the case's file, e.g. capped runs again with a longer
+--max-time; every row records its own max_time and load average) --rescore (no runs: errors of an existing DIR/gradientflow_<case>.json against
 the reference now stored; every row keeps its final parameters for this).
 Writes DIR/gradientflow_<case>.json and prints a markdown table per case.
 """
@@ -358,11 +359,13 @@ def run_backprop(p, ds, kind, t_end, max_dgrad, max_dout, max_time, stall_evals)
     return status, tr, t_end, xf, steps
 
 
-def sweep(p, ds, kind, t_end, yref, methods, dgrads, douts, max_time, stall_evals, label=""):
+def sweep(p, ds, kind, t_end, yref, methods, dgrads, douts, max_time, stall_evals, label="", threads=None):
     rows = []
     for method in methods:
         knobs = douts if method == "dout" else dgrads
         for k in knobs:
+            if threads:     # truncflow's Numba kernels (OpenMP layer) reset the shared OpenMP thread count
+                torch.set_num_threads(threads)
             if method == "ode":
                 res = run_ode(p, ds, kind, t_end, k, max_time, stall_evals)
                 extra = dict(max_dgrad=k)
@@ -376,7 +379,9 @@ def sweep(p, ds, kind, t_end, yref, methods, dgrads, douts, max_time, stall_eval
             err = float(np.max(np.abs(xf - yref))) if xf is not None and yref is not None else float("nan")
             steps = int(steps) if status == "t_end" else None     # accepted steps (known when finished)
             row = dict(method=method, knob=k, status=status, t=float(t), evaluations=tr.evals, steps=steps,
-                       wall=tr.wall, error=err, **extra, final=None if xf is None else xf.tolist())
+                       wall=tr.wall, error=err, **extra, max_time=max_time, load_average=os.getloadavg()[0],
+                       torch_threads=torch.get_num_threads(),
+                       final=None if xf is None else xf.tolist())
             rows.append(row)
             print(f"{label}{method:>8} {'max_dout' if method == 'dout' else 'max_dgrad'} {k:<7g}: {status:8s} "
                   f"t={t:.4g} evals={tr.evals:>7d} steps={str(steps):>7s} wall={tr.wall:6.1f}s error={err:.3e}", flush=True)
@@ -388,6 +393,8 @@ def table(rows):
     for r in rows:
         knob = f"max_dout {r['knob']:g}" if r["method"] == "dout" else f"max_dgrad {r['knob']:g}"
         status = r["status"] if r["status"] == "t_end" else f"{r['status']} at t={r['t']:.4g}"
+        if r["status"] == "max_time":
+            status = f"max_time ({r.get('max_time', 0):g} s) at t={r['t']:.4g}"
         err = f"{r['error']:.2e}" if np.isfinite(r["error"]) else "—"
         out.append(f"| gradientflow {r['method']} | {knob} | {status} | {r['evaluations']} | {r['wall']:.1f} | {err} |")
     return "\n".join(out)
@@ -403,7 +410,15 @@ def rescore(case, folder):
         raise SystemExit(f"{case}: still no reference_final in work_precision_{case}.json")
     if t_end != res["t_end"] or yref.shape != flat_params(p).shape:
         raise SystemExit(f"{case}: the reference does not fit the sweep")
+    same = res.get("reference_final") is not None and np.array_equal(np.array(res["reference_final"]), yref)
     for r in res["rows"]:
+        r.setdefault("max_time", res["max_time"])
+        if "final" not in r:        # rows of a file written before finals were kept
+            if not same:
+                print(f"  {r['method']} {r['knob']:g}: no final parameters kept and the reference changed: "
+                      f"error set to NaN (rerun the case)")
+                r["error"] = float("nan")
+            continue                 # same reference bit for bit: the error stands
         r["error"] = float(np.max(np.abs(np.array(r["final"]) - yref))) if r["final"] is not None else float("nan")
     res.update(reference_source=source, reference_final=yref.tolist(),
                reference_stored=dict(rtol=stored.get("reference_rtol"), **stored["reference"]))
@@ -432,7 +447,7 @@ def verify(a, methods):
     print(f"{case}: first activation-pattern change in ({t_kink_lo:.4g}, {t_kink_hi:.4g}]; "
           f"verification horizon t_v = {t_v:.4g} (reference kinks rtol 1e-12, {ref.config['kinks']['events_located']} events)")
     rows = sweep(p, ds, kind, t_v, final(ref), methods, [1e-2, 1e-3, 1e-4, 1e-5, 1e-6], [1e-2, 1e-3, 1e-4],
-                 a.max_time, a.stall_evals, label="verify ")
+                 a.max_time, a.stall_evals, label="verify ", threads=a.threads)
     print(table(rows))
     ok = True
     for method in methods:
@@ -461,6 +476,9 @@ def main(argv=None):
     ap.add_argument("--reference", choices=["recompute", "later"], default="recompute",
                     help="when work_precision_<case>.json has no reference_final: recompute it first, or run "
                          "the flows now and leave the errors to --rescore")
+    ap.add_argument("--append", action="store_true",
+                    help="add this run's rows to DIR/gradientflow_<case>.json instead of replacing them "
+                         "(e.g. the runs that hit --max-time again with a longer cap)")
     ap.add_argument("--rescore", action="store_true",
                     help="no runs: recompute the errors of DIR/gradientflow_<case>.json from the reference")
     a = ap.parse_args(argv)
@@ -487,8 +505,15 @@ def main(argv=None):
             raise SystemExit(f"{case}: reference has {yref.size} parameters, the problem {flat_params(p).size}")
         check = check_gradients(p, ds, kind)
         dgrads = parse(a.dgrads, CLUSTER_DGRADS if case.startswith("clusters") else SMALL_DGRADS)
-        rows = sweep(p, ds, kind, t_end, yref, methods, dgrads, parse(a.douts, DOUTS), a.max_time, a.stall_evals)
+        rows = sweep(p, ds, kind, t_end, yref, methods, dgrads, parse(a.douts, DOUTS), a.max_time, a.stall_evals,
+                     threads=a.threads)
         load1 = os.getloadavg()
+        if a.append and out_file.exists():     # keep the earlier rows (each row carries its own max_time)
+            old = json.loads(out_file.read_text())
+            for r in old["rows"]:
+                r.setdefault("max_time", old["max_time"])
+            rows = old["rows"] + rows
+            load0 = old.get("load_average_before", load0)
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(dict(
             case=case, peer="mariogeiger/gradientflow", gradientflow_version=gradientflow.__version__,
