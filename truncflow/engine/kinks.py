@@ -258,11 +258,8 @@ class _Pieces:
 
     def all_jvp(self, at, v):
         """(a, da) (N, L, M): every point's frozen-pattern pre-activations and their rate along velocity v."""
-        dcw, dcb = self._cum_tangent(at.params, v[None])
-        A = at.params.inverses
-        dA = -np.einsum("lij,ljk,lkm->lim", A, dcw[0], A)
-        return preacts_jvp_kernel(self.ds.points, self.pat, *at.kern, np.ascontiguousarray(dcw[0]),
-                                  np.ascontiguousarray(dcb[0]), np.ascontiguousarray(np.swapaxes(dA, 1, 2)),
+        dcw, dcb, dedges_t = self._tangents(at.params, v[None])
+        return preacts_jvp_kernel(self.ds.points, self.pat, *at.kern, dcw[0], dcb[0], dedges_t[0],
                                   config.chunk_size(self.N))
 
     def preacts(self, at, idx, pats):
@@ -271,12 +268,18 @@ class _Pieces:
 
     def jvp(self, at, idx, pats, dirs):
         """Frozen-pattern pre-activations of entries and their derivatives along dirs[e] (y-space)."""
-        dcw, dcb = self._cum_tangent(at.params, dirs)
-        A = at.params.inverses
-        dA = -np.einsum("lij,eljk,lkm->elim", A, dcw, A)
         return subset_jvp_kernel(self.ds.points, np.asarray(idx, np.int64), np.ascontiguousarray(pats),
-                                 *at.kern, np.ascontiguousarray(dcw), np.ascontiguousarray(dcb),
-                                 np.ascontiguousarray(np.swapaxes(dA, 2, 3)))
+                                 *at.kern, *self._tangents(at.params, dirs))
+
+    def _tangents(self, params, dirs):
+        """The kernels' tangent arrays along y-directions dirs (n, size): (dcw, dcb, dedges_t),
+        contiguous, of shapes (n, L, M, M), (n, L, M), (n, L, M, M), with dedges_t = (dA)^T for
+        dA = -A dW A (A the inverse of the cumulative weight)."""
+        dcw, dcb = self._cum_tangent(params, dirs)
+        A = params.inverses
+        dA = -np.einsum("lij,eljk,lkm->elim", A, dcw, A)
+        return (np.ascontiguousarray(dcw), np.ascontiguousarray(dcb),
+                np.ascontiguousarray(np.swapaxes(dA, 2, 3)))
 
     def _cum_tangent(self, params, dirs):
         """Tangents (n, L, M, M), (n, L, M) of the cumulative parameters along y-directions dirs (n, size)."""
