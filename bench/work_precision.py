@@ -4,8 +4,11 @@
     python bench/work_precision.py clusters         # (b) N = 2e4, three clusters, M = 4, L = 2, layer flow, t = 5
     python bench/work_precision.py default          # (c) the README's default job (150,000 points, t = 60)
     python bench/work_precision.py replot --out DIR # the PNGs again from DIR's JSONs (with gradientflow's, if there)
-    options: --rtols 1e-4,1e-6,...  --rk-rtols ...  --lrs ...  --max-time S  --max-evals N (per run)
-             --seeds seed:kind:N,...  (small)   --n N  --ref-rtol R  --ref-bulk  (clusters)  --out DIR
+    python bench/work_precision.py merge A.json B.json ... --ref kinks:1e-10 --name NAME --out DIR
+                                                    # one table from runs made side by side with --no-ref
+    options: --rtols 1e-4,1e-6,...  --rk-rtols ...  --lrs ...  (none: "none")  --max-time S  --max-evals N (per run)
+             --seeds seed:kind:N,...  (small)   --n N  --ref-rtol R  --ref-bulk  (clusters, default)  --out DIR
+             --no-ref (no reference run; rows keep their final states)  --name SUFFIX (of the JSON's case name)
 
     e.g. the runs behind bench/WORK_PRECISION.md:
     NUMBA_NUM_THREADS=1 python bench/work_precision.py small --seeds 0:input:32,1:output:32,2:input:16,3:output:64 \
@@ -68,26 +71,30 @@ def run(params, ds, t_end, max_time, **kw):
 
 
 def case(name, params, ds, t_end, rtols, rk_rtols, lrs, ref_rtol, max_time, sim_kw, out, ref_bulk=False):
+    """Runs the reference (unless ref_rtol is None), then every method; errors against the reference
+    (NaN without one: combine runs made separately with ``merge``). Every row keeps its final state."""
     rows = []
     load0 = os.getloadavg()
     print(f"== {name}: N = {ds.n_points}, t_end = {t_end}, load average {load0[0]:.2f}", flush=True)
-    kinks.BULK = ref_bulk
-    ref, wall = run(params, ds, t_end, None, method="kinks", rtol=ref_rtol, atol=ref_rtol * 1e-2, **sim_kw)
-    kinks.BULK = True
-    ref_row = dict(status=ref.status, evaluations=int(ref.evaluations[-1]), wall=wall, bulk=ref_bulk,
-                   kinks=ref.config.get("kinks"))
-    print(f"reference: kinks, {'bulk correction' if ref_bulk else 'every crossing located'}, rtol {ref_rtol}: {ref.status} evals {ref.evaluations[-1]} "
-          f"{wall:.1f}s {ref.config['kinks']}", flush=True)
-    yref = final(ref)
+    ref_row, yref = None, None
+    if ref_rtol is not None:
+        kinks.BULK = ref_bulk
+        ref, wall = run(params, ds, t_end, None, method="kinks", rtol=ref_rtol, atol=ref_rtol * 1e-2, **sim_kw)
+        kinks.BULK = True
+        ref_row = dict(method="kinks", knob=ref_rtol, status=ref.status, evaluations=int(ref.evaluations[-1]),
+                       wall=wall, bulk=ref_bulk, kinks=ref.config.get("kinks"))
+        print(f"reference: kinks, {'bulk correction' if ref_bulk else 'every crossing located'}, rtol {ref_rtol}: "
+              f"{ref.status} evals {ref.evaluations[-1]} {wall:.1f}s {ref.config['kinks']}", flush=True)
+        yref = final(ref)
 
     def add(label, method, knob, r, wall):
         reached = r.status == "t_end"
-        err = float(np.max(np.abs(final(r) - yref))) if reached else float("nan")
+        err = float(np.max(np.abs(final(r) - yref))) if reached and yref is not None else float("nan")
         row = dict(method=method, knob=knob, status=r.status, t=float(r.t[-1]), evaluations=int(r.evaluations[-1]),
-                   wall=wall, error=err, kinks=r.config.get("kinks"))
+                   wall=wall, error=err, kinks=r.config.get("kinks"), final=final(r).tolist() if reached else None)
         rows.append(row)
         print(f"{label:>26}: {r.status:8s} t={r.t[-1]:.4g} evals={row['evaluations']:>8d} wall={wall:7.1f}s "
-              f"error={err:.3e}" + (f" ({err / knob:.3g} x rtol)" if method != "gd" and reached else "")
+              f"error={err:.3e}" + (f" ({err / knob:.3g} x rtol)" if method != "gd" and np.isfinite(err) else "")
               + (f" {r.config['kinks']}" if method == "kinks" else ""), flush=True)
     for rtol in rtols:
         r, wall = run(params, ds, t_end, max_time, method="kinks", rtol=rtol, atol=rtol * 1e-2, **sim_kw)
@@ -108,11 +115,43 @@ def case(name, params, ds, t_end, rtols, rk_rtols, lrs, ref_rtol, max_time, sim_
     load1 = os.getloadavg()
     (out / f"work_precision_{name}.json").write_text(json.dumps(dict(
         case=name, n_points=int(ds.n_points), t_end=t_end, reference_rtol=ref_rtol, reference=ref_row,
-        reference_final=yref.tolist(),
+        reference_final=None if yref is None else yref.tolist(),
         gd_order=gd_order, load_average_before=load0, load_average_after=load1, cpus=os.cpu_count(),
         rows=rows), indent=1, default=float))
-    plot(name, rows, out)
+    if yref is not None:
+        plot(name, rows, out)
     return rows
+
+
+def merge(name, files, ref, out):
+    """One case's table from runs made separately (``--no-ref``, one tolerance per process, so that
+    they can run side by side): errors against the row ``ref`` = (method, knob) among them, which
+    leaves the table; GD's observed order is refitted. Writes out/work_precision_<name>.json and .png."""
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    rows = [r_ for d in runs for r_ in d["rows"]]
+    picked = [r_ for r_ in rows if (r_["method"], float(r_["knob"])) == ref and r_["final"] is not None]
+    if len(picked) != 1:
+        raise SystemExit(f"merge: {len(picked)} finished rows match reference {ref}")
+    ref_row = picked[0]
+    yref = np.asarray(ref_row["final"])
+    rows = [r_ for r_ in rows if r_ is not ref_row]
+    for r_ in rows:
+        r_["error"] = float(np.max(np.abs(np.asarray(r_["final"]) - yref))) if r_["final"] is not None else float("nan")
+    rows.sort(key=lambda r_: ({"kinks": 0, "rk45": 1, "gd": 2}[r_["method"]], -float(r_["knob"])))
+    gd = [(r_["knob"], r_["error"]) for r_ in rows if r_["method"] == "gd" and np.isfinite(r_["error"])]
+    gd_order = float(np.polyfit(*np.log(np.array(gd)).T, 1)[0]) if len(gd) >= 2 else None
+    for r_ in rows:
+        print(f"{r_['method']:>6} {r_['knob']:<8g} {r_['status']:8s} evals={r_['evaluations']:>8d} "
+              f"wall={r_['wall']:7.1f}s error={r_['error']:.3e}")
+    print(f"reference {ref}: {ref_row['evaluations']} evals; gradient descent order {gd_order}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"work_precision_{name}.json").write_text(json.dumps(dict(
+        case=name, n_points=runs[0]["n_points"], t_end=runs[0]["t_end"], reference_rtol=ref[1],
+        reference={k: v for k, v in ref_row.items() if k != "final"}, reference_final=yref.tolist(),
+        gd_order=gd_order, merged_from=[str(f) for f in files],
+        load_average=[d["load_average_before"] for d in runs], cpus=runs[0]["cpus"], rows=rows),
+        indent=1, default=float))
+    plot(name, rows, out)
 
 
 def plot(name, rows, out):
@@ -151,14 +190,19 @@ def plot(name, rows, out):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("case", choices=["small", "clusters", "default", "replot"])
+    ap.add_argument("case", choices=["small", "clusters", "default", "replot", "merge"])
+    ap.add_argument("files", nargs="*", help="merge: the JSONs of separate runs")
+    ap.add_argument("--no-ref", action="store_true", help="no reference run: rows keep their final states for merge")
+    ap.add_argument("--ref", default=None, help="merge: the reference row, method:knob (e.g. kinks:1e-10)")
+    ap.add_argument("--name", default=None, help="merge: the case name of the merged table; others: a suffix")
     ap.add_argument("--rtols", default=None)
     ap.add_argument("--max-time", type=float, default=600.0)
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--max-evals", type=int, default=None, help="per run (a stalled run stops there)")
     ap.add_argument("--seeds", default="0:input:32,1:output:32",
                     help="small case: seed:kind:N,... (N = 16..64)")
-    ap.add_argument("--n", type=int, default=20000, help="clusters case: number of points")
+    ap.add_argument("--n", type=int, default=None, help="number of points (clusters: 20,000; default: the job's 150,000)")
+    ap.add_argument("--t-end", type=float, default=None, help="default case: t_end (the job's 60)")
     ap.add_argument("--ref-rtol", type=float, default=None)
     ap.add_argument("--ref-bulk", action="store_true", help="reference with bulk correction (large N)")
     ap.add_argument("--rk-rtols", default=None)
@@ -167,8 +211,13 @@ def main(argv=None):
     global MAX_EVALS
     MAX_EVALS = a.max_evals
     out = Path(a.out)
-    parse = lambda s, d: [float(v) for v in s.split(",")] if s else d
-    if a.case == "replot":                  # the PNGs again from the JSONs in --out
+    parse = lambda s, d: d if s is None else [float(v) for v in s.split(",") if v not in ("", "none")]
+    suffix = f"_{a.name}" if a.name and a.case != "merge" else ""
+    ref_rtol = lambda d: None if a.no_ref else (a.ref_rtol or d)
+    if a.case == "merge":
+        method, knob = a.ref.split(":")
+        merge(a.name, a.files, (method, float(knob)), out)
+    elif a.case == "replot":                  # the PNGs again from the JSONs in --out
         for f in sorted(out.glob("work_precision_*.json")):
             d = json.loads(f.read_text())
             plot(d["case"], d["rows"], out)
@@ -176,21 +225,27 @@ def main(argv=None):
         for spec in a.seeds.split(","):
             seed, kind, n = spec.split(":")
             p, ds = small_problem(int(seed), N=int(n), kind=kind)
-            case(f"small_{kind}_{seed}_N{n}", p, ds, 3.0, parse(a.rtols, [1e-4, 1e-6, 1e-8, 1e-10]),
+            case(f"small_{kind}_{seed}_N{n}{suffix}", p, ds, 3.0, parse(a.rtols, [1e-4, 1e-6, 1e-8, 1e-10]),
                  parse(a.rk_rtols, [1e-4, 1e-6, 1e-8]), parse(a.lrs, [4e-3, 2e-3, 1e-3, 5e-4]),
-                 a.ref_rtol or 1e-12, a.max_time, dict(kind=kind, wrt="layers"), out)
+                 ref_rtol(1e-12), a.max_time, dict(kind=kind, wrt="layers"), out)
     elif a.case == "clusters":
-        p, ds = clusters_problem(N=a.n)
-        case(f"clusters_N{a.n}", p, ds, 5.0, parse(a.rtols, [1e-4, 1e-5, 1e-6]), parse(a.rk_rtols, [1e-4, 1e-6]),
-             parse(a.lrs, [2e-2, 1e-2]), a.ref_rtol or 1e-7, a.max_time, dict(wrt="layers"), out,
+        n = a.n or 20000
+        p, ds = clusters_problem(N=n)
+        case(f"clusters_N{n}{suffix}", p, ds, 5.0, parse(a.rtols, [1e-4, 1e-5, 1e-6]), parse(a.rk_rtols, [1e-4, 1e-6]),
+             parse(a.lrs, [2e-2, 1e-2]), ref_rtol(1e-7), a.max_time, dict(wrt="layers"), out,
              ref_bulk=a.ref_bulk)
     else:
-        from truncflow.config import load_config
-        cfg = load_config(None)
+        from truncflow.config import default_config_text, parse_config
+        text = default_config_text()
+        if a.n:                             # the same job with more points (same clusters, same network)
+            text = text.replace("n_points = 150000", f"n_points = {a.n}")
+        cfg = parse_config(text, name="default")
         kw = {k: v for k, v in cfg.simulate_kwargs.items()
               if k in ("kind", "wrt", "train", "frozen_layers")}
-        case("default", cfg.params, cfg.dataset, cfg.simulate_kwargs["t_end"], parse(a.rtols, [1e-4, 1e-5, 1e-6]),
-             parse(a.rk_rtols, [1e-5]), parse(a.lrs, [0.5, 0.25]), a.ref_rtol or 1e-7, a.max_time, kw, out,
+        t_end = a.t_end or cfg.simulate_kwargs["t_end"]
+        case(f"default{'' if not a.n else f'_N{a.n}'}{'' if not a.t_end else f'_t{a.t_end:g}'}{suffix}",
+             cfg.params, cfg.dataset, t_end, parse(a.rtols, [1e-4, 1e-5, 1e-6]),
+             parse(a.rk_rtols, [1e-5]), parse(a.lrs, [0.5, 0.25]), ref_rtol(1e-7), a.max_time, kw, out,
              ref_bulk=a.ref_bulk)
 
 
