@@ -392,7 +392,7 @@ def test_info(capsys):
     import scipy
     for text in (f"truncflow {truncflow.__version__}", f"numpy     {numpy.__version__}",
                  f"numba     {numba.__version__}", f"scipy     {scipy.__version__}", "python",
-                 "numba threads", "threading layer", "cpus", "kernel cache", "gradient.gradient_kernel"):
+                 "threads   ", "threading layer", "cpus", "kernel cache", "gradient.gradient_kernel"):
         assert text in out, text
 
 

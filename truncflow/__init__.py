@@ -9,6 +9,7 @@ Public API (see README.md for a tour):
     separation_report, threshold_gradient, threshold_velocity
                                         the aligned model's effective equations (MODEL.md section 9)
     cone_minimizer, predicted_cost      minimizers built by hand (MODEL.md section 10)
+    set_threads, get_threads            how many threads the kernels run on
 """
 import os as _os
 
@@ -23,6 +24,12 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # (an integrator's steps) keep their workers awake. Both act on Numba's omp threading
 # layer with GNU OpenMP (libgomp), the layer Numba picks when TBB is absent.
 _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+# Numba's pool: the process's share of the machine (affinity, cgroup quota, OMP_NUM_THREADS),
+# not one thread per core of the node (truncflow/threads.py).
+from .threads import pool_env as _pool_env  # noqa: E402
+_pool_env()
+
+from .threads import get_threads, set_threads  # noqa: E402
 
 from .params import MAX_CONDITION, Params  # noqa: E402
 from .data import Dataset, EmptyClusterWarning, encode_labels, gaussian_clusters, load_points, uniform_balls
@@ -44,5 +51,5 @@ __all__ = [
     "cumulative_to_layer_gradient", "Observation", "observe", "simulate", "Result", "load_result",
     "ClusterStatistics", "cluster_statistics", "cone_minimizer", "predicted_cost",
     "SeparationReport", "SeparationWarning", "separation_report", "threshold_gradient", "threshold_velocity",
-    "__version__",
+    "set_threads", "get_threads", "__version__",
 ]

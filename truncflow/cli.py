@@ -76,7 +76,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="write the run's state to FOLDER/checkpoint.npz at most this often (default 60)")
     run.add_argument("--quiet", "-q", action="store_true",
                      help="no description, progress bar or summary; only errors and the failure message")
-    run.add_argument("--threads", type=int, metavar="N", help="number of Numba threads (default: all)")
+    run.add_argument("--threads", type=int, metavar="N",
+                     help="threads the kernels run on (default: [run] threads, else the process's share of the "
+                          "machine: affinity, cgroup quota, OMP_NUM_THREADS)")
     run.add_argument("--check", action="store_true",
                      help="validate the configuration, print what it would run, and exit")
     plot = sub.add_parser("plot", help="draw the plots of a saved result",
@@ -119,14 +121,14 @@ def main(argv=None) -> int:
 
 
 # --------------------------------------------------------------------- run
-def _set_threads(n):
+def _set_threads(n, what):
     if n is None:
         return
-    import numba
-    top = numba.config.NUMBA_NUM_THREADS
-    if not 1 <= n <= top:
-        raise _UsageError(f"--threads must be between 1 and {top}, got {n}")
-    numba.set_num_threads(n)
+    from .threads import set_threads
+    try:
+        set_threads(n)
+    except ValueError as exc:
+        raise _UsageError(f"{what}: {exc}") from None
 
 
 def _run(args) -> int:
@@ -149,7 +151,10 @@ def _run(args) -> int:
     else:
         cfg = load_config(args.config)
         folder = Path(args.out) if args.out is not None else cfg.folder
-    _set_threads(args.threads)
+    if args.threads is not None:
+        _set_threads(args.threads, "--threads")
+    else:
+        _set_threads(cfg.threads, f"{cfg.source}: [run] threads")
     say = (lambda *a, **k: None) if args.quiet else print
     say(f"{PROG}: {cfg.describe()}")
     if cfg.description:
@@ -391,7 +396,10 @@ def _info() -> int:
     except AttributeError:
         usable = cpus
     print(f"cpus      {cpus} ({usable} usable by this process)")
-    print(f"numba threads {numba.get_num_threads()} (NUMBA_NUM_THREADS {numba.config.NUMBA_NUM_THREADS})")
+    from .threads import cpu_quota, get_threads
+    quota = cpu_quota()
+    print(f"threads   {get_threads()} (Numba's pool {numba.config.NUMBA_NUM_THREADS}; cgroup CPU quota "
+          f"{'none' if quota is None else f'{quota:g}'})")
     print(f"threading layer {_threading_layer()}")
     for var in ("NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "NUMBA_CACHE_DIR", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                 "OMP_NUM_THREADS"):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import threads
 from ._validate import choice, integer, require_memory
 from .data import Dataset, check_points
 from .kernels import config
@@ -197,6 +198,7 @@ def truncate(params: Params, points, layers: int | None = None) -> np.ndarray:
         layers = L
     layers = integer(layers, "layers", low=0, high=L)
     cw, cb, et = kernel_arrays(params)
+    threads.apply()
     images = truncate_kernel(pts, cw, cb, et, layers, config.chunk_size(pts.shape[0]))
     with np.errstate(over="ignore", invalid="ignore"):
         total = np.sum(images)            # one streaming reduction; locate only on failure
@@ -214,6 +216,7 @@ def activation_patterns(params: Params, points) -> np.ndarray:
     params = _require_params(params)
     pts = check_points(points, params.width)
     cw, cb, et = kernel_arrays(params)
+    threads.apply()
     return patterns_kernel(pts, cw, cb, et, config.chunk_size(pts.shape[0]))
 
 
@@ -225,6 +228,7 @@ def _run_gradient_kernel(params: Params, dataset: Dataset, kind: str, per_cluste
     partial_bytes = 8 * n_slots * (1 + L * Mp * (Mp + 1) + P * (Mp + 1))
     chunk = require_partials_fit(N, partial_bytes, f"the gradient's partial sums ({n_slots} cluster slot(s) of "
                                                    f"{L} layers of width {M})")
+    threads.apply()
     parts = gradient_kernel(dataset.points, dataset.labels, *arrays, kind == "output", n_slots, chunk)
     # Merge chunks in a fixed order (axis 0), then scale: the result does not depend on threads.
     with np.errstate(over="ignore", invalid="ignore"):     # overflow is reported by gradient()

@@ -1,6 +1,6 @@
 """Run configurations: a TOML file -> (Params, Dataset, simulate keyword arguments, output folder).
 
-A configuration has up to five sections and two top-level keys::
+A configuration has up to six sections and two top-level keys::
 
     description = "what this job shows"      # optional, printed when the job starts
     seed = 0                                  # optional default seed of [data] and [network]
@@ -10,6 +10,7 @@ A configuration has up to five sections and two top-level keys::
     [flow]      the gradient flow: cost kind, parametrization, method, stopping rules
     [record]    when to record (n_records or times)
     [output]    folder and job name
+    [run]       how it runs: threads
 
 Every key is listed in :data:`SCHEMA` with its meaning. Everything is checked
 before anything runs: a missing file, a TOML syntax error, an unknown section or
@@ -109,6 +110,10 @@ SCHEMA: dict[str, dict[str, str]] = {
         "folder": 'folder the results go to (default "truncflow-out"), relative to the working directory',
         "name": "name of the job (default: the config file's name)",
     },
+    "run": {
+        "threads": "threads the kernels run on (default: the process's share of the machine; "
+                   "--threads overrides it; results do not depend on it)",
+    },
 }
 
 DATA_SOURCES = ("gaussian", "balls", "file")
@@ -163,6 +168,7 @@ class RunConfig:
     table: dict = field(default_factory=dict)   # the parsed TOML
     data_summary: str = ""     # e.g. "3 gaussian clusters"
     init: str = ""
+    threads: int | None = None  # [run] threads (None: truncflow's default)
 
     def result_config(self) -> dict:
         """What to store with the result (JSON-friendly): seed, name, source and the parsed TOML."""
@@ -416,9 +422,10 @@ class _Builder:
         if str(folder).strip() == "":
             self.fail("output", "folder", "must not be empty")
         name = self.string("output", out, "name", default=self.default_name)
+        threads = self.integer("run", self.section("run"), "threads", minimum=1)
         return RunConfig(params=params, dataset=dataset, simulate_kwargs=kwargs, folder=folder, seed=seed,
                          name=name, description=description, source=self.source, text=text,
-                         table=self.table, data_summary=data_summary, init=init)
+                         table=self.table, data_summary=data_summary, init=init, threads=threads)
 
     # ----------------------------------------------------------------- data
     def build_data(self, seed, kind):

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import threads
 from ._validate import as_float_array, choice, require_finite
 from .compute import (COST_KINDS, _require_dataset, _require_params, kernel_arrays, require_finite_outputs,
                       require_partials_fit)
@@ -81,6 +82,7 @@ def observe(params: Params, dataset: Dataset, kind: str = "input", *, shift=None
         ow, ob = np.zeros((0, M)), np.zeros(0)
     hashes = np.empty(N, dtype=np.uint64)
     partial_bytes = 8 * (Q + L * Q * (3 * M + 2))
+    threads.apply()
     parts = observe_kernel(dataset.points, dataset.labels, dataset.targets, np.ascontiguousarray(shift),
                            cw, cb, et, ow, ob, kind == "output", Q,
                            require_partials_fit(N, partial_bytes, "the observables' per-chunk sums"), hashes)

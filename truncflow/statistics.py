@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import threads
 from ._validate import choice
 from .compute import (COST_KINDS, Gradient, _require_dataset, _require_params, require_finite_outputs,
                       require_partials_fit, tile_arrays)
@@ -132,6 +133,7 @@ def cluster_statistics(params: Params, dataset: Dataset, kind: str = "input", *,
     arrays = tile_arrays(params, dataset.targets, kind)
     Mp, P = arrays[1].shape[1], arrays[5].shape[0]
     chunk = require_partials_fit(N, _partial_bytes(L, M, Mp, Q, P, second_moments), "the statistics' per-chunk sums")
+    threads.apply()
     parts = statistics_kernel(dataset.points, dataset.labels, *arrays, kind == "output", Q, second_moments, chunk)
     # Merge chunks in a fixed order (axis 0): the result does not depend on threads.
     with np.errstate(over="ignore", invalid="ignore"):

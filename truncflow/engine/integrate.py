@@ -22,6 +22,7 @@ import time
 import numpy as np
 from scipy.integrate import RK45
 
+from .. import threads
 from .._validate import choice, integer, positive
 from ..data import Dataset
 from ..params import Params
@@ -156,6 +157,7 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
     except TypeError:
         raise ValueError(f"frozen_layers must be a sequence of layer numbers, got {frozen_layers!r}") from None
     problem = FlowProblem(params, dataset, kind=kind, wrt=wrt, train=train, frozen_layers=frozen_layers)
+    threads.apply()                     # this thread runs the kernels on truncflow's thread count
     # every value given is checked, whichever method uses it
     rtol, atol = positive(rtol, "rtol"), positive(atol, "atol")
     first_step = positive(first_step, "first_step", allow_none=True)
