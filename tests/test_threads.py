@@ -30,8 +30,9 @@ def threads_in_fresh_process(env_changes, affinity=None, first="truncflow"):
     code = (f"import {first}\n"
             "import numba, numpy as np, truncflow as tf, truncflow.compute as c\n"
             "seen = []\n"
-            "k = c.gradient_kernel\n"
-            "c.gradient_kernel = lambda *a: (seen.append(numba.get_num_threads()), k(*a))[1]\n"
+            "for name in ('gradient_kernel', 'gradient_kernel_serial'):\n"
+            "    k = getattr(c, name)\n"
+            "    setattr(c, name, lambda *a, k=k: (seen.append(numba.get_num_threads()), k(*a))[1])\n"
             "p = tf.Params.random(2, 2, seed=0)\n"
             "tf.gradient(p, tf.Dataset(np.ones((4, 2)), [0, 1, 0, 1], np.zeros((2, 2))))\n"
             "print(tf.get_threads(), numba.config.NUMBA_NUM_THREADS, seen[0])\n")
@@ -81,8 +82,9 @@ def test_cgroup_quota(tmp_path):
 def _kernel_threads(monkeypatch):
     """Record Numba's thread count at each call of the gradient kernel."""
     seen = []
-    kernel = compute.gradient_kernel
-    monkeypatch.setattr(compute, "gradient_kernel", lambda *a: (seen.append(numba.get_num_threads()), kernel(*a))[1])
+    for name in ("gradient_kernel", "gradient_kernel_serial"):
+        kernel = getattr(compute, name)
+        monkeypatch.setattr(compute, name, lambda *a, k=kernel: (seen.append(numba.get_num_threads()), k(*a))[1])
     return seen
 
 
@@ -121,3 +123,26 @@ def test_results_do_not_depend_on_threads():
     assert one[0] == many[0]
     for a, b in zip((one[1].weights, one[1].biases), (many[1].weights, many[1].biases)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["input", "output"])
+def test_serial_gradient_kernel_equals_parallel(kind):
+    """The same chunks summed in the same order: bit-identical, whatever the chunk count."""
+    from truncflow.kernels.gradient import gradient_kernel, gradient_kernel_serial
+    pr = make_problem(5, N=300, M=5, L=3, Q=3, P=2)
+    ds = pr.dataset(kind)
+    arrays = compute.tile_arrays(pr.params, ds.targets, kind)
+    for n_slots, chunk in ((1, 37), (3, 300), (3, 64)):
+        a = gradient_kernel(ds.points, ds.labels, *arrays, kind == "output", n_slots, chunk)
+        b = gradient_kernel_serial(ds.points, ds.labels, *arrays, kind == "output", n_slots, chunk)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_one_chunk_never_enters_a_parallel_region(monkeypatch):
+    def refuse(*a):
+        raise AssertionError("parallel kernel called for a single chunk")
+    monkeypatch.setattr(compute, "gradient_kernel", refuse)
+    pr = make_problem(1, N=16)
+    c, g = tf.gradient(pr.params, pr.dataset())
+    assert np.isfinite(c) and np.isfinite(g.weights).all()

@@ -14,7 +14,7 @@ from ._validate import choice, integer, require_memory
 from .data import Dataset, check_points
 from .kernels import config
 from .kernels.forward import patterns_kernel, truncate_kernel
-from .kernels.gradient import BLOCK, gradient_kernel
+from .kernels.gradient import BLOCK, gradient_kernel, gradient_kernel_serial
 from .params import Params
 
 __all__ = ["Gradient", "truncate", "activation_patterns", "cost", "gradient",
@@ -229,7 +229,8 @@ def _run_gradient_kernel(params: Params, dataset: Dataset, kind: str, per_cluste
     chunk = require_partials_fit(N, partial_bytes, f"the gradient's partial sums ({n_slots} cluster slot(s) of "
                                                    f"{L} layers of width {M})")
     threads.apply()
-    parts = gradient_kernel(dataset.points, dataset.labels, *arrays, kind == "output", n_slots, chunk)
+    kernel = gradient_kernel if N > chunk else gradient_kernel_serial     # one chunk: no parallel region
+    parts = kernel(dataset.points, dataset.labels, *arrays, kind == "output", n_slots, chunk)
     # Merge chunks in a fixed order (axis 0), then scale: the result does not depend on threads.
     with np.errstate(over="ignore", invalid="ignore"):     # overflow is reported by gradient()
         sq, gw, gb, gow, gob = (p.sum(axis=0) for p in parts)

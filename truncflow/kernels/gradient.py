@@ -57,25 +57,50 @@ def gradient_kernel(points, labels, targets, cw, cb, inv, back, out_w, out_b, ou
         g_ow (C, S, P, Mp)     sum of dC_i/dW_out times N   (output cost)
         g_ob (C, S, P)         sum of dC_i/db_out times N   (output cost)
     """
+    sq, g_w, g_b, g_ow, g_ob = _gradient_sums(points, out_w, cw, n_slots, chunk)
+    for c in prange(sq.shape[0]):
+        _gradient_chunk(c, points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, chunk,
+                        sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
+    return sq, g_w, g_b, g_ow, g_ob
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def gradient_kernel_serial(points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, chunk):
+    """``gradient_kernel`` without a parallel region (the same chunks, bit-identical sums): for a
+    pass of one chunk, where waking the workers would cost more than the pass (``compute``)."""
+    sq, g_w, g_b, g_ow, g_ob = _gradient_sums(points, out_w, cw, n_slots, chunk)
+    for c in range(sq.shape[0]):
+        _gradient_chunk(c, points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, chunk,
+                        sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
+    return sq, g_w, g_b, g_ow, g_ob
+
+
+@njit(**JIT_OPTIONS)
+def _gradient_sums(points, out_w, cw, n_slots, chunk):
+    """The zeroed per-chunk sums (sq, g_w, g_b, g_ow, g_ob) of ``gradient_kernel``."""
     N = points.shape[0]
     L, M, _ = cw.shape
     P = out_w.shape[0]
     C = (N + chunk - 1) // chunk
-    sq = np.zeros((C, n_slots))
-    g_w = np.zeros((C, n_slots, L, M, M))
-    g_b = np.zeros((C, n_slots, L, M))
-    g_ow = np.zeros((C, n_slots, P, M))
-    g_ob = np.zeros((C, n_slots, P))
-    for c in prange(C):
-        z, act, cn, u, u_next, um, r, wt, lab = _tile_buffers(L, M, P)
-        stop = min(N, (c + 1) * chunk)
-        for start in range(c * chunk, stop, TILE):
-            nb = min(TILE, stop - start)
-            _load_tile(points, labels, start, nb, z[0], lab)
-            _forward_tile(cw, cb, inv, z, act, cn, nb)
-            _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, act, lab, lab, wt, False,
-                           nb, u, u_next, um, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
-    return sq, g_w, g_b, g_ow, g_ob
+    return (np.zeros((C, n_slots)), np.zeros((C, n_slots, L, M, M)), np.zeros((C, n_slots, L, M)),
+            np.zeros((C, n_slots, P, M)), np.zeros((C, n_slots, P)))
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _gradient_chunk(c, points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, chunk,
+                    sq, g_w, g_b, g_ow, g_ob):
+    """Chunk c's sums into its slots sq (S,), g_w (S, L, M, M), g_b (S, L, M), g_ow (S, P, M), g_ob (S, P)."""
+    N = points.shape[0]
+    L, M, _ = cw.shape
+    P = out_w.shape[0]
+    z, act, cn, u, u_next, um, r, wt, lab = _tile_buffers(L, M, P)
+    stop = min(N, (c + 1) * chunk)
+    for start in range(c * chunk, stop, TILE):
+        nb = min(TILE, stop - start)
+        _load_tile(points, labels, start, nb, z[0], lab)
+        _forward_tile(cw, cb, inv, z, act, cn, nb)
+        _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, act, lab, lab, wt, False,
+                       nb, u, u_next, um, r, wt, sq, g_w, g_b, g_ow, g_ob)
 
 
 @njit(**JIT_OPTIONS)
