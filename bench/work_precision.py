@@ -9,6 +9,7 @@
     options: --rtols 1e-4,1e-6,...  --rk-rtols ...  --lrs ...  (none: "none")  --max-time S  --max-evals N (per run)
              --seeds seed:kind:N,...  (small)   --n N  --ref-rtol R  --ref-bulk  (clusters, default)  --out DIR
              --no-ref (no reference run; rows keep their final states)  --name SUFFIX (of the JSON's case name)
+             --stepper auto|RK45|DOP853 (kinks' stepper; auto: RK45 down to rtol 1e-9)
 
     e.g. the runs behind bench/WORK_PRECISION.md:
     NUMBA_NUM_THREADS=1 python bench/work_precision.py small --seeds 0:input:32,1:output:32,2:input:16,3:output:64 \
@@ -129,7 +130,10 @@ def merge(name, files, ref, out):
     leaves the table; GD's observed order is refitted. Writes out/work_precision_<name>.json and .png."""
     runs = [json.loads(Path(f).read_text()) for f in files]
     rows = [r_ for d in runs for r_ in d["rows"]]
-    picked = [r_ for r_ in rows if (r_["method"], float(r_["knob"])) == ref and r_["final"] is not None]
+    def matches(r_):
+        stepper = (r_.get("kinks") or {}).get("stepper")
+        return (r_["method"], float(r_["knob"])) == ref[:2] and (len(ref) < 3 or stepper == ref[2])
+    picked = [r_ for r_ in rows if matches(r_) and r_["final"] is not None]
     if len(picked) != 1:
         raise SystemExit(f"merge: {len(picked)} finished rows match reference {ref}")
     ref_row = picked[0]
@@ -193,7 +197,9 @@ def main(argv=None):
     ap.add_argument("case", choices=["small", "clusters", "default", "replot", "merge"])
     ap.add_argument("files", nargs="*", help="merge: the JSONs of separate runs")
     ap.add_argument("--no-ref", action="store_true", help="no reference run: rows keep their final states for merge")
-    ap.add_argument("--ref", default=None, help="merge: the reference row, method:knob (e.g. kinks:1e-10)")
+    ap.add_argument("--ref", default=None, help="merge: the reference row, method:knob[:stepper] (e.g. kinks:1e-10:DOP853)")
+    ap.add_argument("--stepper", choices=["auto", "RK45", "DOP853"], default="auto",
+                    help="kinks' Runge-Kutta stepper (auto: RK45 down to rtol 1e-9, DOP853 below)")
     ap.add_argument("--name", default=None, help="merge: the case name of the merged table; others: a suffix")
     ap.add_argument("--rtols", default=None)
     ap.add_argument("--max-time", type=float, default=600.0)
@@ -210,13 +216,15 @@ def main(argv=None):
     a = ap.parse_args(argv)
     global MAX_EVALS
     MAX_EVALS = a.max_evals
+    if a.stepper != "auto":                 # kinks picks DOP853 for rtol <= _DOP853_BELOW
+        kinks._DOP853_BELOW = 1.0 if a.stepper == "DOP853" else 0.0
     out = Path(a.out)
     parse = lambda s, d: d if s is None else [float(v) for v in s.split(",") if v not in ("", "none")]
     suffix = f"_{a.name}" if a.name and a.case != "merge" else ""
     ref_rtol = lambda d: None if a.no_ref else (a.ref_rtol or d)
     if a.case == "merge":
-        method, knob = a.ref.split(":")
-        merge(a.name, a.files, (method, float(knob)), out)
+        method, knob, *stepper = a.ref.split(":")
+        merge(a.name, a.files, (method, float(knob), *stepper), out)
     elif a.case == "replot":                  # the PNGs again from the JSONs in --out
         for f in sorted(out.glob("work_precision_*.json")):
             d = json.loads(f.read_text())
