@@ -407,3 +407,27 @@ def test_records_count_the_sliding_points():
         assert np.array_equal(counts, expected), t
         checked += int(counts.sum() > 0)
     assert checked >= 1                    # some record fell inside a sliding interval
+
+
+def test_many_points_meeting_a_hyperplane_at_once_cumulative_flow():
+    """The three clusters above in the cumulative flow: near t = 1.2033 a hyperplane of layer 2 comes
+    to contain a face of layer 1 onto which dozens of points were truncated, so they all reach it at
+    once. Decided one at a time they chattered across it and the run stalled; decided together
+    (bounded least squares over all of them) the run goes through, and gradient descent converges
+    towards it."""
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((3, 4)) * 1.5
+    x, lab = tf.gaussian_clusters(300, centers, std=0.6, seed=0)
+    p = tf.Params.random(2, 4, scale=0.3, bias_scale=0.5, seed=0)
+    ds = tf.Dataset(x, lab, centers + rng.standard_normal((3, 4)))
+    T = 1.3
+    runs = {rtol: tf.simulate(p, ds, T, method="kinks", rtol=rtol, atol=rtol * 1e-2, record_times=[T], max_evals=40000)
+            for rtol in (1e-4, 1e-8)}
+    for r in runs.values():
+        assert r.status == "t_end", r.message
+        assert r.config["kinks"]["sliding_entries"] >= 1
+    ref = final_vector(runs[1e-8])
+    assert np.max(np.abs(final_vector(runs[1e-4]) - ref)) < 100 * 1e-4
+    gd = [np.max(np.abs(final_vector(tf.simulate(p, ds, T, method="gd", lr=lr, record_times=[T])) - ref))
+          for lr in (4e-3, 2e-3, 1e-3)]
+    assert gd[2] < gd[1] < gd[0] and gd[2] < 1e-3, gd

@@ -64,7 +64,7 @@ import time
 
 import numpy as np
 from scipy.integrate import DOP853, RK45
-from scipy.optimize import brentq
+from scipy.optimize import brentq, lsq_linear
 
 from ..compute import Gradient, aligned_scale_gradient, cumulative_to_layer_gradient, kernel_arrays, tile_arrays
 from ..kernels import config
@@ -93,6 +93,11 @@ _EVENT_MAX = 4
 #: default job at rtol 1e-9 took 25,490 evaluations with DOP853 and 12,412 with RK45 (the two
 #: 5e-10 apart); DOP853 pays only where smooth stretches dominate at the tightest tolerances.
 _DOP853_BELOW = 1e-10
+#: Pull of the sliding weights towards 1/2 when they are not unique (``_least_squares``).
+SLIDE_REG = 1e-7
+#: A sliding coordinate at a bound of its weight leaves when its rate away from the plane exceeds
+#: this fraction of its jump's (``_exits``).
+SLIDE_MARGIN = 1e-9
 #: Share of the stepper's error budget the estimated error of a bulk correction may take.
 BULK_BUDGET = 0.1
 #: Passes that re-find the crossing times and jump integrals of a bulk-corrected step along its
@@ -118,7 +123,7 @@ class _At:
 
 
 class _Eval:
-    __slots__ = ("cost", "g0", "v", "mismatch", "s", "D", "grad_norm")
+    __slots__ = ("cost", "g0", "v", "mismatch", "s", "D", "grad_norm", "lean", "a_held")
 
 
 class _Pieces:
@@ -189,11 +194,20 @@ class _Pieces:
         ev.cost = float(sq.sum() / (2 * self.N))
         ev.g0 = self._vector(at.params, gw.sum(0)[0], gb.sum(0)[0], gow.sum(0)[0], gob.sum(0)[0])
         ev.mismatch = mm
-        ev.s, ev.D = None, None
+        ev.s, ev.D, ev.lean, ev.a_held = None, None, None, None
         if self.sliding:
             ev.D = self.jumps(at, self.sliding)
             ev.s = _least_squares(ev.D, ev.g0)
             ev.v = -(ev.g0 + ev.D @ ev.s)
+            # each sliding coordinate's rate along v and along its own jump (n_j.v, n_j.d_j = c_j |n_j|^2)
+            n = len(self.sliding)
+            idx = np.array([c[0] for c in self.sliding], np.int64)
+            a, dd = self.jvp(at, np.concatenate([idx, idx]), self.pat[np.concatenate([idx, idx])],
+                             np.concatenate([np.repeat(ev.v[None], n, 0), ev.D.T]))
+            rates = np.array([[dd[j, l, k], dd[n + j, l, k], a[j, l, k]] for j, (i, l, k) in enumerate(self.sliding)])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ev.lean = rates[:, 0] / rates[:, 1]        # > 0: towards the free side, in units of the jump
+            ev.a_held = rates[:, 2]
         else:
             ev.v = -ev.g0
         ev.grad_norm = float(np.sqrt(ev.v @ ev.v))
@@ -322,9 +336,24 @@ def _bit(pat_i, l, k):
 
 
 def _least_squares(D, g0):
-    """s minimizing |g0 + D s| (unconstrained; minimal-norm s when D is rank-deficient)."""
-    s, *_ = np.linalg.lstsq(D, -g0, rcond=1e-12)
-    return s
+    """The sliding weights s in [0, 1]^n of the minimal-norm element g0 + D s of the convex hull
+    (the Filippov velocity is -(g0 + D s); MODEL.md section 5): bounded least squares (BVLS).
+
+    When D is rank-deficient (sliding points whose constraints coincide, e.g. many points on one
+    face of an earlier layer that the hyperplane now contains) the velocity is still unique but s
+    is not: a tiny pull towards s = 1/2 (weight SLIDE_REG relative to D's largest column) picks
+    the solution nearest the middle, unique and continuous in the state, which changes the
+    velocity by a relative SLIDE_REG**2 at most. A weight at 0 or 1 releases its point
+    (``_Kinks._exits``).
+    """
+    n = D.shape[1]
+    scale = float(np.sqrt(np.max(np.sum(D * D, axis=0)))) if n else 0.0
+    if scale == 0.0:
+        return np.full(n, 0.5)
+    reg = SLIDE_REG * scale
+    A = np.vstack([D, reg * np.eye(n)])
+    b = np.concatenate([-g0, np.full(n, 0.5 * reg)])
+    return lsq_linear(A, b, bounds=(0.0, 1.0), method="bvls", tol=1e-15).x
 
 
 class _Quadrature:
@@ -573,7 +602,7 @@ class _Kinks:
         t_exit, j_exit, side_exit = self._exit_time(exits, dense, t0, t1) if exits else (np.inf, None, None)
         n_cross = len(segs)
         t_first = min((s[3] for s in segs), default=np.inf)
-        if t_exit <= t_first:
+        if j_exit is not None and t_exit <= t_first:
             return self._event_exit(dense, t_exit, j_exit, side_exit, t0, h)
         if n_cross:
             if BULK:
@@ -1085,31 +1114,74 @@ class _Kinks:
                     break
             if coords:
                 self.stats["events_located"] += len(coords)
-                self._switch(t, y, coords)
+                self._switch(t, y, coords, located=False)
 
-    def _switch(self, t, y, coords):
-        """Switch the listed coordinates at (t, y), each to the other side or into the sliding set."""
+    def _switch(self, t, y, coords, located=True):
+        """Switch the listed coordinates at (t, y): each to a side, or into the sliding set.
+
+        Decided together (MODEL.md section 5, Filippov): the listed coordinates, the sliding set
+        and every other point whose pre-activation on one of the listed hyperplanes is zero to
+        round-off here (points an earlier layer truncated onto a face that the hyperplane now
+        contains: they all meet it at once). Listed coordinates not ``located`` at their crossing
+        (found past it at another's event) and not at their plane to round-off take the side their
+        pre-activation is on. Of the others, a coordinate whose jump d_j = c_j n_j
+        repels (c_j <= 0) takes the side its pre-activation is on; the others get weights s_j
+        of the velocity -(g_base + sum s_j d_j), g_base with all of them truncated, found as
+        ``_least_squares`` does (bounded): s_j in (0, 1) slides, s_j = 0 is truncated, 1 free
+        (a point on the plane to round-off but on the other side of it is held as sliding).
+        """
         pc = self.pieces
-        for (i, l, k) in coords:
-            at = pc.at(y)
-            ev = pc.full(y)
-            pat_i = pc.pat[i]
-            pF, pT = _set_bit(pat_i, l, k, True), _set_bit(pat_i, l, k, False)
-            cur_free = _bit(pat_i, l, k)
-            d = pc.jumps(at, [(i, l, k)])[:, 0]                 # contribution free minus truncated
-            gF = ev.g0 + (0.0 if cur_free else d)
-            gT = ev.g0 - (d if cur_free else 0.0)
-            vF, vT = self._velocity(ev, gF), self._velocity(ev, gT)
-            _, adot = pc.jvp(at, [i, i], np.stack([pF, pT]), np.stack([vF, vT]))
-            aF, aT = adot[0, l, k], adot[1, l, k]
-            if aF < 0.0 < aT and np.any(d != 0):
-                pc.pat[i] = pT
+        at, ev = pc.at(y), pc.full(y)
+        a_all, _ = pc.all_jvp(at, ev.v)
+        zero = 64 * np.finfo(float).eps * max(1.0, float(np.max(np.abs(a_all))))
+        listed = list(dict.fromkeys((int(i), int(l), int(k)) for (i, l, k) in coords))
+        group = list(dict.fromkeys(listed + [tuple(c) for c in pc.sliding]
+                                   + [(int(i), l, k) for (l, k) in {(c[1], c[2]) for c in listed}
+                                      for i in np.flatnonzero(np.abs(a_all[:, l, k]) <= zero)]))
+        was_sliding = {tuple(c) for c in pc.sliding}
+        idx = np.array([c[0] for c in group], np.int64)
+        D = pc.jumps(at, group)                                   # (size, n): free minus truncated
+        _, dd = pc.jvp(at, idx, pc.pat[idx], D.T.copy())
+        c_sign = np.array([dd[j, l, k] for j, (i, l, k) in enumerate(group)])      # c_j |n_j|^2
+        free_now = np.array([_bit(pc.pat[i], l, k) for (i, l, k) in group])
+        a_now = np.array([a_all[i, l, k] for (i, l, k) in group])
+        # g0 holds each coordinate's current side (sliding ones truncated, their s_j aside)
+        g_base = ev.g0 - D[:, free_now].sum(axis=1)
+        to_free = np.zeros(len(group), bool)
+        on_plane = np.abs(a_now) <= zero
+        if located:
+            on_plane[:len(listed)] = True
+        on_plane[[j for j, c in enumerate(group) if c in was_sliding]] = True
+        active = (c_sign > 0) & on_plane
+        to_free[~active] = a_now[~active] > 0
+        g_base = g_base + D[:, ~active & to_free].sum(axis=1)
+        cols = np.flatnonzero(active)
+        if cols.size:
+            sj = _least_squares(D[:, cols], g_base)
+            to_free[cols] = sj >= 0.5
+            # at a bound: that side, unless the point sits on the plane to round-off on the other side;
+            # then it is held there too, at its bound, until its velocity takes it off (``_exits``)
+            wrong_side = (np.abs(a_now[cols]) <= zero) & ((a_now[cols] > 0) != to_free[cols])
+            active[cols] = ((sj > 0.0) & (sj < 1.0)) | wrong_side
+        pc.sliding = []                                           # rebuilt below, in group order
+        for j, (i, l, k) in enumerate(group):
+            if active[j]:
+                pc.pat[i] = _set_bit(pc.pat[i], l, k, False)
                 pc.sliding.append((i, l, k))
-                self.intervals.append([i, l, k, t, None])
-                self.stats["sliding_entries"] += 1
+                if (i, l, k) not in was_sliding:
+                    self.intervals.append([i, l, k, t, None])
+                    self.stats["sliding_entries"] += 1
             else:
-                pc.pat[i] = pT if cur_free else pF
-            pc.changed()
+                pc.pat[i] = _set_bit(pc.pat[i], l, k, bool(to_free[j]))
+                if (i, l, k) in was_sliding:
+                    self._close_interval(i, l, k, t)
+                    self.stats["sliding_exits"] += 1
+        pc.changed()
+
+    def _close_interval(self, i, l, k, t):
+        for it in self.intervals:
+            if it[0] == i and it[1] == l and it[2] == k and it[4] is None:
+                it[4] = t
 
     def _velocity(self, ev, g0):
         if ev.D is None:
@@ -1121,7 +1193,10 @@ class _Kinks:
     def _exits(self, ev):
         if not self.pieces.sliding or ev.s is None:
             return []
-        return [j for j, s in enumerate(ev.s) if not (0.0 < s < 1.0)]
+        # a weight at its bound releases its point once the velocity has taken it off the plane, on
+        # that side (until then it is held at its bound and not projected back, ``_project``)
+        return [j for j, (s, lean, a) in enumerate(zip(ev.s, ev.lean, ev.a_held))
+                if (s >= 1.0 and lean > SLIDE_MARGIN and a > 0.0) or (s <= 0.0 and lean < -SLIDE_MARGIN and a <= 0.0)]
 
     def _exit_time(self, exits, dense, t0, t1):
         pc = self.pieces
@@ -1133,7 +1208,9 @@ class _Kinks:
             def f(t):
                 return pc.full(dense(t)).s[j] - bound
             f0 = f(t0)
-            if (f0 > 0) == (bound == 1.0) or f0 == 0.0:
+            if f0 == 0.0:               # at its bound all along: it left the plane during the step
+                te = t1
+            elif (f0 > 0) == (bound == 1.0):
                 te = t0
             else:
                 te = brentq(f, t0, t1, xtol=1e-14 * max(1.0, abs(t1)), rtol=4 * np.finfo(float).eps)
@@ -1145,35 +1222,43 @@ class _Kinks:
         pc = self.pieces
         y_e = dense(t_exit) if t_exit < self.solver.t else self.solver.y
         self.records_upto(t_exit, lambda tr: dense(tr), inclusive=False)
-        i, l, k = pc.sliding.pop(j)
-        pc.pat[i] = _set_bit(pc.pat[i], l, k, to_free)
-        for it in self.intervals:
-            if it[0] == i and it[1] == l and it[2] == k and it[4] is None:
-                it[4] = t_exit
-        self.stats["sliding_exits"] += 1
+        released = [(j, to_free)]
+        if t_exit >= self.solver.t:         # at the step's end: every coordinate that left by then goes
+            ev = pc.full(self.solver.y)
+            released = [(e, bool(ev.s[e] >= 1.0)) for e in self._exits(ev)] or released
+        for e, free in sorted(released, reverse=True):
+            i, l, k = pc.sliding.pop(e)
+            pc.pat[i] = _set_bit(pc.pat[i], l, k, free)
+            self._close_interval(i, l, k, t_exit)
+            self.stats["sliding_exits"] += 1
         pc.changed()
         y_e = self._project(t_exit, y_e, restart=False)
         self.start(t_exit, y_e, h)
         return t_exit, y_e
 
     def _project(self, t, y, restart=True):
-        """Newton projection of y onto the sliding hyperplanes a_j = 0 (when it drifted)."""
+        """Newton projection of y onto the hyperplanes a_j = 0 of the sliding coordinates with weights
+        inside (0, 1) (when it drifted)."""
         pc = self.pieces
         if not pc.sliding:
             return y
         tol = 1e-3 * min(self.atol, self.rtol)
-        idx = [c[0] for c in pc.sliding]
+        ev = pc.full(y)
+        held = [c for c, s_j in zip(pc.sliding, ev.s) if 0.0 < s_j < 1.0]   # at a bound: free to leave
+        if not held:
+            return y
+        idx = [c[0] for c in held]
         y_new = y
         for _ in range(3):
             at = pc.at(y_new)
             pats = pc.pat[idx]
             a = pc.preacts(at, idx, pats)
-            av = np.array([a[j, l, k] for j, (i, l, k) in enumerate(pc.sliding)])
+            av = np.array([a[j, l, k] for j, (i, l, k) in enumerate(held)])
             if np.max(np.abs(av)) <= tol:
                 break
-            D = pc.jumps(at, pc.sliding)                              # (size, n) = c_j n_j
+            D = pc.jumps(at, held)                                    # (size, n) = c_j n_j
             _, dd = pc.jvp(at, idx, pats, D.T.copy())
-            dda = np.array([dd[j, l, k] for j, (i, l, k) in enumerate(pc.sliding)])  # c_j |n_j|^2
+            dda = np.array([dd[j, l, k] for j, (i, l, k) in enumerate(held)])  # c_j |n_j|^2
             nn = np.sum(D * D, axis=0)
             ok = (nn > 0) & (dda != 0)
             if not ok.any():
