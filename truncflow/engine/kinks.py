@@ -356,6 +356,14 @@ def _least_squares(D, g0):
     return lsq_linear(A, b, bounds=(0.0, 1.0), method="bvls", tol=1e-15).x
 
 
+def _free_weights(D, g0):
+    """The weights of ``_least_squares`` without the bounds (unregularized; nearest 1/2 when not
+    unique): smooth in the state, so their crossing of a bound times a sliding exit."""
+    half = np.full(D.shape[1], 0.5)
+    ds, *_ = np.linalg.lstsq(D, -(g0 + D @ half), rcond=1e-12)
+    return half + ds
+
+
 class _Quadrature:
     """Chebyshev-Lobatto nodes on a step and interpolatory weights on sub-intervals."""
 
@@ -1199,21 +1207,33 @@ class _Kinks:
                 if (s >= 1.0 and lean > SLIDE_MARGIN and a > 0.0) or (s <= 0.0 and lean < -SLIDE_MARGIN and a <= 0.0)]
 
     def _exit_time(self, exits, dense, t0, t1):
+        """(t, j, to_free): the earliest exit among ``exits`` (sliding indices whose weight is at a
+        bound at the step's end t1). Timed by the unbounded weight (``_free_weights``, smooth in t)
+        crossing the bound when it does within the step; a weight at its bound all along (held at
+        the plane until its velocity took it off) exits at t1; otherwise at the bounded weight's
+        crossing."""
         pc = self.pieces
+        y_of = lambda t: dense(t) if t < self.solver.t else self.solver.y
         best = (np.inf, None, None)
         for j in exits:
-            s1 = pc.full(dense(t1) if t1 < self.solver.t else self.solver.y).s[j]
-            bound = 1.0 if s1 >= 1.0 else 0.0
+            bound = 1.0 if pc.full(y_of(t1)).s[j] >= 1.0 else 0.0
+            away = (lambda x: x > 0) if bound == 1.0 else (lambda x: x < 0)
 
-            def f(t):
-                return pc.full(dense(t)).s[j] - bound
-            f0 = f(t0)
-            if f0 == 0.0:               # at its bound all along: it left the plane during the step
+            def free(t):
+                ev = pc.full(y_of(t))
+                return _free_weights(ev.D, ev.g0)[j] - bound
+
+            def bounded(t):
+                return pc.full(y_of(t)).s[j] - bound
+            xtol = 1e-14 * max(1.0, abs(t1))
+            if bounded(t0) == 0.0:
                 te = t1
-            elif (f0 > 0) == (bound == 1.0):
+            elif away(bounded(t0)):
                 te = t0
+            elif not away(free(t0)) and away(free(t1)):
+                te = brentq(free, t0, t1, xtol=xtol, rtol=4 * np.finfo(float).eps)
             else:
-                te = brentq(f, t0, t1, xtol=1e-14 * max(1.0, abs(t1)), rtol=4 * np.finfo(float).eps)
+                te = brentq(bounded, t0, t1, xtol=xtol, rtol=4 * np.finfo(float).eps) if bounded(t1) != 0.0 else t1
             if te < best[0]:
                 best = (te, j, bound == 1.0)
         return best
