@@ -307,13 +307,18 @@ def test_gradient_descent_converges_to_it_at_first_order(kind):
     assert errs[-1] < 1.5e-4, errs
 
 
-def test_bulk_correction_matches_locating_every_crossing():
-    # three clusters: tens of crossings per step, corrected in bulk, against every crossing located
+def _three_clusters(N=300):
+    """Three Gaussian clusters in R^4 and two random layers (bench/work_precision.py's (b) problem)."""
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((3, 4)) * 1.5
-    x, lab = tf.gaussian_clusters(300, centers, std=0.6, seed=0)
+    x, lab = tf.gaussian_clusters(N, centers, std=0.6, seed=0)
     p = tf.Params.random(2, 4, scale=0.3, bias_scale=0.5, seed=0)
-    ds = tf.Dataset(x, lab, centers + rng.standard_normal((3, 4)))
+    return p, tf.Dataset(x, lab, centers + rng.standard_normal((3, 4)))
+
+
+def test_bulk_correction_matches_locating_every_crossing():
+    # three clusters: tens of crossings per step, corrected in bulk, against every crossing located
+    p, ds = _three_clusters()
     T = 0.15
     ref = _every_crossing(p, ds, T, rtol=1e-10, atol=1e-12)
     for rtol in (1e-5, 1e-7):
@@ -415,11 +420,7 @@ def test_many_points_meeting_a_hyperplane_at_once_cumulative_flow():
     once. Decided one at a time they chattered across it and the run stalled; decided together
     (bounded least squares over all of them) the run goes through, and gradient descent converges
     towards it."""
-    rng = np.random.default_rng(0)
-    centers = rng.standard_normal((3, 4)) * 1.5
-    x, lab = tf.gaussian_clusters(300, centers, std=0.6, seed=0)
-    p = tf.Params.random(2, 4, scale=0.3, bias_scale=0.5, seed=0)
-    ds = tf.Dataset(x, lab, centers + rng.standard_normal((3, 4)))
+    p, ds = _three_clusters()
     T = 1.3
     runs = {rtol: tf.simulate(p, ds, T, method="kinks", rtol=rtol, atol=rtol * 1e-2, record_times=[T], max_evals=40000)
             for rtol in (1e-4, 1e-8)}

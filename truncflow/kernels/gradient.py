@@ -67,7 +67,9 @@ def gradient_kernel(points, labels, targets, cw, cb, inv, back, out_w, out_b, ou
 @njit(**JIT_OPTIONS_REDUCTION)
 def gradient_kernel_serial(points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, chunk):
     """``gradient_kernel`` without a parallel region (the same chunks, bit-identical sums): for a
-    pass of one chunk, where waking the workers would cost more than the pass (``compute``)."""
+    pass of one chunk, where waking the workers would cost more than the pass (``compute``).
+    A separate function, not ``njit(parallel=False)`` of the same one: Numba's cache keys a
+    function's compiled code by its source, not its options (numba/numba#6845)."""
     sq, g_w, g_b, g_ow, g_ob = _gradient_sums(points, out_w, cw, n_slots, chunk)
     for c in range(sq.shape[0]):
         _gradient_chunk(c, points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, chunk,
