@@ -557,3 +557,19 @@ def test_config_errors_one_line_in_a_real_process(tmp_path):
     for path, chunk in zip(paths, chunks):
         lines = chunk.splitlines()
         assert len(lines) == 2 and lines[0].startswith("truncflow: error: ") and lines[1] == "2", (path.name, chunk)
+
+
+def test_result_file_with_class_ids_that_are_not_whole_numbers_is_refused(tmp_path):
+    """Found by the hypothesis test above: NaN class IDs loaded, then summary() crashed."""
+    rng = np.random.default_rng(0)
+    ds = tf.Dataset(rng.standard_normal((12, 2)), np.arange(12) % 2, rng.standard_normal((2, 2)))
+    r = tf.simulate(tf.Params.random(1, 2, seed=0), ds, 0.5, method="gd", lr=0.1)
+    r.save(tmp_path / "r.npz")
+    entries = dict(np.load(tmp_path / "r.npz"))
+    entries["run__class_ids"] = np.array([np.nan, 1.0])
+    np.savez(tmp_path / "bad.npz", **entries)
+    with pytest.raises(ValueError, match="class_ids' must hold whole numbers"):
+        tf.load_result(tmp_path / "bad.npz")
+    entries["run__class_ids"] = np.array([-3, 7])
+    np.savez(tmp_path / "ok.npz", **entries)
+    assert tf.load_result(tmp_path / "ok.npz").cluster_names == ["cluster 0 (class -3)", "cluster 1 (class 7)"]

@@ -186,16 +186,17 @@ def check_array_shapes(arrays: dict, spec: dict, sizes: dict) -> None:
                                  f"with the {dim} {sizes[dim]} of {origin[dim]}")
 
 
-def check_counts(arrays: dict, names) -> None:
-    """Raise ValueError unless each named array present holds whole numbers >= 0 (counters,
-    labels): an integer dtype, or finite integral floats."""
+def check_counts(arrays: dict, names, *, low: int | None = 0, what: str = "counts") -> None:
+    """Raise ValueError unless each named array present holds whole numbers >= ``low`` (counters,
+    labels; ``low=None``: any whole numbers, e.g. class IDs): an integer dtype, or finite integral floats."""
     for name in names:
         a = arrays.get(name)
         if a is None or np.issubdtype(a.dtype, np.integer):
-            bad = a is not None and a.size and a.min() < 0
+            bad = a is not None and a.size and low is not None and a.min() < low
         else:
             with np.errstate(invalid="ignore"):
-                bad = not np.all(np.isfinite(a) & (a == np.round(a)) & (a >= 0))
+                bad = not np.all(np.isfinite(a) & (a == np.round(a)) & (a >= (-np.inf if low is None else low)))
         if bad:
-            raise ValueError(f"array {name!r} must hold whole numbers >= 0 (counts), found "
+            at_least = "" if low is None else f" >= {low}"
+            raise ValueError(f"array {name!r} must hold whole numbers{at_least} ({what}), found "
                              f"{a.reshape(-1)[:4].tolist()}")

@@ -261,6 +261,7 @@ def load_result(path) -> Result:
                                     "class_ids": ("Q",)}, sizes)
         check_counts(series, ("n_patterns", "pattern_changes", "steps_accepted", "steps_rejected", "evaluations"))
         check_counts(arrays, ("sample_labels",))
+        check_counts(arrays, ("class_ids",), low=None, what="class IDs")
     except ValueError as exc:
         msg = str(exc)
         raise ValueError(msg if str(path) in msg else f"cannot read result file {path}: {msg}") from None
