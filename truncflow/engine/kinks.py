@@ -42,17 +42,21 @@ step that straddles a change commits an error of order h * jump). Here:
   1 / ||J||, must be below ``BULK_BUDGET``; otherwise a step with few crossings
   (<= ``_EVENT_MAX``) is located event by event and one with more is redone shorter,
   and the stepper's steps are held to the length the test allows.
-* **Sliding modes.** At a located crossing the pre-activation's velocity is computed
-  on both sides (``subset_jvp_kernel``: exact forward-mode derivative along the two
-  one-sided flows). If both point into the hyperplane the coordinate joins the
-  sliding set: it is held at ``a = 0`` (treated as truncated in the frozen pattern)
-  and the velocity is the minimal-norm element of ``g0 + sum_j s_j d_j`` (d_j the
-  jump of point j's gradient contribution across its hyperplane), which is tangent to
-  every sliding hyperplane while all s_j lie in (0, 1) (the Filippov solution, MODEL.md
-  section 5). A coordinate leaves the set when its s_j reaches 0 or 1 (located by
-  Brent's method along the dense output), towards the truncated or the free side.
-  Drift off the hyperplanes is removed after every step by a Newton projection along
-  their normals (n_j = d_j / c_j with c_j = |d_j|^2 / (d_j . grad a_j)), not accumulated.
+* **Sliding modes.** At a located crossing every coordinate at that hyperplane is
+  decided together: the crossing one, the sliding set, and every point whose
+  pre-activation there is zero to round-off (points an earlier layer truncated onto a
+  face that the hyperplane now contains reach it all at once). Their weights s_j in
+  [0, 1] make ``g0 + sum_j s_j d_j`` (d_j the jump of point j's gradient contribution
+  across its hyperplane) the minimal-norm element of the convex hull, by bounded least
+  squares (BVLS; the weights nearest 1/2 when the d_j are rank-deficient): the Filippov
+  velocity of MODEL.md section 5, tangent to every hyperplane whose weight is inside
+  (0, 1). Those coordinates slide (held at ``a = 0``, treated as truncated in the frozen
+  pattern); the others go to the side their weight is at. A weight that reaches a bound
+  releases its point once the velocity has taken it off the plane on that side
+  (timed by the unbounded weight crossing the bound, Brent's method along the dense
+  output). Drift off the hyperplanes of the sliding coordinates is removed after every
+  step by a Newton projection along their normals (n_j = d_j / c_j with
+  c_j = |d_j|^2 / (d_j . grad a_j)), not accumulated.
 
 Counts and choices are reported in ``result.config["kinks"]``; the sliding intervals
 (point, layer, coordinate, entry time, exit time) in ``result.arrays["sliding_intervals"]``.
@@ -939,8 +943,10 @@ class _Kinks:
         ev = pc.last_ev
         if ev is None or ev.D is None:
             return g
-        D = ev.D
-        s = _least_squares(D, g)
+        D = ev.D[:, (ev.s > 0.0) & (ev.s < 1.0)]      # weights at a bound do not move with g
+        if D.shape[1] == 0:
+            return g
+        s, *_ = np.linalg.lstsq(D, -g, rcond=1e-12)     # linear: the change of g off the normals
         return g + D @ s
 
     def _secant(self, ya, y1):
@@ -1190,12 +1196,6 @@ class _Kinks:
         for it in self.intervals:
             if it[0] == i and it[1] == l and it[2] == k and it[4] is None:
                 it[4] = t
-
-    def _velocity(self, ev, g0):
-        if ev.D is None:
-            return -g0
-        s = _least_squares(ev.D, g0)
-        return -(g0 + ev.D @ s)
 
     # ------------------------------------------------------------ sliding set
     def _exits(self, ev):
