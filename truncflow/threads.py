@@ -31,17 +31,22 @@ __all__ = ["default_threads", "cpu_quota", "set_threads", "get_threads", "apply"
 _chosen: int | None = None
 
 
+def _read(*parts) -> str:
+    with open(os.path.join(*parts)) as f:
+        return f.read()
+
+
 def cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
     """CPUs the cgroup CPU quota allows (cgroup v2 ``cpu.max``, else v1 ``cpu/cpu.cfs_quota_us`` over
     ``cpu.cfs_period_us``), e.g. 1.5; None when unlimited or unknown."""
     try:
-        quota, period = open(os.path.join(root, "cpu.max")).read().split()[:2]
+        quota, period = _read(root, "cpu.max").split()[:2]
         return float(quota) / float(period) if quota != "max" and float(period) > 0 else None
     except (OSError, ValueError):
         pass
     try:
-        quota = float(open(os.path.join(root, "cpu", "cpu.cfs_quota_us")).read())
-        period = float(open(os.path.join(root, "cpu", "cpu.cfs_period_us")).read())
+        quota = float(_read(root, "cpu", "cpu.cfs_quota_us"))
+        period = float(_read(root, "cpu", "cpu.cfs_period_us"))
     except (OSError, ValueError):
         return None
     return quota / period if quota > 0 and period > 0 else None
