@@ -125,7 +125,7 @@ def get_threads() -> int:
 def apply() -> None:
     """Make the calling thread's Numba thread count truncflow's (about 1 us when it already is)."""
     import numba                # here, not at the top: pool_env must run before Numba is imported
-    want = _chosen if _chosen is not None else _default_in_pool()
+    want = get_threads()
     if numba.get_num_threads() != want:
         numba.set_num_threads(want)
 

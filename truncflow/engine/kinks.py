@@ -127,7 +127,7 @@ class _At:
 
 
 class _Eval:
-    __slots__ = ("cost", "g0", "v", "mismatch", "s", "D", "grad_norm", "lean", "a_held")
+    __slots__ = ("cost", "g0", "v", "mismatch", "s", "D", "grad_norm")
 
 
 class _Pieces:
@@ -198,20 +198,11 @@ class _Pieces:
         ev.cost = float(sq.sum() / (2 * self.N))
         ev.g0 = self._vector(at.params, gw.sum(0)[0], gb.sum(0)[0], gow.sum(0)[0], gob.sum(0)[0])
         ev.mismatch = mm
-        ev.s, ev.D, ev.lean, ev.a_held = None, None, None, None
+        ev.s, ev.D = None, None
         if self.sliding:
             ev.D = self.jumps(at, self.sliding)
             ev.s = _least_squares(ev.D, ev.g0)
             ev.v = -(ev.g0 + ev.D @ ev.s)
-            # each sliding coordinate's rate along v and along its own jump (n_j.v, n_j.d_j = c_j |n_j|^2)
-            n = len(self.sliding)
-            idx = np.array([c[0] for c in self.sliding], np.int64)
-            a, dd = self.jvp(at, np.concatenate([idx, idx]), self.pat[np.concatenate([idx, idx])],
-                             np.concatenate([np.repeat(ev.v[None], n, 0), ev.D.T]))
-            rates = np.array([[dd[j, l, k], dd[n + j, l, k], a[j, l, k]] for j, (i, l, k) in enumerate(self.sliding)])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ev.lean = rates[:, 0] / rates[:, 1]        # > 0: towards the free side, in units of the jump
-            ev.a_held = rates[:, 2]
         else:
             ev.v = -ev.g0
         ev.grad_norm = float(np.sqrt(ev.v @ ev.v))
@@ -601,7 +592,7 @@ class _Kinks:
         ev = pc.full(y1)
         mism = self._candidates(ev, y1)
         cand = np.union1d(mism, self._dips(ya, t1 - t0, y1))
-        exits = self._exits(ev)
+        exits = self._exits(ev, y1)
         if cand.size == 0 and not exits:
             return self._plain(t1, y1)
         dense = self.solver.dense_output()
@@ -1198,13 +1189,30 @@ class _Kinks:
                 it[4] = t
 
     # ------------------------------------------------------------ sliding set
-    def _exits(self, ev):
-        if not self.pieces.sliding or ev.s is None:
+    def _exits(self, ev, y):
+        """Sliding indices to release at y (``ev`` its evaluation): a weight at its bound releases
+        its point once the velocity has taken it off the plane on that side, i.e. its rate off
+        the plane exceeds SLIDE_MARGIN of its jump's and its pre-activation is on that side
+        (until then it is held at its bound and not projected back, ``_project``)."""
+        pc = self.pieces
+        if not pc.sliding or ev.s is None:
             return []
-        # a weight at its bound releases its point once the velocity has taken it off the plane, on
-        # that side (until then it is held at its bound and not projected back, ``_project``)
-        return [j for j, (s, lean, a) in enumerate(zip(ev.s, ev.lean, ev.a_held))
-                if (s >= 1.0 and lean > SLIDE_MARGIN and a > 0.0) or (s <= 0.0 and lean < -SLIDE_MARGIN and a <= 0.0)]
+        at_bound = [j for j, s_j in enumerate(ev.s) if not 0.0 < s_j < 1.0]
+        if not at_bound:
+            return []
+        held = [pc.sliding[j] for j in at_bound]
+        n = len(held)
+        idx = np.array([c[0] for c in held] * 2, np.int64)
+        # rates along v and along the coordinate's own jump: n_j.v and n_j.d_j = c_j |n_j|^2
+        a, dd = pc.jvp(pc.at(y), idx, pc.pat[idx], np.concatenate([np.repeat(ev.v[None], n, 0), ev.D[:, at_bound].T]))
+        out = []
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for e, (j, (i, l, k)) in enumerate(zip(at_bound, held)):
+                lean = dd[e, l, k] / dd[n + e, l, k]         # > 0: towards the free side, in units of the jump
+                if (ev.s[j] >= 1.0 and lean > SLIDE_MARGIN and a[e, l, k] > 0.0) or \
+                        (ev.s[j] <= 0.0 and lean < -SLIDE_MARGIN and a[e, l, k] <= 0.0):
+                    out.append(j)
+        return out
 
     def _exit_time(self, exits, dense, t0, t1):
         """(t, j, to_free): the earliest exit among ``exits`` (sliding indices whose weight is at a
@@ -1245,7 +1253,7 @@ class _Kinks:
         released = [(j, to_free)]
         if t_exit >= self.solver.t:         # at the step's end: every coordinate that left by then goes
             ev = pc.full(self.solver.y)
-            released = [(e, bool(ev.s[e] >= 1.0)) for e in self._exits(ev)] or released
+            released = [(e, bool(ev.s[e] >= 1.0)) for e in self._exits(ev, self.solver.y)] or released
         for e, free in sorted(released, reverse=True):
             i, l, k = pc.sliding.pop(e)
             pc.pat[i] = _set_bit(pc.pat[i], l, k, free)
