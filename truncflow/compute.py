@@ -14,7 +14,9 @@ from ._validate import choice, integer, require_memory
 from .data import Dataset, check_points
 from .kernels import config
 from .kernels.forward import patterns_kernel, truncate_kernel
+from .kernels.flow import sum_chunks
 from .kernels.gradient import BLOCK, gradient_kernel, gradient_kernel_serial
+from .kernels.network import layer_gradient, scale_gradient
 from .params import Params
 
 __all__ = ["Gradient", "truncate", "activation_patterns", "cost", "gradient",
@@ -231,14 +233,13 @@ def _run_gradient_kernel(params: Params, dataset: Dataset, kind: str, per_cluste
     threads.apply()
     kernel = gradient_kernel if N > chunk else gradient_kernel_serial     # one chunk: no parallel region
     parts = kernel(dataset.points, dataset.labels, *arrays, kind == "output", n_slots, chunk)
-    # Merge chunks in a fixed order (axis 0), then scale: the result does not depend on threads.
-    with np.errstate(over="ignore", invalid="ignore"):     # overflow is reported by gradient()
-        sq, gw, gb, gow, gob = (p.sum(axis=0) for p in parts)
+    # Merge chunks in a fixed order, scale, drop the padding (the same code as the flow's
+    # per-evaluation path, kernels.flow): the result does not depend on threads.
+    sq, gw, gb, gow, gob = sum_chunks(*parts, N, M)
     if not per_cluster:
         sq, gw, gb, gow, gob = sq[0], gw[0], gb[0], gow[0], gob[0]
-    gw, gb, gow = gw[..., :M, :M], gb[..., :M], gow[..., :M]    # drop the padding
-    out = (gow / N, gob / N) if kind == "output" else (None, None)
-    return sq / (2 * N), Gradient(gw / N, gb / N, out[0], out[1], "cumulative")
+    out = (gow, gob) if kind == "output" else (None, None)
+    return sq, Gradient(gw, gb, out[0], out[1], "cumulative")
 
 
 def cost(params: Params, dataset: Dataset, kind: str = "input", *, per_cluster: bool = False):
@@ -300,7 +301,11 @@ def gradient(params: Params, dataset: Dataset, kind: str = "input", wrt: str = "
 
 def aligned_scale_gradient(params: Params, weight_gradient: np.ndarray) -> np.ndarray:
     """``dC/dlambda^(l)_k = (dC/dW^(l) R^(l)^T)_kk`` from cumulative weight gradients (..., L, M, M)."""
-    return np.einsum("...lkj,lkj->...lk", weight_gradient, params.frames)
+    g = np.ascontiguousarray(weight_gradient, dtype=np.float64)
+    lead = g.shape[:-3]
+    flat = g.reshape((-1,) + g.shape[-3:])
+    frames = np.ascontiguousarray(params.frames)
+    return np.stack([scale_gradient(x, frames) for x in flat]).reshape(lead + g.shape[-3:-1])
 
 
 def cumulative_to_layer_gradient(params: Params, grad: Gradient) -> Gradient:
@@ -310,16 +315,7 @@ def cumulative_to_layer_gradient(params: Params, grad: Gradient) -> Gradient:
     ``dC/dW_l = Gb W^(l-1)^T + Bb b^(l-1)^T``, ``dC/db_l = Bb``, then
     ``Gb <- G^(l-1) + W_l^T Gb``, ``Bb <- B^(l-1) + W_l^T Bb``.
     """
-    L, M = params.n_layers, params.width
-    gw = np.empty((L, M, M))
-    gb = np.empty((L, M))
-    G_bar, B_bar = grad.weights[L - 1].copy(), grad.biases[L - 1].copy()
-    for l in range(L - 1, -1, -1):
-        prev_w = params.cum_weights[l - 1] if l > 0 else np.eye(M)
-        prev_b = params.cum_biases[l - 1] if l > 0 else np.zeros(M)
-        gw[l] = G_bar @ prev_w.T + np.outer(B_bar, prev_b)
-        gb[l] = B_bar
-        if l > 0:
-            G_bar = grad.weights[l - 1] + params.weights[l].T @ G_bar
-            B_bar = grad.biases[l - 1] + params.weights[l].T @ B_bar
+    gw, gb = layer_gradient(params.weights, params.cum_weights, params.cum_biases,
+                            np.ascontiguousarray(grad.weights, dtype=np.float64),
+                            np.ascontiguousarray(grad.biases, dtype=np.float64))
     return Gradient(gw, gb, grad.out_weight, grad.out_bias, "layers")

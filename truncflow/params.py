@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validate import as_float_array, integer, require_finite, require_memory
+from .kernels.network import aligned_weights, cumulative_from_layers, invert_stack, layers_from_cumulative
 
 #: Most hidden layers a network may have. Building the parameters loops over the
 #: layers in Python (about 3 microseconds each); far beyond this a mistyped
@@ -54,19 +55,11 @@ def invert_cumulative(cum_weights: np.ndarray) -> np.ndarray:
     """Inverses ``(W^(l))^-1`` (L, M, M), refusing a singular or ill-conditioned layer.
 
     The condition number is measured in the 1-norm, ``|W|_1 |W^-1|_1`` (within a
-    factor M of the 2-norm one), from the inverse that is needed anyway.
+    factor M of the 2-norm one), from the inverse that is needed anyway. The inverses
+    come from :func:`truncflow.kernels.network.invert_stack` (LU with partial pivoting),
+    the same code as the flow's per-evaluation path.
     """
-    try:
-        inverses = np.linalg.inv(cum_weights)
-    except np.linalg.LinAlgError:
-        inverses = np.full_like(cum_weights, np.inf)
-        for l, w in enumerate(cum_weights):
-            try:
-                inverses[l] = np.linalg.inv(w)
-            except np.linalg.LinAlgError:
-                pass
-    with np.errstate(over="ignore", invalid="ignore"):
-        cond = np.abs(cum_weights).sum(axis=1).max(axis=1) * np.abs(inverses).sum(axis=1).max(axis=1)
+    inverses, cond = invert_stack(np.ascontiguousarray(cum_weights, dtype=np.float64))
     bad = ~(cond <= MAX_CONDITION)
     if bad.any():
         layer = int(np.argmax(bad)) + 1
@@ -120,7 +113,7 @@ def _check_stack(weights, biases, wname, bname):
         raise ValueError(f"{bname} has shape {biases.shape}, expected {(L, M)} to match {wname} {weights.shape}")
     require_finite(weights, wname)
     require_finite(biases, bname)
-    return weights, biases
+    return np.ascontiguousarray(weights), np.ascontiguousarray(biases)
 
 
 @dataclass(frozen=True, eq=False)
@@ -175,15 +168,8 @@ class Params:
         """From layer weights ``(L, M, M)`` and biases ``(L, M)`` (MODEL.md section 2)."""
         weights, biases = _check_stack(weights, biases, "weights", "biases")
         out_weight, out_bias = _check_output(out_weight, out_bias, weights.shape[1])
-        L, M, _ = weights.shape
-        cum_w = np.empty_like(weights)
-        cum_b = np.empty_like(biases)
-        prev_w, prev_b = np.eye(M), np.zeros(M)
         with np.errstate(over="ignore", invalid="ignore"):
-            for l in range(L):
-                cum_w[l] = weights[l] @ prev_w
-                cum_b[l] = weights[l] @ prev_b + biases[l]
-                prev_w, prev_b = cum_w[l], cum_b[l]
+            cum_w, cum_b = cumulative_from_layers(weights, biases)
         require_finite(cum_w, "cumulative weights (overflow in the product of layer weights)")
         require_finite(cum_b, "cumulative biases (overflow in W_l b^(l-1) + b_l)")
         inverses = invert_cumulative(cum_w)
@@ -195,16 +181,7 @@ class Params:
         cum_w, cum_b = _check_stack(cum_weights, cum_biases, "cum_weights", "cum_biases")
         out_weight, out_bias = _check_output(out_weight, out_bias, cum_w.shape[1])
         inverses = invert_cumulative(cum_w)
-        L, M, _ = cum_w.shape
-        weights = np.empty_like(cum_w)
-        weights[0] = cum_w[0]
-        biases = cum_b.copy()
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            if L > 1:
-                # W_l = W^(l) (W^(l-1))^-1, as a batched solve W^(l-1)^T W_l^T = W^(l)^T.
-                weights[1:] = np.swapaxes(np.linalg.solve(np.swapaxes(cum_w[:-1], 1, 2),
-                                                          np.swapaxes(cum_w[1:], 1, 2)), 1, 2)
-            biases[1:] -= np.einsum("lij,lj->li", weights[1:], cum_b[:-1])
+        weights, biases = layers_from_cumulative(cum_w, cum_b, inverses)
         require_finite(weights, "layer weights W_l = W^(l) (W^(l-1))^-1 (overflow: consecutive cumulative "
                                 "weights differ too much in scale)")
         require_finite(biases, "layer biases b_l = b^(l) - W_l b^(l-1) (overflow)")
@@ -239,7 +216,7 @@ class Params:
             raise ValueError(f"scales must be positive: scales[{l}, {k}] = {float(scales[l, k])!r} (layer {l + 1})")
         with np.errstate(over="ignore", invalid="ignore"):
             defect = np.abs(frames @ np.swapaxes(frames, 1, 2) - np.eye(M)).max(axis=(1, 2))
-            cum_w = scales[:, :, None] * frames
+            cum_w = aligned_weights(np.ascontiguousarray(frames), np.ascontiguousarray(scales))
         if not np.all(defect <= ORTHOGONALITY_TOL):
             l = int(np.argmax(defect))
             raise ValueError(f"frames[{l}] (layer {l + 1}) is not orthogonal: max |R R^T - I| = {defect[l]:.3g} "
@@ -253,7 +230,7 @@ class Params:
         # Without inverses (a recorded state read back by Result.params_at), the matrices
         # were already accepted once by invert_cumulative when the run made them.
         if inverses is None:
-            inverses = np.linalg.inv(cum_w)
+            inverses = invert_stack(cum_w)[0]
         return cls(
             weights=_readonly(weights),
             biases=_readonly(biases),

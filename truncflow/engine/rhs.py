@@ -13,9 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._validate import choice, integer
-from ..compute import COST_KINDS, PARAMETRIZATIONS, Gradient, _require_dataset, _require_params, gradient
+from ..compute import (COST_KINDS, PARAMETRIZATIONS, Gradient, _require_dataset, _require_params, gradient,
+                       require_partials_fit, tile_arrays)
 from ..data import Dataset
-from ..params import Params
+from ..kernels import flow
+from ..kernels.gradient import gradient_kernel
+from ..params import MAX_CONDITION, Params
 
 TRAIN_OPTIONS = ("all", "weights", "biases")
 
@@ -72,6 +75,28 @@ class FlowProblem:
         if not self.mask.any():
             raise ValueError("nothing to train: every parameter is frozen (check train and frozen_layers)")
         self.n_evaluations = 0
+        self._prepare_fast_path()
+
+    def _prepare_fast_path(self):
+        """The arguments of the per-evaluation kernels (``kernels.flow``), fixed for the whole flow."""
+        p, ds = self.params, self.dataset
+        L, M = p.n_layers, p.width
+        P = p.out_dim if self.kind == "output" else 0
+        targets, cw = tile_arrays(p, ds.targets, self.kind)[:2]
+        Mp = cw.shape[1]
+        mode = {"cumulative": flow.MODE_CUMULATIVE, "layers": flow.MODE_LAYERS,
+                "aligned": flow.MODE_ALIGNED}[self.wrt]
+        frames = np.ascontiguousarray(p.frames) if self.wrt == "aligned" else np.zeros((1, 1, 1))
+        partial_bytes = 8 * (1 + L * Mp * (Mp + 1) + P * (Mp + 1))
+        self._chunk = require_partials_fit(ds.n_points, partial_bytes, f"the gradient's partial sums ({L} layers "
+                                                                       f"of width {M})")
+        self._network_args = (mode, L, M, P, frames, MAX_CONDITION, Mp)
+        self._pass_args = (ds.points, ds.labels, targets)
+        #: True when the points fit one chunk: an evaluation is one compiled call without
+        #: a parallel region (``kernels.flow.evaluate_serial``) and gradient descent can run
+        #: its steps in compiled code (``kernels.descent``).
+        self.serial = ds.n_points <= self._chunk
+        self.serial_args = (*self._network_args, *self._pass_args, self.mask, self.kind == "output", self._chunk)
 
     @property
     def size(self) -> int:
@@ -114,7 +139,31 @@ class FlowProblem:
         return np.concatenate([np.ravel(p) for p in parts]) * self.mask
 
     def evaluate(self, y: np.ndarray) -> tuple[float, np.ndarray]:
-        """Cost and masked gradient vector at state y (one streaming pass over the points)."""
+        """Cost and masked gradient vector at state y (one streaming pass over the points).
+
+        Bit-identical to ``gradient(self.unpack(y), ...)`` (the same kernels), without
+        building a :class:`Params`: one compiled call when the points fit one chunk. A state
+        that cannot be evaluated is evaluated again the public way, which raises ValueError
+        naming the problem (a singular cumulative weight, an overflow).
+        """
+        c, g, _ = self.evaluate_with_norm(y)
+        return c, g
+
+    def evaluate_with_norm(self, y: np.ndarray) -> tuple[float, np.ndarray, float]:
+        """(cost, masked gradient vector, its Euclidean norm) at state y; see :meth:`evaluate`."""
         self.n_evaluations += 1
-        c, g = gradient(self.unpack(y), self.dataset, self.kind, self.wrt)
-        return c, self.gradient_vector(g)
+        if type(y) is not np.ndarray or y.dtype != np.float64 or not y.flags.c_contiguous:
+            y = np.ascontiguousarray(y, dtype=np.float64)
+        if self.serial:
+            status, c, g, gn = flow.evaluate_serial(y, *self.serial_args)
+        else:
+            mode, frames = self._network_args[0], self._network_args[4]
+            status, w, cw, cb, *arrays = flow.prepare(y, *self._network_args)
+            if status == flow.STATUS_OK:
+                parts = gradient_kernel(*self._pass_args, *arrays, self.kind == "output", 1, self._chunk)
+                status, c, g, gn = flow.finish(*parts, self.dataset.n_points, mode, w, cw, cb, frames, self.mask)
+        if status != flow.STATUS_OK:
+            c, grad = gradient(self.unpack(y), self.dataset, self.kind, self.wrt)
+            g = self.gradient_vector(grad)      # (reached only if the public way does not raise)
+            gn = float(np.sqrt(g @ g))
+        return c, g, gn

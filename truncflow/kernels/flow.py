@@ -1,0 +1,179 @@
+"""A flow's gradient evaluation from its state vector, in Numba (issue 12: small problems fast).
+
+``FlowProblem.evaluate`` turns a state vector into the cost and the masked gradient
+vector. Going through :class:`truncflow.Params` and :func:`truncflow.gradient`
+costs about 150 us of Python per call, far more than the pass over a few hundred
+points. Here the whole path (state -> network -> padded kernel arrays -> pass
+over the points -> sum over chunks -> gradient in the flow's parametrization ->
+masked vector) is one call for a problem of one chunk, and three (prepare, the
+parallel pass, finish) for a larger one. It runs the same functions as the
+public path (:mod:`truncflow.kernels.network`, the gradient kernel,
+:func:`sum_chunks`), so it gives the same bits as
+``gradient(problem.unpack(y), ...)``.
+
+State layout (``FlowProblem``): weights ((L, M, M), or (L, M) scales for the
+aligned parametrization), biases (L, M), then for the output cost the output
+weight (P, M) and bias (P,). ``mode``: 0 cumulative, 1 layers, 2 aligned.
+
+A state whose network cannot be evaluated (a cumulative weight that is singular
+or has condition number above ``max_condition``, or parameters that overflow) or
+whose cost or gradient is not finite gives a nonzero status and no gradient: the
+caller evaluates it again the public way, which raises the error with its message.
+"""
+import numpy as np
+from numba import njit
+
+from .config import JIT_OPTIONS
+from .gradient import _gradient_chunk, _gradient_sums
+from .network import (aligned_weights, cumulative_from_layers, invert_stack, layer_gradient,
+                      layers_from_cumulative, scale_gradient)
+
+MODE_CUMULATIVE, MODE_LAYERS, MODE_ALIGNED = 0, 1, 2
+STATUS_OK, STATUS_NETWORK, STATUS_NOT_FINITE = 0, 1, 2
+
+
+@njit(**JIT_OPTIONS)
+def sum_chunks(sq, g_w, g_b, g_ow, g_ob, n_points, width):
+    """The gradient kernel's per-chunk sums added in chunk order, scaled, padding dropped.
+
+    Args: the kernel's outputs sq (C, S), g_w (C, S, L, Mp, Mp), g_b (C, S, L, Mp),
+    g_ow (C, S, P, Mp), g_ob (C, S, P); n_points N; width M.
+    Returns cost (S,) = sum / (2N) and the cumulative gradient (S, L, M, M), (S, L, M),
+    (S, P, M), (S, P), each sum / N.
+    """
+    C, S = sq.shape
+    L, P, M = g_w.shape[2], g_ow.shape[2], width
+    cost = sq[0].copy()
+    gw = g_w[0, :, :, :M, :M].copy()
+    gb = g_b[0, :, :, :M].copy()
+    gow = g_ow[0, :, :, :M].copy()
+    gob = g_ob[0].copy()
+    for c in range(1, C):
+        cost += sq[c]
+        gw += g_w[c, :, :, :M, :M]
+        gb += g_b[c, :, :, :M]
+        gow += g_ow[c, :, :, :M]
+        gob += g_ob[c]
+    n = float(n_points)
+    return cost / (2.0 * n), gw / n, gb / n, gow / n, gob / n
+
+
+@njit(**JIT_OPTIONS)
+def _pad(a, rows, cols):
+    out = np.zeros((a.shape[0], rows, cols))
+    out[:, :a.shape[1], :a.shape[2]] = a
+    return out
+
+
+@njit(**JIT_OPTIONS)
+def _finite(a):
+    for v in a.ravel():
+        if not np.isfinite(v):
+            return False
+    return True
+
+
+@njit(**JIT_OPTIONS)
+def prepare(y, mode, n_layers, width, n_out, frames, max_condition, padded_width):
+    """The network of state y and the gradient kernel's parameter arrays (``compute.tile_arrays``).
+
+    Returns (status, w, cw, cb, cwp, cbp, invp, backp, out_w, out_b): layer weights w and
+    cumulative cw (L, M, M), cb (L, M); then padded to Mp: cwp, invp, backp (L, Mp, Mp),
+    cbp (L, Mp), out_w (P, Mp), out_b (P,).
+    """
+    L, M, P, Mp = n_layers, width, n_out, padded_width
+    nw = L * M if mode == MODE_ALIGNED else L * M * M
+    b_in = y[nw:nw + L * M].copy().reshape((L, M))
+    if mode == MODE_LAYERS:
+        w = y[:nw].copy().reshape((L, M, M))
+        cw, cb = cumulative_from_layers(w, b_in)
+        inv, cond = invert_stack(cw)
+    else:
+        if mode == MODE_ALIGNED:
+            cw = aligned_weights(frames, y[:nw].copy().reshape((L, M)))
+        else:
+            cw = y[:nw].copy().reshape((L, M, M))
+        cb = b_in
+        inv, cond = invert_stack(cw)
+        w, b_in = layers_from_cumulative(cw, cb, inv)
+    o = nw + L * M
+    out_w = np.zeros((P, Mp))
+    out_w[:, :M] = y[o:o + P * M].reshape((P, M))
+    out_b = y[o + P * M:o + P * M + P].copy()
+    status = STATUS_OK
+    if mode == MODE_ALIGNED:
+        for s in y[:nw]:
+            if not s > 0.0:                 # Params.aligned refuses scales <= 0
+                status = STATUS_NETWORK
+    for l in range(L):
+        if not cond[l] <= max_condition:
+            status = STATUS_NETWORK
+    if not (_finite(cw) and _finite(cb) and _finite(w) and _finite(b_in)):
+        status = STATUS_NETWORK
+    cwp, invp = _pad(cw, Mp, Mp), _pad(inv, Mp, Mp)
+    cbp = np.zeros((L, Mp))
+    cbp[:, :M] = cb
+    backp = np.zeros((L, Mp, Mp))
+    for l in range(L - 1):
+        for i in range(M):
+            for j in range(M):
+                backp[l, i, j] = w[l + 1, j, i]
+    for i in range(Mp):
+        for j in range(Mp):
+            backp[L - 1, i, j] = invp[L - 1, j, i]
+    return status, w, cw, cb, cwp, cbp, invp, backp, out_w, out_b
+
+
+@njit(**JIT_OPTIONS)
+def finish(sq, g_w, g_b, g_ow, g_ob, n_points, mode, w, cw, cb, frames, mask):
+    """Cost and masked gradient vector from the kernel's per-chunk sums (slot 0).
+
+    Returns (status, cost, g, norm): g (size of the state) = the gradient in the flow's
+    parametrization times ``mask``, norm its Euclidean norm (squares summed in order);
+    status STATUS_NOT_FINITE (and g empty) when the cost or a gradient is not finite.
+    """
+    M = cw.shape[1]
+    cost, gw, gb, gow, gob = sum_chunks(sq, g_w, g_b, g_ow, g_ob, n_points, M)
+    gw0, gb0 = gw[0], gb[0]
+    empty = np.empty(0)
+    if not (np.isfinite(cost[0]) and _finite(gw0) and _finite(gb0) and _finite(gow) and _finite(gob)):
+        return STATUS_NOT_FINITE, cost[0], empty, np.nan
+    if mode == MODE_LAYERS:
+        lw, gb0 = layer_gradient(w, cw, cb, gw0, gb0)
+        g_weights = lw.ravel()
+    elif mode == MODE_ALIGNED:
+        g_weights = scale_gradient(gw0, frames).ravel()
+    else:
+        g_weights = gw0.ravel()
+    if not (_finite(g_weights) and _finite(gb0)):
+        return STATUS_NOT_FINITE, cost[0], empty, np.nan
+    g = np.empty(mask.shape[0])
+    k = 0
+    sq_norm = 0.0
+    for part in (g_weights, gb0.ravel(), gow[0].ravel(), gob[0].ravel()):
+        for v in part:
+            g[k] = v * mask[k]
+            sq_norm += g[k] * g[k]
+            k += 1
+    return STATUS_OK, cost[0], g, np.sqrt(sq_norm)
+
+
+@njit(**JIT_OPTIONS)
+def evaluate_serial(y, mode, n_layers, width, n_out, frames, max_condition, padded_width,
+                    points, labels, targets, mask, output_cost, chunk):
+    """``prepare``, the gradient pass over every chunk without a parallel region, ``finish``.
+
+    Args: y the state; mode; L, M, P (0 for the input cost); frames (L, M, M) (aligned
+    mode; any array otherwise); max_condition; Mp; points (N, M), labels (N,) int64,
+    targets padded as in ``compute.tile_arrays``; mask (state size,); output_cost; chunk.
+    Returns (status, cost, g, norm) as :func:`finish`.
+    """
+    status, w, cw, cb, cwp, cbp, invp, backp, out_w, out_b = prepare(
+        y, mode, n_layers, width, n_out, frames, max_condition, padded_width)
+    if status != STATUS_OK:
+        return status, np.nan, np.empty(0), np.nan
+    sq, g_w, g_b, g_ow, g_ob = _gradient_sums(points, out_w, cwp, 1, chunk)
+    for c in range(sq.shape[0]):
+        _gradient_chunk(c, points, labels, targets, cwp, cbp, invp, backp, out_w, out_b, output_cost, 1, chunk,
+                        sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
+    return finish(sq, g_w, g_b, g_ow, g_ob, points.shape[0], mode, w, cw, cb, frames, mask)
