@@ -5,6 +5,7 @@ Public API (see README.md for a tour):
     truncate, activation_patterns       truncation maps and activation patterns
     cost, gradient, Gradient            costs and exact generalized gradients
     simulate, Result, load_result       the gradient flow and what a run records
+    simulate_ensemble                   many independent flows at once (bit-identical to single runs)
     cluster_statistics                  per-cluster flow derivatives in one pass
     separation_report, threshold_gradient, threshold_velocity
                                         the aligned model's effective equations (MODEL.md section 9)
@@ -37,6 +38,7 @@ from .compute import (Gradient, activation_patterns, cost, cumulative_to_layer_g
                       gradient, truncate)
 from .observe import Observation, observe
 from .engine.integrate import simulate
+from .engine.ensemble import simulate_ensemble
 from .engine.events import SeparationWarning
 from .statistics import ClusterStatistics, cluster_statistics
 from .minimizers import cone_minimizer, predicted_cost
@@ -48,7 +50,7 @@ __version__ = "0.2.0"
 __all__ = [
     "MAX_CONDITION", "Params", "Dataset", "EmptyClusterWarning", "encode_labels", "gaussian_clusters", "uniform_balls", "load_points",
     "Gradient", "truncate", "activation_patterns", "cost", "gradient",
-    "cumulative_to_layer_gradient", "Observation", "observe", "simulate", "Result", "load_result",
+    "cumulative_to_layer_gradient", "Observation", "observe", "simulate", "simulate_ensemble", "Result", "load_result",
     "ClusterStatistics", "cluster_statistics", "cone_minimizer", "predicted_cost",
     "SeparationReport", "SeparationWarning", "separation_report", "threshold_gradient", "threshold_velocity",
     "set_threads", "get_threads", "__version__",

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import math
 import time
+from types import SimpleNamespace
 
 import numpy as np
 from scipy.integrate import RK45
 
 from .. import threads
+from ..kernels import descent
 from .._validate import choice, integer, positive
 from ..data import Dataset
 from ..params import Params
@@ -152,6 +154,20 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
         :class:`Result`; ``result.status`` says what stopped the run. A run that diverges,
         fails or is interrupted returns what it recorded so far, with the final state.
     """
+    plan = _plan(params, dataset, t_end, kind=kind, wrt=wrt, method=method, train=train,
+                 frozen_layers=frozen_layers, rtol=rtol, atol=atol, lr=lr, first_step=first_step,
+                 max_step=max_step, record_times=record_times, n_records=n_records, cost_tol=cost_tol,
+                 grad_tol=grad_tol, max_evals=max_evals, max_time=max_time, callback=callback, config=config,
+                 record_truncation_times=record_truncation_times, checkpoint=checkpoint,
+                 checkpoint_every=checkpoint_every, resume=resume)
+    with SignalGuard() as guard:
+        return _execute(plan, guard)
+
+
+def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rtol, atol, lr, first_step,
+          max_step, record_times, n_records, cost_tol, grad_tol, max_evals, max_time, callback, config,
+          record_truncation_times, checkpoint, checkpoint_every, resume) -> SimpleNamespace:
+    """Check every option of :func:`simulate` and build what a run needs (no pass over the points yet)."""
     choice(method, "method", METHODS)
     t_end = positive(t_end, "t_end")
     try:
@@ -206,22 +222,31 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
     rules = dict(cost_tol=cost_tol, grad_tol=grad_tol, max_evals=max_evals, max_time=max_time)
     recorder = Recorder(problem.dataset, kind, run_config)
     opts = dict(rtol=rtol, atol=atol, first_step=first_step, max_step=max_step, lr=lr)
-    with SignalGuard() as guard:
-        if method == "events":
-            return run_events(problem, t_end, schedule, recorder, rules, callback, record_truncation_times, guard)
-        if method == "kinks":
-            from .kinks import run_kinks
-            return run_kinks(problem, t_end, schedule, recorder,
-                             dict(rtol=rtol, atol=atol, first_step=first_step, max_step=max_step), rules, callback,
-                             guard)
-        saver = restored = None
-        if checkpoint is not None:
-            prints = fingerprint(problem, flow_options, schedule)
-            if resume:
-                restored = load_checkpoint(checkpoint, prints, method)
-            saver = Checkpointer(checkpoint, checkpoint_every, prints, method)
-        loop = _Rk45Loop if method == "rk45" else _GdLoop
-        return loop(problem, t_end, schedule, recorder, opts, rules, callback, guard, saver).run(restored)
+    return SimpleNamespace(problem=problem, method=method, t_end=t_end, schedule=schedule, recorder=recorder,
+                           opts=opts, rules=rules, callback=callback, checkpoint=checkpoint,
+                           checkpoint_every=checkpoint_every, resume=resume, flow_options=flow_options,
+                           record_truncation_times=record_truncation_times)
+
+
+def _execute(plan, guard) -> Result:
+    """Run a planned flow under a signal guard."""
+    problem, method, t_end, schedule, recorder = plan.problem, plan.method, plan.t_end, plan.schedule, plan.recorder
+    opts, rules, callback = plan.opts, plan.rules, plan.callback
+    if method == "events":
+        return run_events(problem, t_end, schedule, recorder, rules, callback, plan.record_truncation_times, guard)
+    if method == "kinks":
+        from .kinks import run_kinks
+        return run_kinks(problem, t_end, schedule, recorder,
+                         dict(rtol=opts["rtol"], atol=opts["atol"], first_step=opts["first_step"],
+                              max_step=opts["max_step"]), rules, callback, guard)
+    saver = restored = None
+    if plan.checkpoint is not None:
+        prints = fingerprint(problem, plan.flow_options, schedule)
+        if plan.resume:
+            restored = load_checkpoint(plan.checkpoint, prints, method)
+        saver = Checkpointer(plan.checkpoint, plan.checkpoint_every, prints, method)
+    loop = _Rk45Loop if method == "rk45" else _GdLoop
+    return loop(problem, t_end, schedule, recorder, opts, rules, callback, guard, saver).run(restored)
 
 
 def _non_negative(value, name):
@@ -309,7 +334,14 @@ class _Loop:
 
     def run(self, restored=None) -> Result:
         """Step until a stopping rule, t_end, a failure or a signal; return the Result."""
-        status, detail = None, ""
+        status, detail = self.begin(restored)
+        if status is None:
+            status, detail = self.guarded(self._steps)
+        return self.end(status, detail)
+
+    def begin(self, restored=None):
+        """Evaluate and record the initial state (or resume); returns (status, detail), status
+        None when the run goes on. Raises ValueError when the initial state cannot be flowed."""
         if restored is None:
             y0 = self.problem.pack(self.problem.params)
             self.guard.armed = False            # a signal already noted stops the run after its first record
@@ -318,26 +350,41 @@ class _Loop:
             if self.fun.failure is not None or not (math.isfinite(cost) and math.isfinite(gn)):
                 reason = self.fun.failure[1] if self.fun.failure else f"cost {cost}, gradient norm {gn}"
                 raise ValueError(f"the initial state cannot be flowed: {reason}")
-        try:
-            if restored is None:
-                self.record(0.0, y0)
-                status = self.stop_reason(self.fun.cost, self.fun.grad_norm)
-                if status is None:
-                    self._start()
-                    self.checkpoint(force=True)
-            else:
+
+        def first():
+            if restored is not None:
                 self._resume(*restored)
-            while status is None:
-                status, detail = self._advance()   # signals stop it between evaluations only
-                if status is None:
-                    self.checkpoint()
-                    self.guard.check()             # ... or here, between steps
+                return None, ""
+            self.record(0.0, y0)
+            status = self.stop_reason(self.fun.cost, self.fun.grad_norm)
+            if status is None:
+                self._start()
+                self.checkpoint(force=True)
+            return status, ""
+        return self.guarded(first)
+
+    def guarded(self, body):
+        """``body()`` -> (status, detail), with a signal, Ctrl-C or an error turned into a status."""
+        try:
+            return body()
         except Interrupted as exc:
-            status, detail = "interrupted", f"signal {exc.signal_name}"
+            return "interrupted", f"signal {exc.signal_name}"
         except KeyboardInterrupt:      # no guard (not the main thread): the usual exception
-            status, detail = "interrupted", "KeyboardInterrupt"
+            return "interrupted", "KeyboardInterrupt"
         except Exception as exc:  # keep what was recorded; say what happened
-            status, detail = "failed", f"{type(exc).__name__}: {exc}"
+            return "failed", f"{type(exc).__name__}: {exc}"
+
+    def _steps(self):
+        status = detail = None
+        while status is None:
+            status, detail = self._advance()   # signals stop it between evaluations only
+            if status is None:
+                self.checkpoint()
+                self.guard.check()             # ... or here, between steps
+        return status, detail
+
+    def end(self, status, detail) -> Result:
+        """Checkpoint or clean up, record the last state reached, and return the Result."""
         self.guard.armed = False   # the final record and the files are written whatever comes now
         if self.saver is not None:
             if status in _SUCCESS:
@@ -419,10 +466,18 @@ class _Rk45Loop(_Loop):
 
 
 class _GdLoop(_Loop):
-    """Gradient descent: Euler steps of length lr; records the first iterate at or after each time."""
+    """Gradient descent: Euler steps of length lr; records the first iterate at or after each time.
+
+    When the points fit one chunk the steps run in compiled code (``kernels.descent``)
+    between the moments Python is needed (a record, a stopping rule, a signal check),
+    with the arithmetic of the Python step below, so the iterates are the same bits.
+    A ``callback`` is called after every step; ``max_time`` and signals are checked after
+    each compiled call, which lasts at most about ``_BUDGET_SECONDS``.
+    """
 
     y = None
     k = 0
+    budget = 1             # steps per compiled call, adapted to take about _BUDGET_SECONDS
 
     def _start(self):
         self.y = self.problem.pack(self.problem.params)
@@ -437,16 +492,60 @@ class _GdLoop(_Loop):
     def _last_accepted(self):
         return (None, None) if self.y is None else (self.k * self.opts["lr"], self.y)
 
+    @property
+    def n_steps(self):
+        return max(1, math.ceil(self.t_end / self.opts["lr"] * (1 - 1e-12)))
+
     def _advance(self):
+        if self.problem.serial:
+            return self._advance_compiled()
+        return self._advance_python()
+
+    def _advance_python(self):
         lr, fun = self.opts["lr"], self.fun
-        n_steps = max(1, math.ceil(self.t_end / lr * (1 - 1e-12)))
         fun.at(self.y)
         y_new = self.y + lr * fun.rhs
         cost, gn = fun.at(y_new)
         t = (self.k + 1) * lr
         if not (math.isfinite(cost) and math.isfinite(gn)):
             return "diverged", f"after step {self.k + 1} (t = {t:.6g}): {fun.failure[1] if fun.failure else 'non-finite cost'}"
-        self.k += 1
+        return self._after_step(self.k + 1, y_new, cost, gn)
+
+    def compiled_arguments(self):
+        """The scalar arguments of ``descent.descend`` after (y, rhs, cost, gn, k)."""
+        rules = self.rules
+        return (self.opts["lr"], self.n_steps, self.pending[0] if self.pending else math.inf,
+                -math.inf if rules["cost_tol"] is None else rules["cost_tol"],
+                -math.inf if rules["grad_tol"] is None else rules["grad_tol"],
+                2**62 if rules["max_evals"] is None else rules["max_evals"], self.problem.n_evaluations)
+
+    def _advance_compiled(self):
+        fun = self.fun
+        fun.at(self.y)
+        budget = 1 if self.callback is not None else self.budget
+        started = time.perf_counter()
+        code, k, y, rhs, cost, gn, n_evals = descent.descend(
+            self.y, fun.rhs, fun.cost, fun.grad_norm, self.k, *self.compiled_arguments(), budget,
+            *self.problem.serial_args)
+        self.budget = _next_budget(budget, time.perf_counter() - started)
+        return self.take_compiled(code, k, y, rhs, cost, gn, n_evals)
+
+    def take_compiled(self, code, k, y, rhs, cost, gn, n_evals):
+        """Continue after compiled steps (``descent.descend``'s results): the bookkeeping of
+        the last step, or the Python step where the compiled one could not go on."""
+        self.problem.n_evaluations = int(n_evals)
+        fun = self.fun
+        fun.y, fun.cost, fun.grad_norm, fun.rhs, fun.failure = y, float(cost), float(gn), rhs, None
+        if code == descent.CODE_PYTHON:
+            self.k, self.y = int(k), y
+            self.counters["accepted"] = self.k
+            return self._advance_python()
+        return self._after_step(int(k), y, float(cost), float(gn))
+
+    def _after_step(self, k, y_new, cost, gn):
+        lr = self.opts["lr"]
+        t = k * lr
+        self.k = k
         self.y = y_new
         self.counters["accepted"] = self.k
         if self.callback is not None:
@@ -455,7 +554,21 @@ class _GdLoop(_Loop):
         while self.pending and self.pending[0] <= t * (1 + 1e-12):
             self.pending.pop(0)
             due = True
-        status = "t_end" if self.k >= n_steps else self.stop_reason(cost, gn)
+        status = "t_end" if self.k >= self.n_steps else self.stop_reason(cost, gn)
         if due or status == "t_end":
             self.record(t, self.y)     # any other stop is recorded by the loop, after its checkpoint
         return status, ""
+
+
+#: Wall-clock seconds a compiled call of gradient-descent steps aims at: signals,
+#: max_time and checkpoints are looked at between calls.
+_BUDGET_SECONDS = 0.01
+
+
+def _next_budget(budget, seconds):
+    """Steps for the next compiled call: doubled while a call takes under half the aim, halved above twice it."""
+    if seconds < _BUDGET_SECONDS / 2:
+        return min(budget * 2, 1 << 20)
+    if seconds > 2 * _BUDGET_SECONDS:
+        return max(budget // 2, 1)
+    return budget

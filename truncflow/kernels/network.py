@@ -103,7 +103,7 @@ def invert_stack(cw):
     cond = np.empty(L)
     for l in range(L):
         _invert_into(cw[l], inv[l])
-        cond[l] = _one_norm(cw[l]) * _one_norm(inv[l])
+        cond[l] = np.inf if np.isinf(inv[l, 0, 0]) else _one_norm(cw[l]) * _one_norm(inv[l])
     return inv, cond
 
 

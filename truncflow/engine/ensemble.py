@@ -1,0 +1,225 @@
+"""Many independent flows at once: :func:`simulate_ensemble` (issue 12).
+
+Each member is the flow :func:`truncflow.simulate` would run from its own initial
+parameters on its own dataset (or one shared by all), with the same options, and
+its :class:`Result` equals that single run's bit for bit. How they run:
+
+- ``method="gd"`` on problems whose points fit one chunk: every member's steps run
+  in compiled code, in parallel over the members (``kernels.descent.descend_many``),
+  and each member records and stops by its own rules in between;
+- any other method: one member after the other, each parallel over its points; when
+  the points fit one chunk (no parallelism over points to be had) and the first
+  member shows that the rest would take more than ``PROCESSES_AFTER`` seconds, the
+  rest are shared out over ``workers`` processes (one kernel thread each).
+
+Bit-identity holds because every path runs the same per-member code: the kernels'
+results do not depend on the number of threads (``kernels.config``).
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from .. import threads
+from .._validate import integer
+from ..data import Dataset
+from ..kernels import descent
+from ..params import Params
+from .control import SignalGuard
+from .integrate import _GdLoop, _next_budget, _plan, simulate
+from .record import Result
+
+__all__ = ["simulate_ensemble"]
+
+#: Seconds the members after the first would take one after the other (measured on the
+#: first) above which they go to worker processes: starting a process that imports
+#: truncflow and loads its compiled kernels takes seconds.
+PROCESSES_AFTER = 20.0
+
+#: Options of :func:`simulate` that an ensemble refuses (they name one run's files or progress).
+_SINGLE_RUN_OPTIONS = ("checkpoint", "resume", "callback")
+
+
+def simulate_ensemble(params, dataset, t_end: float, *, workers: int | None = None, **options) -> list[Result]:
+    """Run B independent gradient flows together; the same as B calls of :func:`simulate`.
+
+    Args:
+        params: a sequence of B :class:`Params` (the members' initial parameters), all of
+            the same shape (L, M, and P for the output cost).
+        dataset: one :class:`Dataset` for every member, or a sequence of B datasets of the
+            same shape (N points of width M, Q clusters, targets of one shape): different
+            data or different targets per member.
+        t_end: flow time to reach.
+        workers: the most processes for members that are not run in compiled gradient
+            descent (default: the kernels' thread count, :func:`truncflow.get_threads`; 1
+            keeps them in this process). Used only when the members' points fit one chunk
+            and the rest of the members would take more than ``PROCESSES_AFTER`` seconds.
+        **options: any keyword option of :func:`simulate` but ``checkpoint``, ``resume``
+            and ``callback``; ``config`` is stored with every member, which also gets
+            ``config["member"] = b``.
+    Returns:
+        B :class:`Result` in member order; ``results[b]`` equals
+        ``simulate(params[b], dataset[b], t_end, **options, config={..., "member": b})``.
+    Raises:
+        ValueError: bad options or shapes (naming the member), or a member's initial state
+            that cannot be flowed.
+    """
+    for name in _SINGLE_RUN_OPTIONS:
+        if options.get(name) not in (None, False):
+            raise ValueError(f"simulate_ensemble does not take {name}= (it applies to one run): "
+                             "run that member with simulate")
+        options.pop(name, None)
+    members, datasets = _members(params, dataset)
+    config = options.pop("config", None) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a dict, got {type(config).__name__}")
+    member_options = [dict(options, config={**config, "member": b}) for b in range(len(members))]
+    plans = []
+    for b, (p, d) in enumerate(zip(members, datasets)):
+        try:
+            plans.append(_plan(p, d, t_end, **_simulate_defaults(member_options[b])))
+        except ValueError as exc:
+            raise ValueError(f"member {b}: {exc}") from None
+    threads.apply()
+    small = all(plan.problem.serial for plan in plans)
+    if plans[0].method == "gd" and small:
+        return _descend_together(plans)
+    workers = threads.get_threads() if workers is None else integer(workers, "workers", low=1)
+    jobs = list(zip(members, datasets, member_options))
+    started = time.perf_counter()
+    results = [simulate(jobs[0][0], jobs[0][1], t_end, **jobs[0][2])]
+    rest = (time.perf_counter() - started) * (len(jobs) - 1)
+    if small and min(workers, len(jobs) - 1) > 1 and rest > PROCESSES_AFTER:
+        return results + _in_processes(jobs[1:], t_end, min(workers, len(jobs) - 1))
+    return results + [simulate(p, d, t_end, **o) for p, d, o in jobs[1:]]
+
+
+def _simulate_defaults(options: dict) -> dict:
+    """Every keyword of :func:`simulate`, with its default where ``options`` lacks it (unknown ones refused)."""
+    import inspect
+    names = {k: v.default for k, v in inspect.signature(simulate).parameters.items()
+             if v.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for simulate_ensemble; "
+                         f"known: {', '.join(sorted(names))}, workers")
+    return {**names, **options}
+
+
+def _members(params, dataset):
+    if isinstance(params, Params):
+        raise ValueError("params must be a sequence of Params, one per member (for one flow use simulate)")
+    try:
+        members = list(params)
+    except TypeError:
+        raise ValueError(f"params must be a sequence of Params, got {type(params).__name__}") from None
+    if not members:
+        raise ValueError("params is empty: an ensemble needs at least one member")
+    for b, p in enumerate(members):
+        if not isinstance(p, Params):
+            raise ValueError(f"params[{b}] must be a truncflow.Params, got {type(p).__name__}")
+        if (p.n_layers, p.width, p.out_dim) != (members[0].n_layers, members[0].width, members[0].out_dim):
+            raise ValueError(f"params[{b}] is {p!r} but params[0] is {members[0]!r}: every member needs the same "
+                             "L, M (and output dimension)")
+    if isinstance(dataset, Dataset):
+        datasets = [dataset] * len(members)
+    else:
+        try:
+            datasets = list(dataset)
+        except TypeError:
+            raise ValueError(f"dataset must be a Dataset or a sequence of them, got {type(dataset).__name__}") from None
+        if len(datasets) != len(members):
+            raise ValueError(f"{len(datasets)} datasets for {len(members)} members: give one dataset, or one "
+                             "per member")
+        first = datasets[0]
+        for b, d in enumerate(datasets):
+            if not isinstance(d, Dataset):
+                raise ValueError(f"dataset[{b}] must be a truncflow.Dataset, got {type(d).__name__}")
+            if (d.points.shape, d.targets.shape, d.points.dtype) != (first.points.shape, first.targets.shape,
+                                                                      first.points.dtype):
+                raise ValueError(f"dataset[{b}] has points {d.points.shape} {d.points.dtype} and targets "
+                                 f"{d.targets.shape}, dataset[0] {first.points.shape} {first.points.dtype} and "
+                                 f"{first.targets.shape}: the members' datasets must have one shape")
+    return members, datasets
+
+
+def _descend_together(plans) -> list[Result]:
+    """Gradient descent of every member in compiled code, parallel over members."""
+    B = len(plans)
+    with SignalGuard() as guard:
+        loops = [_GdLoop(p.problem, p.t_end, p.schedule, p.recorder, p.opts, p.rules, None, guard, None)
+                 for p in plans]
+        outcome = [None] * B
+        for b, loop in enumerate(loops):
+            try:
+                status = loop.begin()
+            except ValueError as exc:
+                raise ValueError(f"member {b}: {exc}") from None
+            if status[0] is not None:
+                outcome[b] = status
+        # Stacked arguments: datasets by identity (a shared dataset is stored once).
+        problems = [loop.problem for loop in loops]
+        data_index, stacked = {}, []
+        for pr in problems:
+            if id(pr.dataset) not in data_index:
+                data_index[id(pr.dataset)] = len(stacked)
+                stacked.append(pr)
+        data_of = np.array([data_index[id(pr.dataset)] for pr in problems], dtype=np.int64)
+        points = np.stack([np.ascontiguousarray(pr.serial_args[7]) for pr in stacked])
+        labels = np.stack([pr.serial_args[8] for pr in stacked])
+        targets = np.stack([pr.serial_args[9] for pr in stacked])
+        mode, L, M, P, _, max_condition, Mp = problems[0].serial_args[:7]
+        frames = np.stack([pr.serial_args[4] for pr in problems])
+        mask, output_cost, chunk = problems[0].serial_args[10:]
+        S = problems[0].size
+        ys, rhss = np.zeros((B, S)), np.zeros((B, S))
+        costs, norms = np.zeros(B), np.zeros(B)
+        ks, n_evals, codes = (np.zeros(B, dtype=np.int64) for _ in range(3))
+        next_records = np.zeros(B)
+        budget = 1
+        while True:
+            active = [b for b in range(B) if outcome[b] is None]
+            if not active:
+                break
+            if guard.received is not None:
+                for b in active:
+                    outcome[b] = ("interrupted", f"signal {guard.received}")
+                break
+            lr, n_steps, _, cost_tol, grad_tol, max_evals, _ = loops[active[0]].compiled_arguments()
+            for b in active:
+                loop = loops[b]
+                ys[b], rhss[b], costs[b], norms[b] = loop.y, loop.fun.rhs, loop.fun.cost, loop.fun.grad_norm
+                ks[b], n_evals[b] = loop.k, loop.problem.n_evaluations
+                next_records[b] = loop.pending[0] if loop.pending else math.inf
+            started = time.perf_counter()
+            descent.descend_many(np.array(active, dtype=np.int64), ys, rhss, costs, norms, ks, lr, n_steps,
+                                 next_records, cost_tol, grad_tol, max_evals, n_evals, budget, mode, L, M, P,
+                                 frames, max_condition, Mp, data_of, points, labels, targets, mask, output_cost,
+                                 chunk, codes)
+            # calls aim at ten times a single run's (bookkeeping between calls is per member)
+            budget = _next_budget(budget, (time.perf_counter() - started) / 10)
+            for b in active:
+                loop = loops[b]
+                result = (codes[b], ks[b], ys[b].copy(), rhss[b].copy(), costs[b], norms[b], n_evals[b])
+                status = loop.guarded(lambda: loop.take_compiled(*result))
+                if status[0] is not None:
+                    outcome[b] = status
+        return [loop.end(*outcome[b]) for b, loop in enumerate(loops)]
+
+
+def _run_member(args):
+    """One member in a worker process (one kernel thread: the processes share the cores)."""
+    params, dataset, t_end, options = args
+    threads.set_threads(1)
+    return simulate(params, dataset, t_end, **options)
+
+
+def _in_processes(jobs, t_end, workers) -> list[Result]:
+    context = multiprocessing.get_context("spawn")     # never fork a process whose kernel threads run
+    jobs = [(p, d, t_end, o) for p, d, o in jobs]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(_run_member, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
