@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,8 @@ CHECKPOINT_FILE = "checkpoint.npz"
 LOCK_FILE = ".truncflow.lock"
 #: Files a run writes into its folder (what --overwrite replaces).
 OUTPUT_FILES = (RESULT_FILE, PLOT_FILE, SNAPSHOTS_FILE, CONFIG_FILE, CHECKPOINT_FILE)
+SWEEP_FILES = ("summary.csv", "summary.png")     # a sweep's (truncflow/sweep.py), with SWEEP_MEMBERS/
+SWEEP_MEMBERS = "members"
 
 
 class _UsageError(Exception):
@@ -144,10 +147,12 @@ def _run(args) -> int:
         folder = Path(args.resume)
         if not (folder / CONFIG_FILE).is_file():
             raise ValueError(f"cannot resume {folder}: it holds no {CONFIG_FILE} of a truncflow run")
+        cfg = load_config(folder / CONFIG_FILE)
+        if cfg.members:
+            raise ValueError(f"cannot resume {folder}: a sweep is not checkpointed (run it again with --overwrite)")
         if not (folder / CHECKPOINT_FILE).is_file():
             raise ValueError(f"cannot resume {folder}: it holds no {CHECKPOINT_FILE} (the run finished, or "
                              "it was stopped before its first checkpoint: run it again with --overwrite)")
-        cfg = load_config(folder / CONFIG_FILE)
     else:
         cfg = load_config(args.config)
         folder = Path(args.out) if args.out is not None else cfg.folder
@@ -164,6 +169,8 @@ def _run(args) -> int:
             return 0
         print(f"configuration OK ({cfg.source}); results would go to {folder}/")
         return 0
+    if cfg.members:
+        return _run_sweep(cfg, folder, args, say)
     with SignalGuard() as guard, _OutputFolder(folder, overwrite=args.overwrite, resume=args.resume is not None):
         if args.resume is None:
             _write_text(folder / CONFIG_FILE, cfg.text)
@@ -189,6 +196,37 @@ def _run(args) -> int:
               f"what was recorded is in {folder}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_sweep(cfg, folder: Path, args, say) -> int:
+    """Run every member of a sweep; one result per member, summary.csv and summary.png."""
+    from .engine.control import SIGNAL_EXIT_CODES, SignalGuard
+    from .sweep import format_summary, run_sweep, summary_rows, write_sweep
+
+    with SignalGuard() as guard, _OutputFolder(folder, overwrite=args.overwrite, resume=False):
+        _write_text(folder / CONFIG_FILE, cfg.text)
+        started = time.perf_counter()
+        results = run_sweep(cfg, say)
+        elapsed = time.perf_counter() - started
+        written = write_sweep(cfg, results, folder)
+    say(format_summary(summary_rows(cfg, results)))
+    say(f"wall time {elapsed:.1f} s")
+    for label, path in written:
+        say(f"wrote {label}: {path}")
+    if guard.received is not None or any(r.status == "interrupted" for r in results):
+        print(f"{PROG}: interrupted; what was recorded is in {folder}", file=sys.stderr)
+        return SIGNAL_EXIT_CODES.get(guard.received or "SIGINT", 130)
+    failed = [i for i, r in enumerate(results) if not r.success]
+    if failed:
+        print(f"{PROG}: {len(failed)} of {len(results)} runs stopped early (members {_ids(failed)}: "
+              f"{results[failed[0]].status}); see {folder / 'summary.csv'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _ids(items, limit=8) -> str:
+    shown = ", ".join(map(str, items[:limit]))
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
 def _simulate(cfg, folder: Path, args):
@@ -242,8 +280,9 @@ class _OutputFolder:
                                  f"{', ...' if len(others) > 3 else ''}): pass --overwrite to replace an earlier "
                                  "run's results, --resume to continue it, or choose another --out")
             if self.overwrite:
-                for name in OUTPUT_FILES:
+                for name in OUTPUT_FILES + SWEEP_FILES:
                     (folder / name).unlink(missing_ok=True)
+                shutil.rmtree(folder / SWEEP_MEMBERS, ignore_errors=True)
         except BaseException:
             self.lock.unlink(missing_ok=True)
             raise

@@ -11,6 +11,8 @@ A configuration has up to six sections and two top-level keys::
     [record]    when to record (n_records or times)
     [output]    folder and job name
     [run]       how it runs: threads
+    [sweep]     optional: lists of values for any of the keys above, one run per
+                combination (:mod:`truncflow.sweep`)
 
 Every key is listed in :data:`SCHEMA` with its meaning. Everything is checked
 before anything runs: a missing file, a TOML syntax error, an unknown section or
@@ -114,6 +116,11 @@ SCHEMA: dict[str, dict[str, str]] = {
         "threads": "threads the kernels run on (default: the process's share of the machine; "
                    "--threads overrides it; results do not depend on it)",
     },
+    "sweep": {
+        "<key>": 'a list of values for a top-level key (seed) or "<section>.<key>", or a range '
+                 "{ start, stop[, step] } (integers) or { start, stop, num } (evenly spaced): "
+                 "one run per combination",
+    },
 }
 
 DATA_SOURCES = ("gaussian", "balls", "file")
@@ -169,6 +176,9 @@ class RunConfig:
     data_summary: str = ""     # e.g. "3 gaussian clusters"
     init: str = ""
     threads: int | None = None  # [run] threads (None: truncflow's default)
+    sweep_keys: list = field(default_factory=list)     # [sweep]: the swept keys, as written
+    sweep_values: list = field(default_factory=list)   # one tuple of values per member
+    members: list = field(default_factory=list)        # one RunConfig per member (empty: not a sweep)
 
     def result_config(self) -> dict:
         """What to store with the result (JSON-friendly): seed, name, source and the parsed TOML."""
@@ -186,7 +196,9 @@ class RunConfig:
             how = "exact event-driven solution"
         frozen = f", frozen layers {list(kw['frozen_layers'])}" if kw["frozen_layers"] else ""
         out = f", P={p.out_dim}" if kw["kind"] == "output" else ""
-        return (f"{self.name}: {kw['kind']} cost, {kw['wrt']} flow ({how}), train {kw['train']}{frozen}, "
+        swept = (f"sweep of {len(self.members)} runs over {', '.join(self.sweep_keys)}; first: "
+                 if self.members else "")
+        return (f"{self.name}: {swept}{kw['kind']} cost, {kw['wrt']} flow ({how}), train {kw['train']}{frozen}, "
                 f"t_end {kw['t_end']:g}; N={ds.n_points} points ({self.data_summary}, M={ds.width}, "
                 f"{ds.points.dtype}); L={p.n_layers} layer{'s' if p.n_layers != 1 else ''} ({self.init}{out})")
 
@@ -223,7 +235,32 @@ def parse_config(text: str, *, source: str = "<string>", base_dir=None, name: st
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
-    return _Builder(table, source, Path(base_dir) if base_dir is not None else Path.cwd(), name).build(text)
+    base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
+    sweep = table.pop("sweep", None)
+    cfg = _Builder(table, source, base_dir, name).build(text)
+    if sweep is None:
+        return cfg
+    from .sweep import expand_sweep, member_table
+
+    def fail(key, message):
+        raise ConfigError(f"{source}: [sweep] {key + ': ' if key else ''}{message}")
+
+    keys, values = expand_sweep(sweep, SCHEMA, fail)
+    for member_values in values:
+        shown = ", ".join(f"{k} = {_short(v)}" for k, v in zip(keys, member_values))
+        member = _Builder(member_table(table, keys, member_values), f"{source} (sweep member {shown})",
+                          base_dir, name).build(text)
+        if _same_data(member.dataset, cfg.dataset):
+            member.dataset = cfg.dataset        # stored once, and run as one dataset by the ensemble
+        cfg.members.append(member)
+    cfg.sweep_keys, cfg.sweep_values = keys, values
+    table["sweep"] = sweep
+    return cfg
+
+
+def _same_data(a: Dataset, b: Dataset) -> bool:
+    return (a.points.dtype == b.points.dtype and np.array_equal(a.points, b.points)
+            and np.array_equal(a.labels, b.labels) and np.array_equal(a.targets, b.targets))
 
 
 # ------------------------------------------------------------- type checks

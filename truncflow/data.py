@@ -172,6 +172,24 @@ class Dataset:
         object.__setattr__(self, "class_ids", ids)
         object.__setattr__(self, "_counts", counts)
 
+    def __getstate__(self):
+        return {**self.__dict__, "_points_writeable": bool(self.points.flags.writeable)}
+
+    def __setstate__(self, state):
+        # A pickled array comes back writeable: restore the flags, so that a Dataset sent to
+        # another process (simulate_ensemble's workers) gives the kernels the same array
+        # types as here, and they load the compiled code from the cache, not compile anew.
+        state = dict(state)
+        points_writeable = state.pop("_points_writeable", True)
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        for name in ("labels", "targets", "class_ids", "_counts"):
+            a = state.get(name)
+            if isinstance(a, np.ndarray):
+                a.setflags(write=False)
+        if not points_writeable:
+            self.points.setflags(write=False)
+
     @classmethod
     def from_class_ids(cls, points, labels, targets) -> "Dataset":
         """A Dataset from arbitrary integer class IDs (see :func:`encode_labels`).

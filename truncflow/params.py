@@ -162,6 +162,13 @@ class Params:
             raise ValueError(f"Params.frames must be None or an array of shape {(L, M, M)}: build aligned "
                              "parameters with Params.aligned")
 
+    def __setstate__(self, state):
+        # Read-only again after pickling (another process's kernels see the same array types).
+        for name, value in state.items():
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+            object.__setattr__(self, name, value)
+
     # ----------------------------------------------------------- constructors
     @classmethod
     def from_layers(cls, weights, biases, out_weight=None, out_bias=None) -> "Params":
