@@ -36,9 +36,6 @@ from pathlib import Path
 import numpy as np
 
 import truncflow as tf
-from truncflow.compute import tile_arrays
-from truncflow.engine.rhs import FlowProblem
-from truncflow.kernels.gradient import gradient_kernel_serial
 
 N_ENSEMBLE, STEPS, LR = 64, 100, 0.01
 
@@ -83,6 +80,10 @@ def _per_call(fn, seconds=1.0):
 
 
 def latency():
+    from truncflow.compute import tile_arrays
+    from truncflow.engine.rhs import FlowProblem
+    from truncflow.kernels.gradient import gradient_kernel_serial
+
     tf.set_threads(1)
     rng = np.random.default_rng(0)
     ds = tf.Dataset(rng.standard_normal((16, 2)), rng.integers(0, 2, 16), rng.standard_normal((2, 2)))
@@ -209,9 +210,12 @@ def run_torch(B):
 def run_baseline(baseline, B):
     """A loop of single simulate calls with the truncflow checkout at ``baseline`` (a subprocess)."""
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import small_problems as s, json; "
-            f"print(json.dumps(s.run_loop({B})))")
+            f"import truncflow; assert truncflow.__file__.startswith({str(Path(baseline).resolve())!r}); "
+            f"s.run_loop(2); print(json.dumps(s.run_loop({B})))")      # after loading the compiled kernels
     env = dict(os.environ, PYTHONPATH=str(baseline))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    # run from the baseline's folder: with "-c" the working directory comes first on sys.path
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(baseline), capture_output=True, text=True,
+                         check=True)
     return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -237,6 +241,36 @@ def ensembles(max_b, baseline):
     return rows
 
 
+def markdown(result) -> str:
+    """The tables of bench/SMALL_PROBLEMS.md from a result of this script."""
+    out = [f"Machine: {result['machine']['cpus']} CPUs; truncflow threads {result['machine']['threads']}.", ""]
+    lat = result.get("latency")
+    if lat:
+        out += ["### Latency (N = 16, M = 2, L = 2, layer flow, one kernel thread)", "",
+                "| | idle | busy (a spinning process per core) | busy / idle | target |", "|---|---|---|---|---|"]
+        rows = [("one gradient evaluation (state -> gradient vector)", "evaluate_us", "{:.1f} µs", ""),
+                ("... of which the gradient kernel", "kernel_us", "{:.1f} µs", ""),
+                ("... overhead around the kernel", "overhead_us", "{:.1f} µs", "≤ 20 µs"),
+                ("gradient-descent steps per second", "gd_steps_per_s", "{:,.0f}", "≥ 20,000"),
+                ("rk45 overhead per attempted step (excl. evaluations)", "rk45_overhead_per_attempt_us",
+                 "{:.0f} µs", "≤ 50 µs")]
+        for label, key, fmt, target in rows:
+            i, b = lat["idle"][key], lat["busy"][key]
+            ratio = (i / b) if key == "gd_steps_per_s" else (b / i)
+            out.append(f"| {label} | {fmt.format(i)} | {fmt.format(b)} | {ratio:.2f}× | {target} |")
+        out.append("")
+    out += ["### Ensembles (N = 64, M = 2, L = 2, gradient descent, 100 steps, cumulative flow)", "",
+            "Flows per second (ratios: truncflow.simulate_ensemble / the other).", "",
+            "| B | simulate_ensemble | loop of simulate | loop of simulate before issue 12 | NumPy batched | "
+            "torch.func.vmap |", "|---|---|---|---|---|---|"]
+    for row in result["ensembles"]:
+        e = row["ensemble"]["flows_per_s"]
+        cell = lambda k: (f"{row[k]['flows_per_s']:,.0f} ({e / row[k]['flows_per_s']:.2f}×)" if k in row else "—")
+        out.append(f"| {row['B']} | {e:,.0f} | {cell('loop')} | {cell('loop_before_issue12')} | {cell('numpy')} | "
+                   f"{cell('torch_vmap')} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", help="a checkout of truncflow before issue 12 (for 'a loop of simulate today')")
@@ -250,6 +284,7 @@ def main(argv=None):
         print(json.dumps(result["latency"], indent=1), flush=True)
     result["ensembles"] = ensembles(args.max_b, args.baseline)
     Path(args.out).write_text(json.dumps(result, indent=1))
+    print(markdown(result))
 
 
 if __name__ == "__main__":

@@ -196,3 +196,24 @@ def test_ensemble_refusals():
         tf.simulate_ensemble([pr.params], ds, 1.0, method="gd")
     with pytest.raises(ValueError, match="workers"):
         tf.simulate_ensemble([pr.params], ds, 1.0, method="rk45", workers=0)
+
+
+@pytest.mark.parametrize("wrt", ["layers", "cumulative", "aligned"])
+def test_unpack_builds_the_params_the_constructors_build(wrt):
+    M = 3
+    if wrt == "aligned":
+        p = tf.Params.aligned(np.stack([rotation(M, 1), rotation(M, 2)]), np.full((2, M), 1.3),
+                              np.array([[0.1, -0.2, 0.3], [0.0, 0.1, -0.1]]))
+    else:
+        p = make_problem(4, L=2, M=M, N=5).params
+    ds = tf.Dataset(np.zeros((5, M)), np.zeros(5, dtype=int), np.zeros((1, M)))
+    problem = FlowProblem(p, ds, wrt=wrt)
+    y = problem.pack(p) * (1 + 1e-3 * np.random.default_rng(1).standard_normal(problem.size))
+    got = problem.unpack(y)
+    w, b = problem._split(y)[:2]
+    want = {"layers": lambda: tf.Params.from_layers(w, b), "cumulative": lambda: tf.Params.from_cumulative(w, b),
+            "aligned": lambda: tf.Params.aligned(p.frames, w, b)}[wrt]()
+    for name in ("weights", "biases", "cum_weights", "cum_biases", "inverses"):
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+        assert not getattr(got, name).flags.writeable
+    assert got.is_aligned == (wrt == "aligned")

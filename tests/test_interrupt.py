@@ -80,7 +80,7 @@ API_SCRIPT = textwrap.dedent("""
 
 def job(tmp_path, method, t_end=None, name="job.toml"):
     step = "rtol = 1e-7\natol = 1e-10" if method == "rk45" else "lr = 0.01"
-    t_end = t_end or (60.0 if method == "rk45" else 20.0)
+    t_end = t_end or (60.0 if method == "rk45" else 100.0)   # both outlast the signals (1.5 s)
     path = tmp_path / name
     path.write_text(JOB.format(method=method, t_end=t_end, step=step))
     return path

@@ -66,6 +66,11 @@ def kernel_arrays(params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array(params.cum_weights), np.array(params.cum_biases), edges_t
 
 
+def padded_width(width: int) -> int:
+    """M rounded up to a multiple of ``kernels.gradient.BLOCK``: the tiled kernels' width."""
+    return -(-int(width) // BLOCK) * BLOCK
+
+
 def tile_arrays(params: Params, targets: np.ndarray, kind: str) -> tuple[np.ndarray, ...]:
     """The tiled kernels' arrays (``kernels.gradient``), zero-padded to width Mp.
 
@@ -78,7 +83,7 @@ def tile_arrays(params: Params, targets: np.ndarray, kind: str) -> tuple[np.ndar
     coordinates of every image stay zero.
     """
     L, M = params.n_layers, params.width
-    Mp = -(-M // BLOCK) * BLOCK
+    Mp = padded_width(M)
 
     def pad(a, axes):
         a = np.asarray(a, dtype=np.float64)

@@ -10,7 +10,7 @@ from ._validate import as_float_array, choice, require_finite
 from .compute import (COST_KINDS, _require_dataset, _require_params, kernel_arrays, require_finite_outputs,
                       require_partials_fit)
 from .data import Dataset
-from .kernels.observe import observe_kernel
+from .kernels.observe import observe_kernel, observe_kernel_serial, summarize
 from .params import Params
 
 __all__ = ["Observation", "observe", "cluster_means"]
@@ -68,13 +68,19 @@ def observe(params: Params, dataset: Dataset, kind: str = "input", *, shift=None
     params = _require_params(params)
     choice(kind, "kind", COST_KINDS)
     dataset = _require_dataset(dataset, params, kind)
-    N, M, L, Q = dataset.n_points, dataset.width, params.n_layers, dataset.n_clusters
+    M, Q = dataset.width, dataset.n_clusters
     if shift is None:
         shift = cluster_means(dataset)
     shift = as_float_array(shift, "shift", ndim=2)
     if shift.shape != (Q, M):
         raise ValueError(f"shift has shape {shift.shape}, expected (Q, M) = {(Q, M)}")
     require_finite(shift, "shift")
+    return observe_checked(params, dataset, kind, np.ascontiguousarray(shift))
+
+
+def observe_checked(params: Params, dataset: Dataset, kind: str, shift: np.ndarray) -> Observation:
+    """:func:`observe` of arguments already checked (a run's records): shift (Q, M) float64 C-contiguous."""
+    N, M, L, Q = dataset.n_points, dataset.width, params.n_layers, dataset.n_clusters
     cw, cb, et = kernel_arrays(params)
     if kind == "output":
         ow, ob = np.array(params.out_weight), np.array(params.out_bias)
@@ -83,26 +89,13 @@ def observe(params: Params, dataset: Dataset, kind: str = "input", *, shift=None
     hashes = np.empty(N, dtype=np.uint64)
     partial_bytes = 8 * (Q + L * Q * (3 * M + 2))
     threads.apply()
-    parts = observe_kernel(dataset.points, dataset.labels, dataset.targets, np.ascontiguousarray(shift),
-                           cw, cb, et, ow, ob, kind == "output", Q,
-                           require_partials_fit(N, partial_bytes, "the observables' per-chunk sums"), hashes)
-    sq, truncated, any_t, all_t, s1, s2 = (p.sum(axis=0) for p in parts)
-    n = dataset.counts.astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        coord_frac = truncated / n[None, :, None]
-        mean = s1 / n[None, :, None]                          # (L, Q, M), relative to shift
-        var = np.maximum(s2 / n[None, :, None] - mean * mean, 0.0)
-        spread = var.sum(axis=2)                              # (L, Q)
-        centers = mean + shift[None]                          # (L, Q, M)
-        nonempty = n > 0
-        overall = np.einsum("q,lqm->lm", n[nonempty], centers[:, nonempty]) / N   # (L, M)
-        within = np.einsum("q,lq->l", n[nonempty], spread[:, nonempty])
-        between = np.einsum("q,lq->l", n[nonempty],
-                            ((centers[:, nonempty] - overall[:, None]) ** 2).sum(axis=2))
-        ratio = np.where(between > 0, within / between, np.nan)
-        truncated_fraction = any_t / n[None, :]
-        collapsed_fraction = all_t / n[None, :]
-    require_finite_outputs(params, dataset.points, sq, spread=spread[:, n > 0])
+    chunk = require_partials_fit(N, partial_bytes, "the observables' per-chunk sums")
+    kernel = observe_kernel if N > chunk else observe_kernel_serial     # one chunk: no parallel region
+    parts = kernel(dataset.points, dataset.labels, dataset.targets, shift, cw, cb, et, ow, ob,
+                   kind == "output", Q, chunk, hashes)
+    sq, coord_frac, spread, ratio, truncated_fraction, collapsed_fraction, n_patterns = summarize(
+        *parts, dataset.counts, shift, hashes)
+    require_finite_outputs(params, dataset.points, sq, spread=spread[:, dataset.counts > 0])
     return Observation(
         cost=float(sq.sum() / (2 * N)),
         cost_per_cluster=sq / (2 * N),
@@ -112,6 +105,6 @@ def observe(params: Params, dataset: Dataset, kind: str = "input", *, shift=None
         free_coordinates=M - coord_frac.sum(axis=2),
         spread=spread,
         collapse_ratio=ratio,
-        n_patterns=int(np.unique(hashes).size),
+        n_patterns=int(n_patterns),
         pattern_hash=hashes,
     )

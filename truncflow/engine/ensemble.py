@@ -17,10 +17,12 @@ results do not depend on the number of threads (``kernels.config``).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -31,7 +33,8 @@ from ..kernels import descent
 from ..params import Params
 from .control import SignalGuard
 from .integrate import _GdLoop, _next_budget, _plan, simulate
-from .record import Result
+from .record import Recorder, Result
+from .rhs import FlowProblem
 
 __all__ = ["simulate_ensemble"]
 
@@ -81,12 +84,15 @@ def simulate_ensemble(params, dataset, t_end: float, *, workers: int | None = No
     plans = []
     for b, (p, d) in enumerate(zip(members, datasets)):
         try:
-            plans.append(_plan(p, d, t_end, **_simulate_defaults(member_options[b])))
+            if plans and plans[0].method in ("gd", "rk45"):
+                plans.append(_plan_like(plans[0], p, d, member_options[b]["config"]))
+            else:
+                plans.append(_plan(p, d, t_end, **_simulate_defaults(member_options[b])))
         except ValueError as exc:
             raise ValueError(f"member {b}: {exc}") from None
     threads.apply()
     small = all(plan.problem.serial for plan in plans)
-    if plans[0].method == "gd" and small:
+    if plans[0].method == "gd" and small and len(plans) > 1:
         return _descend_together(plans)
     workers = threads.get_threads() if workers is None else integer(workers, "workers", low=1)
     jobs = list(zip(members, datasets, member_options))
@@ -98,16 +104,28 @@ def simulate_ensemble(params, dataset, t_end: float, *, workers: int | None = No
     return results + [simulate(p, d, t_end, **o) for p, d, o in jobs[1:]]
 
 
+def _plan_like(first, params, dataset, config):
+    """The plan of another member with the options of ``first`` (checked there once): only
+    its problem (which checks the parameters and data) and its recorder are its own."""
+    o = first.flow_options
+    problem = FlowProblem(params, dataset, kind=o["kind"], wrt=o["wrt"], train=o["train"],
+                          frozen_layers=tuple(o["frozen_layers"]))
+    return SimpleNamespace(**{**vars(first), "problem": problem,
+                              "recorder": Recorder(problem.dataset, o["kind"], {**config, **o})})
+
+
 def _simulate_defaults(options: dict) -> dict:
     """Every keyword of :func:`simulate`, with its default where ``options`` lacks it (unknown ones refused)."""
-    import inspect
-    names = {k: v.default for k, v in inspect.signature(simulate).parameters.items()
-             if v.kind is inspect.Parameter.KEYWORD_ONLY}
+    names = _SIMULATE_KEYWORDS
     unknown = sorted(set(options) - set(names))
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for simulate_ensemble; "
                          f"known: {', '.join(sorted(names))}, workers")
     return {**names, **options}
+
+
+_SIMULATE_KEYWORDS = {k: v.default for k, v in inspect.signature(simulate).parameters.items()
+                      if v.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def _members(params, dataset):
@@ -180,7 +198,7 @@ def _descend_together(plans) -> list[Result]:
         costs, norms = np.zeros(B), np.zeros(B)
         ks, n_evals, codes = (np.zeros(B, dtype=np.int64) for _ in range(3))
         next_records = np.zeros(B)
-        budget = 1
+        budget = 16             # then adapted (rounds of bookkeeping cost ~20 us per member)
         while True:
             active = [b for b in range(B) if outcome[b] is None]
             if not active:

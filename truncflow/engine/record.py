@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import atomic_savez
-from ..observe import cluster_means, observe
+from ..observe import cluster_means, observe_checked
 from ..params import Params
 
 __all__ = ["Result", "Recorder", "load_result", "package_versions"]
@@ -286,7 +286,7 @@ class Recorder:
         self.dataset = dataset
         self.kind = kind
         self.config = config
-        self._shift = cluster_means(dataset)
+        self._shift = np.ascontiguousarray(cluster_means(dataset))
         self._last_hash = None
         self._rows: dict[str, list] = {k: [] for k in _SERIES}
         self.arrays: dict = data_sample(dataset)
@@ -294,7 +294,7 @@ class Recorder:
 
     def record(self, t: float, params: Params, grad_norm: float, counters: dict) -> float:
         """Observe ``params`` at time t and keep one record; returns the cost."""
-        obs = observe(params, self.dataset, self.kind, shift=self._shift)
+        obs = observe_checked(params, self.dataset, self.kind, self._shift)
         changes = 0 if self._last_hash is None else int(np.count_nonzero(obs.pattern_hash != self._last_hash))
         self._last_hash = obs.pattern_hash
         P = params.out_dim or 0
@@ -315,8 +315,9 @@ class Recorder:
         }
         if params.is_aligned:
             self.arrays.setdefault("frames", np.array(params.frames))
-        for k, v in row.items():
-            self._rows[k].append(np.array(v, copy=True))
+        for k, v in row.items():     # a read-only array (Params') cannot change: kept, not copied
+            keep = isinstance(v, np.ndarray) and not v.flags.writeable and v.base is None
+            self._rows[k].append(v if keep else np.array(v, copy=True))
         return obs.cost
 
     @property

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._validate import choice, integer
 from ..compute import (COST_KINDS, PARAMETRIZATIONS, Gradient, _require_dataset, _require_params, gradient,
-                       require_partials_fit, tile_arrays)
+                       padded_width, require_partials_fit)
 from ..data import Dataset
 from ..kernels import flow
 from ..kernels.gradient import gradient_kernel
@@ -82,8 +82,12 @@ class FlowProblem:
         p, ds = self.params, self.dataset
         L, M = p.n_layers, p.width
         P = p.out_dim if self.kind == "output" else 0
-        targets, cw = tile_arrays(p, ds.targets, self.kind)[:2]
-        Mp = cw.shape[1]
+        Mp = padded_width(M)
+        if self.kind == "output":
+            targets = np.array(ds.targets)
+        else:                                   # as compute.tile_arrays pads them
+            targets = np.zeros((ds.targets.shape[0], Mp))
+            targets[:, :M] = ds.targets
         mode = {"cumulative": flow.MODE_CUMULATIVE, "layers": flow.MODE_LAYERS,
                 "aligned": flow.MODE_ALIGNED}[self.wrt]
         frames = np.ascontiguousarray(p.frames) if self.wrt == "aligned" else np.zeros((1, 1, 1))
@@ -125,6 +129,13 @@ class FlowProblem:
         w, b, ow, ob = self._split(y)
         if self.kind != "output":
             ow, ob = self.params.out_weight, self.params.out_bias
+        mode, L, M, _, frames = self._network_args[:5]
+        lw, lb, cw, cb, inv, cond, valid = flow.network_of_state(np.ascontiguousarray(y, dtype=np.float64),
+                                                                 mode, L, M, frames)
+        if valid and np.isfinite(y).all() and np.all(cond <= MAX_CONDITION):
+            # what Params' constructors compute (the same kernels.network maps), without their
+            # checks and messages, which the path below gives for a state they refuse
+            return Params._build(lw, lb, cw, cb, ow, ob, inv, self.params.frames if self.wrt == "aligned" else None)
         if self.wrt == "cumulative":
             return Params.from_cumulative(w, b, ow, ob)
         if self.wrt == "aligned":

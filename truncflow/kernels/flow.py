@@ -42,7 +42,7 @@ def sum_chunks(sq, g_w, g_b, g_ow, g_ob, n_points, width):
     (S, P, M), (S, P), each sum / N.
     """
     C, S = sq.shape
-    L, P, M = g_w.shape[2], g_ow.shape[2], width
+    M = width
     cost = sq[0].copy()
     gw = g_w[0, :, :, :M, :M].copy()
     gb = g_b[0, :, :, :M].copy()
@@ -55,7 +55,12 @@ def sum_chunks(sq, g_w, g_b, g_ow, g_ob, n_points, width):
         gow += g_ow[c, :, :, :M]
         gob += g_ob[c]
     n = float(n_points)
-    return cost / (2.0 * n), gw / n, gb / n, gow / n, gob / n
+    cost /= 2.0 * n
+    gw /= n
+    gb /= n
+    gow /= n
+    gob /= n
+    return cost, gw, gb, gow, gob
 
 
 @njit(**JIT_OPTIONS)
@@ -74,6 +79,40 @@ def _finite(a):
 
 
 @njit(**JIT_OPTIONS)
+def network_of_state(y, mode, n_layers, width, frames):
+    """The network of state y, as :class:`truncflow.Params`' constructors build it.
+
+    Returns (w, b, cw, cb, inv, cond, valid): layer weights and biases (L, M, M), (L, M),
+    cumulative ones, the inverses (L, M, M) and their condition numbers (L,); valid is
+    False when Params would refuse the state (a scale <= 0 in the aligned mode, or a
+    non-finite layer or cumulative parameter). The condition numbers are the caller's to check.
+    """
+    L, M = n_layers, width
+    nw = L * M if mode == MODE_ALIGNED else L * M * M
+    b = y[nw:nw + L * M].copy().reshape((L, M))
+    valid = True
+    if mode == MODE_LAYERS:
+        w = y[:nw].copy().reshape((L, M, M))
+        cw, cb = cumulative_from_layers(w, b)
+        inv, cond = invert_stack(cw)
+    else:
+        if mode == MODE_ALIGNED:
+            scales = y[:nw].copy().reshape((L, M))
+            for s in scales.ravel():
+                if not s > 0.0:                 # Params.aligned refuses scales <= 0
+                    valid = False
+            cw = aligned_weights(frames, scales)
+        else:
+            cw = y[:nw].copy().reshape((L, M, M))
+        cb = b
+        inv, cond = invert_stack(cw)
+        w, b = layers_from_cumulative(cw, cb, inv)
+    if not (_finite(cw) and _finite(cb) and _finite(w) and _finite(b)):
+        valid = False
+    return w, b, cw, cb, inv, cond, valid
+
+
+@njit(**JIT_OPTIONS)
 def prepare(y, mode, n_layers, width, n_out, frames, max_condition, padded_width):
     """The network of state y and the gradient kernel's parameter arrays (``compute.tile_arrays``).
 
@@ -83,33 +122,15 @@ def prepare(y, mode, n_layers, width, n_out, frames, max_condition, padded_width
     """
     L, M, P, Mp = n_layers, width, n_out, padded_width
     nw = L * M if mode == MODE_ALIGNED else L * M * M
-    b_in = y[nw:nw + L * M].copy().reshape((L, M))
-    if mode == MODE_LAYERS:
-        w = y[:nw].copy().reshape((L, M, M))
-        cw, cb = cumulative_from_layers(w, b_in)
-        inv, cond = invert_stack(cw)
-    else:
-        if mode == MODE_ALIGNED:
-            cw = aligned_weights(frames, y[:nw].copy().reshape((L, M)))
-        else:
-            cw = y[:nw].copy().reshape((L, M, M))
-        cb = b_in
-        inv, cond = invert_stack(cw)
-        w, b_in = layers_from_cumulative(cw, cb, inv)
+    w, b, cw, cb, inv, cond, valid = network_of_state(y, mode, n_layers, width, frames)
     o = nw + L * M
     out_w = np.zeros((P, Mp))
     out_w[:, :M] = y[o:o + P * M].reshape((P, M))
     out_b = y[o + P * M:o + P * M + P].copy()
-    status = STATUS_OK
-    if mode == MODE_ALIGNED:
-        for s in y[:nw]:
-            if not s > 0.0:                 # Params.aligned refuses scales <= 0
-                status = STATUS_NETWORK
+    status = STATUS_OK if valid else STATUS_NETWORK
     for l in range(L):
         if not cond[l] <= max_condition:
             status = STATUS_NETWORK
-    if not (_finite(cw) and _finite(cb) and _finite(w) and _finite(b_in)):
-        status = STATUS_NETWORK
     cwp, invp = _pad(cw, Mp, Mp), _pad(inv, Mp, Mp)
     cbp = np.zeros((L, Mp))
     cbp[:, :M] = cb

@@ -30,14 +30,16 @@ def _matmul_into(a, b, out):
 
 
 @njit(**JIT_OPTIONS)
-def _invert_into(a, out):
+def _invert_into(a, out, lu, perm, xt):
     """out = a^-1 by LU with partial pivoting (rows), then one triangular solve per column.
 
-    A zero pivot (an exactly singular matrix) fills out with inf.
+    lu, xt (M, M) float64 and perm (M,) int64 are scratch. A zero pivot (an exactly
+    singular matrix) fills out with inf.
     """
     M = a.shape[0]
-    lu = a.copy()
-    perm = np.arange(M)
+    lu[:, :] = a
+    for i in range(M):
+        perm[i] = i
     for k in range(M):
         p = k
         big = abs(lu[k, k])
@@ -58,7 +60,6 @@ def _invert_into(a, out):
             for j in range(k + 1, M):
                 lu[i, j] -= f * lu[k, j]
     # Solve L U X = P I column by column (out is written transposed, then flipped).
-    xt = np.zeros((M, M))
     for c in range(M):
         x = xt[c]
         for i in range(M):
@@ -98,11 +99,12 @@ def _one_norm(a):
 def invert_stack(cw):
     """Inverses (L, M, M) of the cumulative weights and their 1-norm condition numbers (L,):
     ``|W|_1 |W^-1|_1``, inf for an exactly singular matrix, NaN when W is not finite."""
-    L = cw.shape[0]
+    L, M = cw.shape[0], cw.shape[1]
     inv = np.empty_like(cw)
     cond = np.empty(L)
+    lu, xt, perm = np.empty((M, M)), np.empty((M, M)), np.empty(M, dtype=np.int64)
     for l in range(L):
-        _invert_into(cw[l], inv[l])
+        _invert_into(cw[l], inv[l], lu, perm, xt)
         cond[l] = np.inf if np.isinf(inv[l, 0, 0]) else _one_norm(cw[l]) * _one_norm(inv[l])
     return inv, cond
 
