@@ -217,3 +217,20 @@ def test_unpack_builds_the_params_the_constructors_build(wrt):
         assert np.array_equal(getattr(got, name), getattr(want, name)), name
         assert not getattr(got, name).flags.writeable
     assert got.is_aligned == (wrt == "aligned")
+
+
+def test_a_signal_stops_every_member_with_what_it_recorded():
+    import os
+    import signal
+    import threading
+    rng = np.random.default_rng(3)
+    ds = tf.Dataset(rng.standard_normal((32, 2)), rng.integers(0, 2, 32), rng.standard_normal((2, 2)))
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        results = tf.simulate_ensemble(members(3), ds, 1e5, method="gd", lr=1e-3, n_records=5)
+    finally:
+        timer.cancel()
+    for r in results:
+        assert r.status == "interrupted" and "SIGINT" in r.message
+        assert r.n_records >= 2 and 0 < r.t[-1] < 1e5          # the records so far and the last state
