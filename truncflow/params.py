@@ -14,8 +14,8 @@ from ._validate import as_float_array, integer, require_finite, require_memory
 from .kernels.network import aligned_weights, cumulative_from_layers, invert_stack, layers_from_cumulative
 
 #: Most hidden layers a network may have. Building the parameters loops over the
-#: layers in Python (about 3 microseconds each); far beyond this a mistyped
-#: ``layers`` would hang instead of failing.
+#: layers (kernels/network.py); far beyond this a mistyped ``layers`` would hang
+#: instead of failing.
 MAX_LAYERS = 100_000
 
 #: Copies of the (L, M, M) parameter stack alive at the peak of building and using a
@@ -237,7 +237,7 @@ class Params:
         # Without inverses (a recorded state read back by Result.params_at), the matrices
         # were already accepted once by invert_cumulative when the run made them.
         if inverses is None:
-            inverses = invert_stack(cum_w)[0]
+            inverses = invert_stack(np.ascontiguousarray(cum_w, dtype=np.float64))[0]
         return cls(
             weights=_readonly(weights),
             biases=_readonly(biases),

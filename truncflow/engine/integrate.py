@@ -4,7 +4,8 @@
 it takes a step, estimates the local error and alone decides whether to accept
 the step and how long the next one is; records at requested times come from the
 step's dense-output interpolant. ``method="gd"`` is gradient descent, the explicit
-Euler scheme with fixed step ``lr``. ``method="events"`` solves the aligned model
+Euler scheme with fixed step ``lr`` (on problems whose points fit one chunk its
+steps run in compiled code between records, :mod:`truncflow.kernels.descent`). ``method="events"`` solves the aligned model
 exactly from event to event (:mod:`truncflow.engine.events`); ``method="kinks"``
 locates activation-pattern changes and follows sliding modes
 (:mod:`truncflow.engine.kinks`, experimental).
