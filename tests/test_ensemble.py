@@ -234,3 +234,21 @@ def test_a_signal_stops_every_member_with_what_it_recorded():
     for r in results:
         assert r.status == "interrupted" and "SIGINT" in r.message
         assert r.n_records >= 2 and 0 < r.t[-1] < 1e5          # the records so far and the last state
+
+
+def test_ensemble_of_aligned_members_float32_points_and_one_that_diverges():
+    rng = np.random.default_rng(4)
+    M = 2
+    x = rng.standard_normal((48, M)).astype(np.float32)
+    ds = tf.Dataset(x, rng.integers(0, 2, 48), rng.standard_normal((2, M)))
+    params = [tf.Params.aligned(np.stack([rotation(M, s), rotation(M, s + 7)]), np.full((2, M), 1.0 + 0.1 * s),
+                                0.3 * rng.standard_normal((2, M))) for s in range(3)]
+    params.append(tf.Params.aligned(np.stack([rotation(M, 1), rotation(M, 8)]), np.full((2, M), 1e-3),
+                                    np.zeros((2, M))))                     # scales near 0: it diverges
+    options = dict(method="gd", lr=0.5, wrt="aligned", n_records=7)
+    with np.errstate(all="ignore"):
+        got = tf.simulate_ensemble(params, ds, 40.0, **options)
+        want = single_runs(params, [ds] * 4, 40.0, **options)
+    for g, w in zip(got, want):
+        same_result(g, w)
+    assert got[-1].status == "diverged" and all(r.status == "t_end" for r in got[:-1]), [r.message for r in got]
