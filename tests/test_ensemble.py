@@ -137,8 +137,8 @@ def test_compiled_descent_is_the_python_loop_bit_for_bit(extra, monkeypatch):
 
 
 # --------------------------------------------------------------------- ensembles
-def members(B, L=2, M=2):
-    return [tf.Params.random(L, M, seed=s, out_dim=2) for s in range(B)]
+def members(B, L=2, M=2, seeds=None):
+    return [tf.Params.random(L, M, seed=s, out_dim=2) for s in (seeds or range(B))]
 
 
 def single_runs(params, datasets, t_end, **options):
@@ -164,7 +164,7 @@ def test_gradient_descent_ensemble_equals_single_runs(kind, wrt):
 def test_rk45_ensemble_equals_single_runs_in_this_process_and_in_workers(monkeypatch):
     rng = np.random.default_rng(2)
     ds = tf.Dataset(rng.standard_normal((40, 2)), rng.integers(0, 2, 40), rng.standard_normal((2, 2)))
-    params = members(4)
+    params = members(4, seeds=[0, 2, 3, 5])      # (seed 1 slides on a kink: rk45 takes 10^5 steps there)
     options = dict(wrt="layers", rtol=1e-5, record_times=[0.1, 0.4])
     want = single_runs(params, [ds] * 4, 0.4, **options)
     for got, w in zip(tf.simulate_ensemble(params, ds, 0.4, workers=1, **options), want):
