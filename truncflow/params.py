@@ -250,6 +250,20 @@ class Params:
         )
 
     @classmethod
+    def _adopt(cls, weights, biases, cum_w, cum_b, out_weight, out_bias, inverses, frames=None) -> "Params":
+        """Params from arrays the caller made for it alone and already checked (a flow's state,
+        ``FlowProblem.unpack``): kept, not copied, and made read-only; the output layer and
+        frames (shared with the initial parameters, already read-only) are kept as they are."""
+        for a in (weights, biases, cum_w, cum_b, inverses):
+            a.setflags(write=False)
+        p = object.__new__(cls)
+        for name, value in (("weights", weights), ("biases", biases), ("cum_weights", cum_w),
+                            ("cum_biases", cum_b), ("inverses", inverses), ("out_weight", out_weight),
+                            ("out_bias", out_bias), ("frames", frames)):
+            object.__setattr__(p, name, value)
+        return p
+
+    @classmethod
     def random(cls, n_layers: int, width: int, *, scale: float = 1.0, bias_scale: float = 0.1,
                out_dim: int | None = None, seed: int | None = None) -> "Params":
         """Random layer parameters: ``W_l = I + scale * G / sqrt(M)`` with G standard normal,

@@ -198,7 +198,7 @@ def _descend_together(plans) -> list[Result]:
         costs, norms = np.zeros(B), np.zeros(B)
         ks, n_evals, codes = (np.zeros(B, dtype=np.int64) for _ in range(3))
         next_records = np.zeros(B)
-        budget = 16             # then adapted (rounds of bookkeeping cost ~20 us per member)
+        budget = 64             # then adapted (rounds of bookkeeping cost ~20 us per member)
         while True:
             active = [b for b in range(B) if outcome[b] is None]
             if not active:

@@ -127,15 +127,21 @@ class FlowProblem:
         Raises ValueError when a cumulative weight matrix is singular or ill-conditioned.
         """
         w, b, ow, ob = self._split(y)
-        if self.kind != "output":
-            ow, ob = self.params.out_weight, self.params.out_bias
         mode, L, M, _, frames = self._network_args[:5]
         lw, lb, cw, cb, inv, cond, valid = flow.network_of_state(np.ascontiguousarray(y, dtype=np.float64),
                                                                  mode, L, M, frames)
         if valid and np.isfinite(y).all() and np.all(cond <= MAX_CONDITION):
-            # what Params' constructors compute (the same kernels.network maps), without their
-            # checks and messages, which the path below gives for a state they refuse
-            return Params._build(lw, lb, cw, cb, ow, ob, inv, self.params.frames if self.wrt == "aligned" else None)
+            # what Params' constructors compute (the same kernels.network maps, on fresh arrays),
+            # without their checks and messages, which the path below gives for a state they refuse
+            if self.kind == "output":
+                ow, ob = np.array(ow), np.array(ob)
+                ow.setflags(write=False)
+                ob.setflags(write=False)
+            else:
+                ow, ob = self.params.out_weight, self.params.out_bias
+            return Params._adopt(lw, lb, cw, cb, ow, ob, inv, self.params.frames if self.wrt == "aligned" else None)
+        if self.kind != "output":
+            ow, ob = self.params.out_weight, self.params.out_bias
         if self.wrt == "cumulative":
             return Params.from_cumulative(w, b, ow, ob)
         if self.wrt == "aligned":

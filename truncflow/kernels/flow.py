@@ -153,12 +153,40 @@ def finish(sq, g_w, g_b, g_ow, g_ob, n_points, mode, w, cw, cb, frames, mask):
     parametrization times ``mask``, norm its Euclidean norm (squares summed in order);
     status STATUS_NOT_FINITE (and g empty) when the cost or a gradient is not finite.
     """
-    M = cw.shape[1]
-    cost, gw, gb, gow, gob = sum_chunks(sq, g_w, g_b, g_ow, g_ob, n_points, M)
-    gw0, gb0 = gw[0], gb[0]
+    # What sum_chunks computes for slot 0 (each entry: chunks added in order, then divided),
+    # without its copies of padded slices: this runs once per gradient-descent step.
+    L, M = cb.shape
+    C, P = sq.shape[0], g_ow.shape[2]
+    n = float(n_points)
+    cost = sq[0, 0]
+    for c in range(1, C):
+        cost += sq[c, 0]
+    cost /= 2.0 * n
+    gw0, gb0, gow, gob = np.empty((L, M, M)), np.empty((L, M)), np.empty((P, M)), np.empty(P)
+    for l in range(L):
+        for i in range(M):
+            for j in range(M):
+                v = g_w[0, 0, l, i, j]
+                for c in range(1, C):
+                    v += g_w[c, 0, l, i, j]
+                gw0[l, i, j] = v / n
+            v = g_b[0, 0, l, i]
+            for c in range(1, C):
+                v += g_b[c, 0, l, i]
+            gb0[l, i] = v / n
+    for p in range(P):
+        for j in range(M):
+            v = g_ow[0, 0, p, j]
+            for c in range(1, C):
+                v += g_ow[c, 0, p, j]
+            gow[p, j] = v / n
+        v = g_ob[0, 0, p]
+        for c in range(1, C):
+            v += g_ob[c, 0, p]
+        gob[p] = v / n
     empty = np.empty(0)
-    if not (np.isfinite(cost[0]) and _finite(gw0) and _finite(gb0) and _finite(gow) and _finite(gob)):
-        return STATUS_NOT_FINITE, cost[0], empty, np.nan
+    if not (np.isfinite(cost) and _finite(gw0) and _finite(gb0) and _finite(gow) and _finite(gob)):
+        return STATUS_NOT_FINITE, cost, empty, np.nan
     if mode == MODE_LAYERS:
         lw, gb0 = layer_gradient(w, cw, cb, gw0, gb0)
         g_weights = lw.ravel()
@@ -167,16 +195,16 @@ def finish(sq, g_w, g_b, g_ow, g_ob, n_points, mode, w, cw, cb, frames, mask):
     else:
         g_weights = gw0.ravel()
     if not (_finite(g_weights) and _finite(gb0)):
-        return STATUS_NOT_FINITE, cost[0], empty, np.nan
+        return STATUS_NOT_FINITE, cost, empty, np.nan
     g = np.empty(mask.shape[0])
     k = 0
     sq_norm = 0.0
-    for part in (g_weights, gb0.ravel(), gow[0].ravel(), gob[0].ravel()):
+    for part in (g_weights, gb0.ravel(), gow.ravel(), gob):
         for v in part:
             g[k] = v * mask[k]
             sq_norm += g[k] * g[k]
             k += 1
-    return STATUS_OK, cost[0], g, np.sqrt(sq_norm)
+    return STATUS_OK, cost, g, np.sqrt(sq_norm)
 
 
 @njit(**JIT_OPTIONS)
