@@ -3,7 +3,10 @@
 ``method="rk45"`` drives SciPy's Dormand-Prince stepper (:class:`scipy.integrate.RK45`):
 it takes a step, estimates the local error and alone decides whether to accept
 the step and how long the next one is; records at requested times come from the
-step's dense-output interpolant. ``method="gd"`` is gradient descent, the explicit
+step's dense-output interpolant. For problems whose points fit one chunk the same
+method with the same rules runs each step as one compiled call
+(:class:`truncflow.engine.stepper.CompiledRK45`): SciPy's Python step costs more
+there than its six gradient evaluations. ``method="gd"`` is gradient descent, the explicit
 Euler scheme with fixed step ``lr`` (on problems whose points fit one chunk its
 steps run in compiled code between records, :mod:`truncflow.kernels.descent`). ``method="events"`` solves the aligned model
 exactly from event to event (:mod:`truncflow.engine.events`); ``method="kinks"``
@@ -34,6 +37,7 @@ from .control import Interrupted, SignalGuard, stop_reason
 from .record import Recorder, Result, check_storable
 from .events import check_events_problem, run_events
 from .rhs import FlowProblem
+from .stepper import CompiledRK45
 
 __all__ = ["simulate", "METHODS"]
 
@@ -71,6 +75,10 @@ class _Evaluator:
         if guard is not None and guard.armed and guard.received is not None:
             guard.check()     # a signal stops the run here, between kernels
         return self.rhs
+
+    def restore_last(self, y, cost, grad_norm, rhs):
+        """Remember an evaluation made in compiled code (``CompiledRK45``): its arrays are kept."""
+        self.y, self.cost, self.grad_norm, self.rhs = y, float(cost), float(grad_norm), rhs
 
     def restore(self, y, cost, grad_norm, rhs):
         """Remember an evaluation made before a checkpoint (no pass over the points)."""
@@ -407,7 +415,12 @@ class _Rk45Loop(_Loop):
 
     def _start(self):
         o = self.opts
-        self.solver = RK45(self.fun, 0.0, self.problem.pack(self.problem.params), self.t_end, rtol=o["rtol"],
+        y0 = self.problem.pack(self.problem.params)
+        if self.problem.serial:         # SciPy's rules, each step one compiled call (engine/stepper.py)
+            self.solver = CompiledRK45(self.fun, 0.0, y0, self.t_end, rtol=o["rtol"], atol=o["atol"],
+                                       first_step=o["first_step"], max_step=o["max_step"] or np.inf)
+            return
+        self.solver = RK45(self.fun, 0.0, y0, self.t_end, rtol=o["rtol"],
                            atol=o["atol"], first_step=o["first_step"], max_step=o["max_step"] or np.inf)
         self._call_directly()
 
@@ -425,6 +438,11 @@ class _Rk45Loop(_Loop):
     def _restore(self, scalars, arrays):
         o = self.opts
         t, y, f = float(scalars["t"]), arrays["y"], arrays["f"]
+        if self.problem.serial:
+            self.solver = CompiledRK45(self.fun, t, y, self.t_end, rtol=o["rtol"], atol=o["atol"],
+                                       max_step=o["max_step"] or np.inf,
+                                       state=(t, y, f, float(scalars["h_abs"]), scalars["status"]))
+            return
         replay = lambda t_, y_: f              # RK45() evaluates f(t0, y0): give it the saved one
         self.solver = RK45(replay, t, y, self.t_end, rtol=o["rtol"], atol=o["atol"],
                            first_step=min(float(scalars["h_abs"]), self.t_end - t) if t < self.t_end else None,
