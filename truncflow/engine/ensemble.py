@@ -187,12 +187,12 @@ def _descend_together(plans) -> list[Result]:
                 data_index[id(pr.dataset)] = len(stacked)
                 stacked.append(pr)
         data_of = np.array([data_index[id(pr.dataset)] for pr in problems], dtype=np.int64)
-        points = np.stack([np.ascontiguousarray(pr.serial_args[7]) for pr in stacked])
-        labels = np.stack([pr.serial_args[8] for pr in stacked])
-        targets = np.stack([pr.serial_args[9] for pr in stacked])
-        mode, L, M, P, _, max_condition, Mp = problems[0].serial_args[:7]
+        # serial_args: (mode, L, M, P, frames, max_condition, Mp, points, labels, targets, mask,
+        # output_cost, chunk); frames per member, the data per dataset, the rest shared
+        mode, L, M, P, _, max_condition, Mp, _, _, _, mask, output_cost, chunk = problems[0].serial_args
+        points, labels, targets = (np.stack([np.ascontiguousarray(pr.serial_args[i]) for pr in stacked])
+                                   for i in (7, 8, 9))
         frames = np.stack([pr.serial_args[4] for pr in problems])
-        mask, output_cost, chunk = problems[0].serial_args[10:]
         S = problems[0].size
         ys, rhss = np.zeros((B, S)), np.zeros((B, S))
         costs, norms = np.zeros(B), np.zeros(B)

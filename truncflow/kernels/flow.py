@@ -33,33 +33,53 @@ STATUS_OK, STATUS_NETWORK, STATUS_NOT_FINITE = 0, 1, 2
 
 
 @njit(**JIT_OPTIONS)
-def sum_chunks(sq, g_w, g_b, g_ow, g_ob, n_points, width):
-    """The gradient kernel's per-chunk sums added in chunk order, scaled, padding dropped.
+def slot_sums(sq, g_w, g_b, g_ow, g_ob, n_points, width, s):
+    """Slot s of the gradient kernel's per-chunk sums: each entry's chunks added in chunk
+    order, then divided (the cost by 2N, the rest by N); padding dropped.
 
     Args: the kernel's outputs sq (C, S), g_w (C, S, L, Mp, Mp), g_b (C, S, L, Mp),
-    g_ow (C, S, P, Mp), g_ob (C, S, P); n_points N; width M.
-    Returns cost (S,) = sum / (2N) and the cumulative gradient (S, L, M, M), (S, L, M),
-    (S, P, M), (S, P), each sum / N.
+    g_ow (C, S, P, Mp), g_ob (C, S, P); n_points N; width M; the slot s.
+    Returns cost (float) and the cumulative gradient (L, M, M), (L, M), (P, M), (P,).
     """
-    C, S = sq.shape
-    M = width
-    cost = sq[0].copy()
-    gw = g_w[0, :, :, :M, :M].copy()
-    gb = g_b[0, :, :, :M].copy()
-    gow = g_ow[0, :, :, :M].copy()
-    gob = g_ob[0].copy()
-    for c in range(1, C):
-        cost += sq[c]
-        gw += g_w[c, :, :, :M, :M]
-        gb += g_b[c, :, :, :M]
-        gow += g_ow[c, :, :, :M]
-        gob += g_ob[c]
+    C, L, P, M = sq.shape[0], g_w.shape[2], g_ow.shape[2], width
     n = float(n_points)
+    cost = sq[0, s]
+    for c in range(1, C):
+        cost += sq[c, s]
     cost /= 2.0 * n
-    gw /= n
-    gb /= n
-    gow /= n
-    gob /= n
+    gw, gb, gow, gob = np.empty((L, M, M)), np.empty((L, M)), np.empty((P, M)), np.empty(P)
+    for l in range(L):
+        for i in range(M):
+            for j in range(M):
+                v = g_w[0, s, l, i, j]
+                for c in range(1, C):
+                    v += g_w[c, s, l, i, j]
+                gw[l, i, j] = v / n
+            v = g_b[0, s, l, i]
+            for c in range(1, C):
+                v += g_b[c, s, l, i]
+            gb[l, i] = v / n
+    for p in range(P):
+        for j in range(M):
+            v = g_ow[0, s, p, j]
+            for c in range(1, C):
+                v += g_ow[c, s, p, j]
+            gow[p, j] = v / n
+        v = g_ob[0, s, p]
+        for c in range(1, C):
+            v += g_ob[c, s, p]
+        gob[p] = v / n
+    return cost, gw, gb, gow, gob
+
+
+@njit(**JIT_OPTIONS)
+def sum_chunks(sq, g_w, g_b, g_ow, g_ob, n_points, width):
+    """:func:`slot_sums` of every slot: cost (S,), gradient (S, L, M, M), (S, L, M), (S, P, M), (S, P)."""
+    S, L, P, M = sq.shape[1], g_w.shape[2], g_ow.shape[2], width
+    cost, gw, gb = np.empty(S), np.empty((S, L, M, M)), np.empty((S, L, M))
+    gow, gob = np.empty((S, P, M)), np.empty((S, P))
+    for s in range(S):
+        cost[s], gw[s], gb[s], gow[s], gob[s] = slot_sums(sq, g_w, g_b, g_ow, g_ob, n_points, width, s)
     return cost, gw, gb, gow, gob
 
 
@@ -153,37 +173,7 @@ def finish(sq, g_w, g_b, g_ow, g_ob, n_points, mode, w, cw, cb, frames, mask):
     parametrization times ``mask``, norm its Euclidean norm (squares summed in order);
     status STATUS_NOT_FINITE (and g empty) when the cost or a gradient is not finite.
     """
-    # What sum_chunks computes for slot 0 (each entry: chunks added in order, then divided),
-    # without its copies of padded slices: this runs once per gradient-descent step.
-    L, M = cb.shape
-    C, P = sq.shape[0], g_ow.shape[2]
-    n = float(n_points)
-    cost = sq[0, 0]
-    for c in range(1, C):
-        cost += sq[c, 0]
-    cost /= 2.0 * n
-    gw0, gb0, gow, gob = np.empty((L, M, M)), np.empty((L, M)), np.empty((P, M)), np.empty(P)
-    for l in range(L):
-        for i in range(M):
-            for j in range(M):
-                v = g_w[0, 0, l, i, j]
-                for c in range(1, C):
-                    v += g_w[c, 0, l, i, j]
-                gw0[l, i, j] = v / n
-            v = g_b[0, 0, l, i]
-            for c in range(1, C):
-                v += g_b[c, 0, l, i]
-            gb0[l, i] = v / n
-    for p in range(P):
-        for j in range(M):
-            v = g_ow[0, 0, p, j]
-            for c in range(1, C):
-                v += g_ow[c, 0, p, j]
-            gow[p, j] = v / n
-        v = g_ob[0, 0, p]
-        for c in range(1, C):
-            v += g_ob[c, 0, p]
-        gob[p] = v / n
+    cost, gw0, gb0, gow, gob = slot_sums(sq, g_w, g_b, g_ow, g_ob, n_points, cw.shape[1], 0)
     empty = np.empty(0)
     if not (np.isfinite(cost) and _finite(gw0) and _finite(gb0) and _finite(gow) and _finite(gob)):
         return STATUS_NOT_FINITE, cost, empty, np.nan

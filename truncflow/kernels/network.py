@@ -30,6 +30,16 @@ def _matmul_into(a, b, out):
 
 
 @njit(**JIT_OPTIONS)
+def _matvec_into(a, x, out):
+    """out = a @ x for (M, K) a, (K,) x: each entry summed over k = 0, 1, ... in order."""
+    for i in range(a.shape[0]):
+        s = 0.0
+        for k in range(a.shape[1]):
+            s += a[i, k] * x[k]
+        out[i] = s
+
+
+@njit(**JIT_OPTIONS)
 def _invert_into(a, out, lu, perm, xt):
     """out = a^-1 by LU with partial pivoting (rows), then one triangular solve per column.
 
@@ -117,13 +127,12 @@ def cumulative_from_layers(w, b):
     cb = np.empty_like(b)
     cw[0] = w[0]
     cb[0] = b[0]
+    wb = np.empty(M)
     for l in range(1, L):
         _matmul_into(w[l], cw[l - 1], cw[l])
+        _matvec_into(w[l], cb[l - 1], wb)
         for i in range(M):
-            s = 0.0
-            for k in range(M):
-                s += w[l, i, k] * cb[l - 1, k]
-            cb[l, i] = s + b[l, i]
+            cb[l, i] = wb[i] + b[l, i]
     return cw, cb
 
 
@@ -135,13 +144,12 @@ def layers_from_cumulative(cw, cb, inv):
     b = np.empty_like(cb)
     w[0] = cw[0]
     b[0] = cb[0]
+    wb = np.empty(M)
     for l in range(1, L):
         _matmul_into(cw[l], inv[l - 1], w[l])
+        _matvec_into(w[l], cb[l - 1], wb)
         for i in range(M):
-            s = 0.0
-            for k in range(M):
-                s += w[l, i, k] * cb[l - 1, k]
-            b[l, i] = cb[l, i] - s
+            b[l, i] = cb[l, i] - wb[i]
     return w, b
 
 
