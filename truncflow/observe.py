@@ -10,7 +10,7 @@ from ._validate import as_float_array, choice, require_finite
 from .compute import (COST_KINDS, _require_dataset, _require_params, kernel_arrays, require_finite_outputs,
                       require_partials_fit)
 from .data import Dataset
-from .kernels.observe import observe_kernel, observe_kernel_serial, summarize
+from .kernels.observe import observe_kernel, observe_kernel_serial, observe_many, summarize
 from .params import Params
 
 __all__ = ["Observation", "observe", "cluster_means"]
@@ -108,3 +108,51 @@ def observe_checked(params: Params, dataset: Dataset, kind: str, shift: np.ndarr
         n_patterns=int(n_patterns),
         pattern_hash=hashes,
     )
+
+
+def observe_members(params: list[Params], datasets: list[Dataset], kind: str,
+                    shifts: list[np.ndarray]) -> list[Observation | None]:
+    """:func:`observe_checked` of B networks, each on its own dataset (of one shape), in one
+    compiled call parallel over them: the records of an ensemble (``engine.ensemble``).
+
+    Entry b equals ``observe_checked(params[b], datasets[b], kind, shifts[b])``, or is None
+    where that call would raise (outputs not finite): the caller makes it, for its message.
+    A dataset shared by several networks (the same object) is passed once.
+    """
+    first = datasets[0]
+    N, M, L, Q = first.n_points, first.width, params[0].n_layers, first.n_clusters
+    index, stacked = {}, []
+    for d in datasets:
+        if id(d) not in index:
+            index[id(d)] = len(stacked)
+            stacked.append(d)
+    data_of = np.array([index[id(d)] for d in datasets], dtype=np.int64)
+    arrays = [kernel_arrays(p) for p in params]
+    cw, cb, et = (np.stack([a[i] for a in arrays]) for i in range(3))
+    if kind == "output":
+        ow, ob = np.stack([p.out_weight for p in params]), np.stack([p.out_bias for p in params])
+    else:
+        ow, ob = np.zeros((len(params), 0, M)), np.zeros((len(params), 0))
+    points, labels, targets, counts = (np.stack([getattr(d, name) for d in stacked])
+                                       for name in ("points", "labels", "targets", "counts"))
+    shift = np.stack(shifts)
+    B = len(params)
+    sq, coord, spread, ratio = np.empty((B, Q)), np.empty((B, L, Q, M)), np.empty((B, L, Q)), np.empty((B, L))
+    trunc_frac, coll_frac = np.empty((B, L, Q)), np.empty((B, L, Q))
+    n_patterns, hashes = np.empty(B, dtype=np.int64), np.empty((B, N), dtype=np.uint64)
+    threads.apply()
+    chunk = require_partials_fit(N, 8 * (Q + L * Q * (3 * M + 2)), "the observables' per-chunk sums")
+    observe_many(cw, cb, et, ow, ob, shift, data_of, points, labels, targets, counts, kind == "output", Q, chunk,
+                 sq, coord, spread, ratio, trunc_frac, coll_frac, n_patterns, hashes)
+    free = M - coord.sum(axis=3)
+    observations = []
+    for b in range(B):
+        occupied = datasets[b].counts > 0
+        if not (np.isfinite(sq[b]).all() and np.isfinite(spread[b][:, occupied]).all()):
+            observations.append(None)
+            continue
+        observations.append(Observation(
+            cost=float(sq[b].sum() / (2 * N)), cost_per_cluster=sq[b] / (2 * N), truncated_fraction=trunc_frac[b],
+            collapsed_fraction=coll_frac[b], coordinate_truncated_fraction=coord[b], free_coordinates=free[b],
+            spread=spread[b], collapse_ratio=ratio[b], n_patterns=int(n_patterns[b]), pattern_hash=hashes[b]))
+    return observations

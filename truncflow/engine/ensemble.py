@@ -30,6 +30,7 @@ from .. import threads
 from .._validate import integer
 from ..data import Dataset
 from ..kernels import descent
+from ..observe import observe_members
 from ..params import Params
 from .control import SignalGuard
 from .integrate import _GdLoop, _next_budget, _plan, simulate
@@ -108,10 +109,13 @@ def _plan_like(first, params, dataset, config):
     """The plan of another member with the options of ``first`` (checked there once): only
     its problem (which checks the parameters and data) and its recorder are its own."""
     o = first.flow_options
-    problem = FlowProblem(params, dataset, kind=o["kind"], wrt=o["wrt"], train=o["train"],
-                          frozen_layers=tuple(o["frozen_layers"]))
-    return SimpleNamespace(**{**vars(first), "problem": problem,
-                              "recorder": Recorder(problem.dataset, o["kind"], {**config, **o})})
+    if dataset is first.problem.dataset:
+        problem = first.problem.with_params(params)
+    else:
+        problem = FlowProblem(params, dataset, kind=o["kind"], wrt=o["wrt"], train=o["train"],
+                              frozen_layers=tuple(o["frozen_layers"]))
+    recorder = Recorder(problem.dataset, o["kind"], {**config, **o}, like=first.recorder)
+    return SimpleNamespace(**{**vars(first), "problem": problem, "recorder": recorder})
 
 
 def _simulate_defaults(options: dict) -> dict:
@@ -172,6 +176,7 @@ def _descend_together(plans) -> list[Result]:
         loops = [_GdLoop(p.problem, p.t_end, p.schedule, p.recorder, p.opts, p.rules, None, guard, None)
                  for p in plans]
         outcome = [None] * B
+        _observe_ahead(loops, range(B), [loop.problem.pack(loop.problem.params) for loop in loops])
         for b, loop in enumerate(loops):
             try:
                 status = loop.begin()
@@ -220,6 +225,9 @@ def _descend_together(plans) -> list[Result]:
                                  chunk, codes)
             # calls aim at ten times a single run's (bookkeeping between calls is per member)
             budget = _next_budget(budget, (time.perf_counter() - started) / 10)
+            recording = [b for b in active if codes[b] in _RECORDED_AT_NEW_STATE]
+            if recording:
+                _observe_ahead(loops, recording, ys[recording])
             for b in active:
                 loop = loops[b]
                 result = (codes[b], ks[b], ys[b].copy(), rhss[b].copy(), costs[b], norms[b], n_evals[b])
@@ -227,6 +235,32 @@ def _descend_together(plans) -> list[Result]:
                 if status[0] is not None:
                     outcome[b] = status
         return [loop.end(*outcome[b]) for b, loop in enumerate(loops)]
+
+
+#: Codes of ``descent.descend_many`` after which the member records its new state: a
+#: record due or the last step (``_GdLoop._after_step``), or a stopping rule met (recorded
+#: at the end of the run, ``_Loop.end``).
+_RECORDED_AT_NEW_STATE = (descent.CODE_RECORD, descent.CODE_END, descent.CODE_RULE)
+
+
+def _observe_ahead(loops, members, states):
+    """Observe the states (one per member) in one compiled call parallel over the members, for
+    their next records (``_Loop.observed``). A state that cannot be unpacked or observed is
+    left to the member's own record, which says why."""
+    chosen, params = [], []
+    for b, y in zip(members, states):
+        try:
+            params.append(loops[b].problem.unpack(y))
+        except ValueError:
+            continue
+        chosen.append((b, np.array(y), params[-1]))
+    if not chosen:
+        return
+    recorders = [loops[b].recorder for b, _, _ in chosen]
+    observations = observe_members(params, [r.dataset for r in recorders], recorders[0].kind,
+                                   [r.shift for r in recorders])
+    for (b, y, p), obs in zip(chosen, observations):
+        loops[b].observed = None if obs is None else (y, p, obs)
 
 
 def _run_member(args):

@@ -305,12 +305,21 @@ class _Loop:
         self.pending = list(schedule[1:])
         self.started = time.monotonic()
 
+    #: (y, its Params, its Observation) made ahead of the record of state y (an ensemble
+    #: observes its members together, ``engine.ensemble``), or None
+    observed = None
+
     def record(self, t, y):
         armed, self.guard.armed = self.guard.armed, False   # a record is never cut in half
+        observed, self.observed = self.observed, None
         try:
             self.fun.at(y)
             self.counters["evaluations"] = self.problem.n_evaluations
-            self.recorder.record(float(t), self.problem.unpack(y), self.fun.grad_norm, self.counters)
+            if observed is not None and np.array_equal(observed[0], y):
+                params, obs = observed[1:]
+            else:
+                params, obs = self.problem.unpack(y), None
+            self.recorder.record(float(t), params, self.fun.grad_norm, self.counters, obs)
         finally:
             self.guard.armed = armed
 

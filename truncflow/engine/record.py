@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import atomic_savez
-from ..observe import cluster_means, observe_checked
+from ..observe import Observation, cluster_means, observe_checked
 from ..params import Params
 
 __all__ = ["Result", "Recorder", "load_result", "package_versions"]
@@ -115,6 +115,11 @@ class Result:
     @property
     def success(self) -> bool:
         return self.status in SUCCESS
+
+    @property
+    def shift(self) -> np.ndarray:
+        """(Q, M) the origin of the records' moment sums: the clusters' input means."""
+        return self._shift
 
     @property
     def n_records(self) -> int:
@@ -282,31 +287,45 @@ def data_sample(dataset, size: int = SAMPLE_SIZE) -> dict:
 class Recorder:
     """Collects records during a run; turns them into a :class:`Result`."""
 
-    def __init__(self, dataset, kind: str, config: dict):
+    def __init__(self, dataset, kind: str, config: dict, like: "Recorder | None" = None):
+        """``like``: a recorder of the same dataset object whose shift and data sample are
+        copied rather than computed again (an ensemble's members)."""
         self.dataset = dataset
         self.kind = kind
         self.config = config
-        self._shift = np.ascontiguousarray(cluster_means(dataset))
         self._last_hash = None
         self._rows: dict[str, list] = {k: [] for k in _SERIES}
+        if like is not None and like.dataset is dataset:
+            self._shift = like._shift
+            self.arrays = {k: np.array(like.arrays[k]) for k in ("sample_points", "sample_labels", "class_ids")}
+            return
+        self._shift = np.ascontiguousarray(cluster_means(dataset))
         self.arrays: dict = data_sample(dataset)
         self.arrays["class_ids"] = np.array(dataset.class_ids, dtype=np.int64)
 
-    def record(self, t: float, params: Params, grad_norm: float, counters: dict) -> float:
-        """Observe ``params`` at time t and keep one record; returns the cost."""
-        obs = observe_checked(params, self.dataset, self.kind, self._shift)
+    def record(self, t: float, params: Params, grad_norm: float, counters: dict,
+               observation: Observation | None = None) -> float:
+        """Observe ``params`` at time t and keep one record; returns the cost.
+
+        ``observation``: ``observe_checked(params, self.dataset, self.kind, self._shift)``
+        when the caller has made it already (an ensemble observes its members together)."""
+        obs = observation or observe_checked(params, self.dataset, self.kind, self._shift)
         changes = 0 if self._last_hash is None else int(np.count_nonzero(obs.pattern_hash != self._last_hash))
         self._last_hash = obs.pattern_hash
         P = params.out_dim or 0
         M = params.width
+        rows = self._rows
+        # the observation's arrays are made for this record: kept, not copied
+        for k, v in (("t", float(t)), ("cost", obs.cost), ("cost_per_cluster", obs.cost_per_cluster),
+                     ("grad_norm", float(grad_norm)), ("truncated_fraction", obs.truncated_fraction),
+                     ("collapsed_fraction", obs.collapsed_fraction),
+                     ("coordinate_truncated_fraction", obs.coordinate_truncated_fraction),
+                     ("free_coordinates", obs.free_coordinates), ("spread", obs.spread),
+                     ("collapse_ratio", obs.collapse_ratio), ("n_patterns", obs.n_patterns),
+                     ("pattern_changes", changes), ("steps_accepted", int(counters["accepted"])),
+                     ("steps_rejected", int(counters["rejected"])), ("evaluations", int(counters["evaluations"]))):
+            rows[k].append(v)
         row = {
-            "t": t, "cost": obs.cost, "cost_per_cluster": obs.cost_per_cluster, "grad_norm": grad_norm,
-            "truncated_fraction": obs.truncated_fraction, "collapsed_fraction": obs.collapsed_fraction,
-            "coordinate_truncated_fraction": obs.coordinate_truncated_fraction,
-            "free_coordinates": obs.free_coordinates, "spread": obs.spread,
-            "collapse_ratio": obs.collapse_ratio, "n_patterns": obs.n_patterns, "pattern_changes": changes,
-            "steps_accepted": counters["accepted"], "steps_rejected": counters["rejected"],
-            "evaluations": counters["evaluations"],
             "weights": params.weights, "biases": params.biases,
             "cum_weights": params.cum_weights, "cum_biases": params.cum_biases,
             "out_weight": params.out_weight if P else np.zeros((0, M)),
@@ -319,6 +338,11 @@ class Recorder:
             keep = isinstance(v, np.ndarray) and not v.flags.writeable and v.base is None
             self._rows[k].append(v if keep else np.array(v, copy=True))
         return obs.cost
+
+    @property
+    def shift(self) -> np.ndarray:
+        """(Q, M) the origin of the records' moment sums: the clusters' input means."""
+        return self._shift
 
     @property
     def n_records(self) -> int:

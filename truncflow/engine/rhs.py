@@ -8,6 +8,7 @@ fixed). Frozen components stay in the vector with a zero derivative.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,6 +102,22 @@ class FlowProblem:
         #: its steps in compiled code (``kernels.descent``).
         self.serial = ds.n_points <= self._chunk
         self.serial_args = (*self._network_args, *self._pass_args, self.mask, self.kind == "output", self._chunk)
+
+    def with_params(self, params: Params) -> "FlowProblem":
+        """The same problem (dataset, cost, parametrization, mask) from other initial parameters
+        of the same shape: an ensemble's members, without checking the rest again."""
+        params = _require_params(params)
+        p = self.params
+        if (params.n_layers, params.width, params.out_dim, params.is_aligned) != (
+                p.n_layers, p.width, p.out_dim, p.is_aligned):
+            raise ValueError(f"params {params!r} do not have the shape of {p!r}")
+        other = copy.copy(self)
+        other.params, other.n_evaluations = params, 0
+        if self.wrt == "aligned":       # the frames are the member's own
+            frames = np.ascontiguousarray(params.frames)
+            other._network_args = (*self._network_args[:4], frames, *self._network_args[5:])
+            other.serial_args = (*other._network_args, *self.serial_args[len(self._network_args):])
+        return other
 
     @property
     def size(self) -> int:

@@ -95,8 +95,8 @@ def _gradient_chunk(c, points, labels, targets, cw, cb, inv, back, out_w, out_b,
     N = points.shape[0]
     L, M, _ = cw.shape
     P = out_w.shape[0]
-    z, act, cn, u, u_next, um, r, wt, lab = _tile_buffers(L, M, P)
     stop = min(N, (c + 1) * chunk)
+    z, act, cn, u, u_next, um, r, wt, lab = _tile_buffers(L, M, P, min(TILE, stop - c * chunk))
     for start in range(c * chunk, stop, TILE):
         nb = min(TILE, stop - start)
         _load_tile(points, labels, start, nb, z[0], lab)
@@ -106,8 +106,9 @@ def _gradient_chunk(c, points, labels, targets, cw, cb, inv, back, out_w, out_b,
 
 
 @njit(**JIT_OPTIONS)
-def _tile_buffers(L, M, P):
-    """A chunk's scratch, feature-major (rows = padded width M, columns = TILE points).
+def _tile_buffers(L, M, P, T):
+    """A chunk's scratch, feature-major (rows = padded width M, columns = T points: ``TILE``,
+    or fewer for a chunk of fewer points, whose buffers are then cheaper to make).
 
     Returns z (L+1, M, T) the images x~^(l) (zero-filled: padding rows stay zero),
     act (L, M, T) the cumulative pre-activations, then (M, T) arrays cn (-a on
@@ -115,7 +116,6 @@ def _tile_buffers(L, M, P):
     of this layer and of the one below), um (u restricted to one slot), r (max(M, P), T)
     residuals, wt (T,) a slot mask and lab (T,) int64 labels.
     """
-    T = TILE
     return (np.zeros((L + 1, M, T)), np.empty((L, M, T)), np.empty((M, T)),
             np.empty((M, T)), np.empty((M, T)), np.empty((M, T)),
             np.empty((max(M, P), T)), np.empty(T), np.empty(T, dtype=np.int64))

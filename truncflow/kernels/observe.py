@@ -184,3 +184,31 @@ def summarize(sq, truncated, any_trunc, all_trunc, s1, s2, counts, shift, patter
         if hashes[i] != hashes[i - 1]:
             n_patterns += 1
     return sq_t, coord, spread, ratio, trunc_frac, coll_frac, n_patterns
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def observe_many(cw, cb, edges_t, out_w, out_b, shift, data_of, points, labels, targets, counts, output_cost,
+                 n_clusters, chunk, sq, coord, spread, ratio, trunc_frac, coll_frac, n_patterns, pattern_hash):
+    """``observe_kernel_serial`` and ``summarize`` for B networks at once, in parallel over them
+    (the records of an ensemble's members): each network's results are those of its own call.
+
+    Args: per network b (leading axis B): cw, cb, edges_t, out_w, out_b, shift as in
+    ``observe_kernel``; data_of (B,) int64 its dataset, whose points (D, N, M), labels
+    (D, N), targets (D, Q, .) and counts (D, Q) are stacked; output_cost, n_clusters, chunk
+    as in ``observe_kernel``. Outputs, written per network: sq (B, Q), coord (B, L, Q, M),
+    spread (B, L, Q), ratio (B, L), trunc_frac, coll_frac (B, L, Q), n_patterns (B,) int64,
+    pattern_hash (B, N) uint64 (see ``summarize``).
+    """
+    for b in prange(cw.shape[0]):
+        d = data_of[b]
+        parts = observe_kernel_serial(points[d], labels[d], targets[d], shift[b], cw[b], cb[b], edges_t[b],
+                                      out_w[b], out_b[b], output_cost, n_clusters, chunk, pattern_hash[b])
+        s, c, sp, r, tf, cf, n = summarize(parts[0], parts[1], parts[2], parts[3], parts[4], parts[5], counts[d],
+                                           shift[b], pattern_hash[b])
+        sq[b] = s
+        coord[b] = c
+        spread[b] = sp
+        ratio[b] = r
+        trunc_frac[b] = tf
+        coll_frac[b] = cf
+        n_patterns[b] = n

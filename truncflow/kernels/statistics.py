@@ -65,11 +65,12 @@ def statistics_kernel(points, labels, targets, cw, cb, inv, back, out_w, out_b,
     free2 = np.zeros((C, L2, Q, M, M, M))
     con2 = np.zeros((C, L2, Q, M, M, M))
     for c in prange(C):
-        z, act, cn, u, u_next, um, r, wt, lab = _tile_buffers(L, Mp, P)
-        wf = np.empty((M, TILE))         # slot mask times 1[a_k > 0]
-        wc = np.empty((M, TILE))         # slot mask times 1[a_k <= 0]
-        pair = np.empty(TILE)            # z_i z_j of the tile
         stop = min(N, (c + 1) * chunk)
+        T = min(TILE, stop - c * chunk)
+        z, act, cn, u, u_next, um, r, wt, lab = _tile_buffers(L, Mp, P, T)
+        wf = np.empty((M, T))            # slot mask times 1[a_k > 0]
+        wc = np.empty((M, T))            # slot mask times 1[a_k <= 0]
+        pair = np.empty(T)               # z_i z_j of the tile
         for start in range(c * chunk, stop, TILE):
             nb = min(TILE, stop - start)
             _load_tile(points, labels, start, nb, z[0], lab)
