@@ -127,8 +127,8 @@ def observe_members(params: list[Params], datasets: list[Dataset], kind: str,
             index[id(d)] = len(stacked)
             stacked.append(d)
     data_of = np.array([index[id(d)] for d in datasets], dtype=np.int64)
-    arrays = [kernel_arrays(p) for p in params]
-    cw, cb, et = (np.stack([a[i] for a in arrays]) for i in range(3))
+    cw, cb = np.stack([p.cum_weights for p in params]), np.stack([p.cum_biases for p in params])
+    et = np.ascontiguousarray(np.swapaxes(np.stack([p.inverses for p in params]), 2, 3))   # as kernel_arrays
     if kind == "output":
         ow, ob = np.stack([p.out_weight for p in params]), np.stack([p.out_bias for p in params])
     else:
@@ -145,14 +145,13 @@ def observe_members(params: list[Params], datasets: list[Dataset], kind: str,
     observe_many(cw, cb, et, ow, ob, shift, data_of, points, labels, targets, counts, kind == "output", Q, chunk,
                  sq, coord, spread, ratio, trunc_frac, coll_frac, n_patterns, hashes)
     free = M - coord.sum(axis=3)
-    observations = []
-    for b in range(B):
-        occupied = datasets[b].counts > 0
-        if not (np.isfinite(sq[b]).all() and np.isfinite(spread[b][:, occupied]).all()):
-            observations.append(None)
-            continue
-        observations.append(Observation(
-            cost=float(sq[b].sum() / (2 * N)), cost_per_cluster=sq[b] / (2 * N), truncated_fraction=trunc_frac[b],
-            collapsed_fraction=coll_frac[b], coordinate_truncated_fraction=coord[b], free_coordinates=free[b],
-            spread=spread[b], collapse_ratio=ratio[b], n_patterns=int(n_patterns[b]), pattern_hash=hashes[b]))
-    return observations
+    cost = sq.sum(axis=1) / (2 * N)
+    per_cluster = sq / (2 * N)
+    # what observe_checked's require_finite_outputs checks: the cost and the occupied clusters' spreads
+    occupied = (counts > 0)[data_of][:, None, :]
+    finite = np.isfinite(sq).all(axis=1) & (np.isfinite(spread) | ~occupied).all(axis=(1, 2))
+    return [Observation(cost=float(cost[b]), cost_per_cluster=per_cluster[b], truncated_fraction=trunc_frac[b],
+                        collapsed_fraction=coll_frac[b], coordinate_truncated_fraction=coord[b],
+                        free_coordinates=free[b], spread=spread[b], collapse_ratio=ratio[b],
+                        n_patterns=int(n_patterns[b]), pattern_hash=hashes[b]) if finite[b] else None
+            for b in range(B)]

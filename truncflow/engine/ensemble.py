@@ -82,6 +82,13 @@ def simulate_ensemble(params, dataset, t_end: float, *, workers: int | None = No
     if not isinstance(config, dict):
         raise ValueError(f"config must be a dict, got {type(config).__name__}")
     member_options = [dict(options, config={**config, "member": b}) for b in range(len(members))]
+    workers = threads.get_threads() if workers is None else integer(workers, "workers", low=1)
+    if len(members) == 1:               # one flow: simulate, which checks it as it plans it
+        _simulate_defaults(member_options[0])
+        try:
+            return [simulate(members[0], datasets[0], t_end, **member_options[0])]
+        except ValueError as exc:
+            raise ValueError(f"member 0: {exc}") from None
     plans = []
     for b, (p, d) in enumerate(zip(members, datasets)):
         try:
@@ -95,7 +102,6 @@ def simulate_ensemble(params, dataset, t_end: float, *, workers: int | None = No
     small = all(plan.problem.serial for plan in plans)
     if plans[0].method == "gd" and small and len(plans) > 1:
         return _descend_together(plans)
-    workers = threads.get_threads() if workers is None else integer(workers, "workers", low=1)
     jobs = list(zip(members, datasets, member_options))
     started = time.perf_counter()
     results = [simulate(jobs[0][0], jobs[0][1], t_end, **jobs[0][2])]

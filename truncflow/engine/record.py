@@ -325,18 +325,23 @@ class Recorder:
                      ("pattern_changes", changes), ("steps_accepted", int(counters["accepted"])),
                      ("steps_rejected", int(counters["rejected"])), ("evaluations", int(counters["evaluations"]))):
             rows[k].append(v)
-        row = {
-            "weights": params.weights, "biases": params.biases,
-            "cum_weights": params.cum_weights, "cum_biases": params.cum_biases,
-            "out_weight": params.out_weight if P else np.zeros((0, M)),
-            "out_bias": params.out_bias if P else np.zeros(0),
-            "sliding_points": counters.get("sliding", np.zeros(obs.truncated_fraction.shape, dtype=np.int64)),
-        }
+        if not P:
+            rows["out_weight"].append(np.zeros((0, M)))
+            rows["out_bias"].append(np.zeros(0))
+        if "sliding" not in counters:
+            rows["sliding_points"].append(np.zeros(obs.truncated_fraction.shape, dtype=np.int64))
+        row = {"weights": params.weights, "biases": params.biases, "cum_weights": params.cum_weights,
+               "cum_biases": params.cum_biases}
+        if P:
+            row.update(out_weight=params.out_weight, out_bias=params.out_bias)
+        if "sliding" in counters:
+            row["sliding_points"] = counters["sliding"]
         if params.is_aligned:
             self.arrays.setdefault("frames", np.array(params.frames))
-        for k, v in row.items():     # a read-only array (Params') cannot change: kept, not copied
-            keep = isinstance(v, np.ndarray) and not v.flags.writeable and v.base is None
-            self._rows[k].append(v if keep else np.array(v, copy=True))
+        for k, v in row.items():
+            # a read-only array that is no view of another array (Params') cannot change: kept, not copied
+            keep = isinstance(v, np.ndarray) and not v.flags.writeable and not isinstance(v.base, np.ndarray)
+            rows[k].append(v if keep else np.array(v, copy=True))
         return obs.cost
 
     @property

@@ -143,11 +143,11 @@ class FlowProblem:
 
         Raises ValueError when a cumulative weight matrix is singular or ill-conditioned.
         """
-        w, b, ow, ob = self._split(y)
         mode, L, M, _, frames = self._network_args[:5]
         lw, lb, cw, cb, inv, cond, valid = flow.network_of_state(np.ascontiguousarray(y, dtype=np.float64),
                                                                  mode, L, M, frames)
-        if valid and np.isfinite(y).all() and np.all(cond <= MAX_CONDITION):
+        w, b, ow, ob = self._split(y)
+        if valid and np.isfinite(y).all() and (cond <= MAX_CONDITION).all():
             # what Params' constructors compute (the same kernels.network maps, on fresh arrays),
             # without their checks and messages, which the path below gives for a state they refuse
             if self.kind == "output":

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from .config import JIT_OPTIONS
-from .flow import STATUS_OK, evaluate_serial
+from .flow import STATUS_OK, evaluate_serial_in, serial_workspace
 
 #: the step budget of the call is spent
 CODE_BUDGET = 0
@@ -50,11 +50,12 @@ def descend(y, rhs, cost, gn, k, lr, n_steps, next_record, cost_tol, grad_tol, m
         (code, k, y, rhs, cost, grad_norm, n_evals) after the last step taken (for
         CODE_PYTHON, the iterate before the step that failed, whose evaluation is not counted).
     """
+    workspace = serial_workspace(n_layers, padded_width, n_out, points, chunk)
     for _ in range(budget):
         y_new = y + lr * rhs
         n_evals += 1
-        status, c, g, norm = evaluate_serial(y_new, mode, n_layers, width, n_out, frames, max_condition,
-                                             padded_width, points, labels, targets, mask, output_cost, chunk)
+        status, c, g, norm = evaluate_serial_in(y_new, mode, n_layers, width, n_out, frames, max_condition,
+                                                points, labels, targets, mask, output_cost, chunk, workspace)
         if status != STATUS_OK or not (np.isfinite(c) and np.isfinite(norm)):
             return CODE_PYTHON, k, y, rhs, cost, gn, n_evals - 1
         k += 1

@@ -6,7 +6,7 @@ is that step (``scipy.integrate._ivp.rk.RungeKutta._step_impl`` with ``rk_step``
 the same tableau (taken from SciPy's ``RK45`` class), the same step-size rules
 (SAFETY 0.9, factors 0.2 .. 10, error exponent -1/5, no growth after a rejection,
 the step cut to reach ``t_bound``), the same RMS error norm, every evaluation the
-flow's compiled one (``flow.evaluate_serial``). Sums run in index order, so the
+flow's compiled one (``flow.evaluate_serial_in``). Sums run in index order, so the
 bits differ from SciPy's (which uses BLAS) in the last places, not the method.
 
 A state that cannot be evaluated gives a NaN right-hand side, as in the Python
@@ -18,7 +18,7 @@ from numba import njit
 from scipy.integrate import RK45
 
 from .config import JIT_OPTIONS
-from .flow import STATUS_OK, evaluate_serial
+from .flow import STATUS_OK, evaluate_serial_in, serial_workspace
 
 #: SciPy's RK45 tableau and error weights (C (6,), A (6, 6), B (6,), E (7,)).
 C, A, B, E = (np.array(getattr(RK45, name), dtype=np.float64) for name in ("C", "A", "B", "E"))
@@ -31,12 +31,12 @@ STEP_ACCEPTED, STEP_TOO_SMALL = 0, 1
 
 
 @njit(**JIT_OPTIONS)
-def _rhs(t, y, out, mode, n_layers, width, n_out, frames, max_condition, padded_width,
-         points, labels, targets, mask, output_cost, chunk):
+def _rhs(t, y, out, mode, n_layers, width, n_out, frames, max_condition,
+         points, labels, targets, mask, output_cost, chunk, workspace):
     """out = -(masked gradient) at y; returns (cost, gradient norm, evaluated): NaN and False
     when y cannot be evaluated (out is NaN then)."""
-    status, c, g, gn = evaluate_serial(y, mode, n_layers, width, n_out, frames, max_condition, padded_width,
-                                       points, labels, targets, mask, output_cost, chunk)
+    status, c, g, gn = evaluate_serial_in(y, mode, n_layers, width, n_out, frames, max_condition,
+                                          points, labels, targets, mask, output_cost, chunk, workspace)
     if status != STATUS_OK:
         out[:] = np.nan
         return np.nan, np.nan, False
@@ -72,6 +72,7 @@ def rk45_step(t, y, f, h_abs, t_bound, direction, max_step, min_step, rtol, atol
     attempts = 0
     failed_y = np.empty(0)
     y_stage = np.empty(S)
+    workspace = serial_workspace(n_layers, padded_width, n_out, points, chunk)
     while True:
         if h_abs < min_step:
             return STEP_TOO_SMALL, t, y, f, h_abs, attempts, np.nan, np.nan, failed_y
@@ -90,7 +91,7 @@ def rk45_step(t, y, f, h_abs, t_bound, direction, max_step, min_step, rtol, atol
                     acc += K[j, i] * A[s, j]
                 y_stage[i] = y[i] + acc * h
             c, gn, ok = _rhs(t + C[s] * h, y_stage, K[s], mode, n_layers, width, n_out, frames, max_condition,
-                             padded_width, points, labels, targets, mask, output_cost, chunk)
+                             points, labels, targets, mask, output_cost, chunk, workspace)
             if not ok:
                 failed_y = y_stage.copy()
         y_new = np.empty(S)
@@ -101,7 +102,7 @@ def rk45_step(t, y, f, h_abs, t_bound, direction, max_step, min_step, rtol, atol
             y_new[i] = y[i] + h * acc
         f_new = np.empty(S)
         cost, gn, ok = _rhs(t + h, y_new, f_new, mode, n_layers, width, n_out, frames, max_condition,
-                            padded_width, points, labels, targets, mask, output_cost, chunk)
+                            points, labels, targets, mask, output_cost, chunk, workspace)
         if not ok:
             failed_y = y_new.copy()
         K[6] = f_new

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit
 
 from .config import JIT_OPTIONS
-from .gradient import _gradient_chunk, _gradient_sums
+from .gradient import TILE, _gradient_chunk_in, _gradient_sums, _tile_buffers
 from .network import (aligned_weights, cumulative_from_layers, invert_stack, layer_gradient,
                       layers_from_cumulative, scale_gradient)
 
@@ -84,13 +84,6 @@ def sum_chunks(sq, g_w, g_b, g_ow, g_ob, n_points, width):
 
 
 @njit(**JIT_OPTIONS)
-def _pad(a, rows, cols):
-    out = np.zeros((a.shape[0], rows, cols))
-    out[:, :a.shape[1], :a.shape[2]] = a
-    return out
-
-
-@njit(**JIT_OPTIONS)
 def _finite(a):
     for v in a.ravel():
         if not np.isfinite(v):
@@ -133,6 +126,15 @@ def network_of_state(y, mode, n_layers, width, frames):
 
 
 @njit(**JIT_OPTIONS)
+def padded_arrays(n_layers, padded_width, n_out):
+    """Zeroed (cwp, cbp, invp, backp, out_w, out_b) for :func:`prepare_in`: (L, Mp, Mp), (L, Mp),
+    (L, Mp, Mp), (L, Mp, Mp), (P, Mp), (P,)."""
+    L, Mp, P = n_layers, padded_width, n_out
+    return (np.zeros((L, Mp, Mp)), np.zeros((L, Mp)), np.zeros((L, Mp, Mp)), np.zeros((L, Mp, Mp)),
+            np.zeros((P, Mp)), np.zeros(P))
+
+
+@njit(**JIT_OPTIONS)
 def prepare(y, mode, n_layers, width, n_out, frames, max_condition, padded_width):
     """The network of state y and the gradient kernel's parameter arrays (``compute.tile_arrays``).
 
@@ -140,21 +142,37 @@ def prepare(y, mode, n_layers, width, n_out, frames, max_condition, padded_width
     cumulative cw (L, M, M), cb (L, M); then padded to Mp: cwp, invp, backp (L, Mp, Mp),
     cbp (L, Mp), out_w (P, Mp), out_b (P,).
     """
-    L, M, P, Mp = n_layers, width, n_out, padded_width
+    padded = padded_arrays(n_layers, padded_width, n_out)
+    status, w, cw, cb = prepare_in(y, mode, n_layers, width, n_out, frames, max_condition, padded)
+    return (status, w, cw, cb) + padded
+
+
+@njit(**JIT_OPTIONS)
+def prepare_in(y, mode, n_layers, width, n_out, frames, max_condition, padded):
+    """:func:`prepare` into ``padded`` (of :func:`padded_arrays`; only the entries of rows and
+    columns < M are written, so the padding stays zero from call to call).
+
+    Returns (status, w, cw, cb).
+    """
+    L, M, P = n_layers, width, n_out
+    cwp, cbp, invp, backp, out_w, out_b = padded
+    Mp = cwp.shape[1]
     nw = L * M if mode == MODE_ALIGNED else L * M * M
     w, b, cw, cb, inv, cond, valid = network_of_state(y, mode, n_layers, width, frames)
     o = nw + L * M
-    out_w = np.zeros((P, Mp))
-    out_w[:, :M] = y[o:o + P * M].reshape((P, M))
-    out_b = y[o + P * M:o + P * M + P].copy()
+    for p in range(P):
+        for j in range(M):
+            out_w[p, j] = y[o + p * M + j]
+        out_b[p] = y[o + P * M + p]
     status = STATUS_OK if valid else STATUS_NETWORK
     for l in range(L):
         if not cond[l] <= max_condition:
             status = STATUS_NETWORK
-    cwp, invp = _pad(cw, Mp, Mp), _pad(inv, Mp, Mp)
-    cbp = np.zeros((L, Mp))
-    cbp[:, :M] = cb
-    backp = np.zeros((L, Mp, Mp))
+        for i in range(M):
+            cbp[l, i] = cb[l, i]
+            for j in range(M):
+                cwp[l, i, j] = cw[l, i, j]
+                invp[l, i, j] = inv[l, i, j]
     for l in range(L - 1):
         for i in range(M):
             for j in range(M):
@@ -162,7 +180,7 @@ def prepare(y, mode, n_layers, width, n_out, frames, max_condition, padded_width
     for i in range(Mp):
         for j in range(Mp):
             backp[L - 1, i, j] = invp[L - 1, j, i]
-    return status, w, cw, cb, cwp, cbp, invp, backp, out_w, out_b
+    return status, w, cw, cb
 
 
 @njit(**JIT_OPTIONS)
@@ -198,6 +216,17 @@ def finish(sq, g_w, g_b, g_ow, g_ob, n_points, mode, w, cw, cb, frames, mask):
 
 
 @njit(**JIT_OPTIONS)
+def serial_workspace(n_layers, padded_width, n_out, points, chunk):
+    """Scratch for :func:`evaluate_serial_in`, made once for many evaluations of one problem:
+    (padded parameter arrays of :func:`padded_arrays`, the per-chunk sums of the gradient
+    kernel, a chunk's tile buffers)."""
+    padded = padded_arrays(n_layers, padded_width, n_out)
+    sums = _gradient_sums(points, padded[4], padded[0], 1, chunk)
+    tile = _tile_buffers(n_layers, padded_width, n_out, min(TILE, max(points.shape[0], 1)))
+    return padded, sums, tile
+
+
+@njit(**JIT_OPTIONS)
 def evaluate_serial(y, mode, n_layers, width, n_out, frames, max_condition, padded_width,
                     points, labels, targets, mask, output_cost, chunk):
     """``prepare``, the gradient pass over every chunk without a parallel region, ``finish``.
@@ -207,12 +236,28 @@ def evaluate_serial(y, mode, n_layers, width, n_out, frames, max_condition, padd
     targets padded as in ``compute.tile_arrays``; mask (state size,); output_cost; chunk.
     Returns (status, cost, g, norm) as :func:`finish`.
     """
-    status, w, cw, cb, cwp, cbp, invp, backp, out_w, out_b = prepare(
-        y, mode, n_layers, width, n_out, frames, max_condition, padded_width)
+    return evaluate_serial_in(y, mode, n_layers, width, n_out, frames, max_condition, points, labels, targets,
+                              mask, output_cost, chunk,
+                              serial_workspace(n_layers, padded_width, n_out, points, chunk))
+
+
+@njit(**JIT_OPTIONS)
+def evaluate_serial_in(y, mode, n_layers, width, n_out, frames, max_condition, points, labels, targets, mask,
+                       output_cost, chunk, workspace):
+    """:func:`evaluate_serial` in a ``workspace`` of :func:`serial_workspace` (the same bits:
+    the steppers make one per compiled call, not one per evaluation)."""
+    padded, sums, tile = workspace
+    cwp, cbp, invp, backp, out_w, out_b = padded
+    sq, g_w, g_b, g_ow, g_ob = sums
+    status, w, cw, cb = prepare_in(y, mode, n_layers, width, n_out, frames, max_condition, padded)
     if status != STATUS_OK:
         return status, np.nan, np.empty(0), np.nan
-    sq, g_w, g_b, g_ow, g_ob = _gradient_sums(points, out_w, cwp, 1, chunk)
+    sq[:] = 0.0
+    g_w[:] = 0.0
+    g_b[:] = 0.0
+    g_ow[:] = 0.0
+    g_ob[:] = 0.0
     for c in range(sq.shape[0]):
-        _gradient_chunk(c, points, labels, targets, cwp, cbp, invp, backp, out_w, out_b, output_cost, 1, chunk,
-                        sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
+        _gradient_chunk_in(c, points, labels, targets, cwp, cbp, invp, backp, out_w, out_b, output_cost, 1, chunk,
+                           sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c], tile)
     return finish(sq, g_w, g_b, g_ow, g_ob, points.shape[0], mode, w, cw, cb, frames, mask)

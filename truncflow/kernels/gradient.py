@@ -92,11 +92,20 @@ def _gradient_sums(points, out_w, cw, n_slots, chunk):
 def _gradient_chunk(c, points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, chunk,
                     sq, g_w, g_b, g_ow, g_ob):
     """Chunk c's sums into its slots sq (S,), g_w (S, L, M, M), g_b (S, L, M), g_ow (S, P, M), g_ob (S, P)."""
-    N = points.shape[0]
     L, M, _ = cw.shape
-    P = out_w.shape[0]
+    stop = min(points.shape[0], (c + 1) * chunk)
+    _gradient_chunk_in(c, points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, chunk,
+                       sq, g_w, g_b, g_ow, g_ob, _tile_buffers(L, M, out_w.shape[0], min(TILE, stop - c * chunk)))
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _gradient_chunk_in(c, points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, chunk,
+                       sq, g_w, g_b, g_ow, g_ob, buffers):
+    """``_gradient_chunk`` in the scratch ``buffers`` of ``_tile_buffers`` (of at least as many
+    points as the chunk's first tile; reused from call to call, its padded rows stay zero)."""
+    N = points.shape[0]
+    z, act, cn, u, u_next, um, r, wt, lab = buffers
     stop = min(N, (c + 1) * chunk)
-    z, act, cn, u, u_next, um, r, wt, lab = _tile_buffers(L, M, P, min(TILE, stop - c * chunk))
     for start in range(c * chunk, stop, TILE):
         nb = min(TILE, stop - start)
         _load_tile(points, labels, start, nb, z[0], lab)
