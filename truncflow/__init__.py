@@ -11,6 +11,7 @@ Public API (see README.md for a tour):
                                         the aligned model's effective equations (MODEL.md section 9)
     cone_minimizer, predicted_cost      minimizers built by hand (MODEL.md section 10)
     set_threads, get_threads            how many threads the kernels run on
+    distribute, DistributedDataset      a dataset on a Dask cluster (optional: truncflow[distributed])
 """
 import os as _os
 
@@ -44,6 +45,7 @@ from .statistics import ClusterStatistics, cluster_statistics
 from .minimizers import cone_minimizer, predicted_cost
 from .aligned import SeparationReport, separation_report, threshold_gradient, threshold_velocity
 from .engine.record import Result, load_result
+from .distributed import ClusterError, DistributedDataset, distribute
 
 __version__ = "0.2.0"
 
@@ -53,5 +55,5 @@ __all__ = [
     "cumulative_to_layer_gradient", "Observation", "observe", "simulate", "simulate_ensemble", "Result", "load_result",
     "ClusterStatistics", "cluster_statistics", "cone_minimizer", "predicted_cost",
     "SeparationReport", "SeparationWarning", "separation_report", "threshold_gradient", "threshold_velocity",
-    "set_threads", "get_threads", "__version__",
+    "set_threads", "get_threads", "distribute", "DistributedDataset", "ClusterError", "__version__",
 ]

@@ -20,6 +20,8 @@ SIGTERM -- what was recorded is saved, and the run can be resumed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -84,6 +86,9 @@ def _build_parser() -> argparse.ArgumentParser:
                           "machine: affinity, cgroup quota, OMP_NUM_THREADS)")
     run.add_argument("--check", action="store_true",
                      help="validate the configuration, print what it would run, and exit")
+    run.add_argument("--scheduler", metavar="ADDRESS",
+                     help="run on the Dask cluster of this scheduler, e.g. tcp://host:8786 (overrides [cluster]; "
+                          'needs pip install "truncflow[distributed]")')
     plot = sub.add_parser("plot", help="draw the plots of a saved result",
                           description=f"Draw {PLOT_FILE} (cost, truncated fractions, thresholds or apexes "
                                       f"against time) and {SNAPSHOTS_FILE} (data and cones at a few records) "
@@ -91,8 +96,10 @@ def _build_parser() -> argparse.ArgumentParser:
     plot.add_argument("result", metavar="RESULT.npz", help="a result file")
     plot.add_argument("--out", metavar="FOLDER", help="folder for the PNG files (default: the result's folder)")
     plot.add_argument("--snapshots", type=int, default=4, metavar="K", help="number of snapshots (default 4)")
-    sub.add_parser("info", help="versions, threads and the state of the compiled-kernel cache",
-                   description="Print versions, Numba threading and whether compiled kernels are cached.")
+    info = sub.add_parser("info", help="versions, threads and the state of the compiled-kernel cache",
+                          description="Print versions, Numba threading and whether compiled kernels are cached.")
+    info.add_argument("--scheduler", metavar="ADDRESS",
+                      help="also list the workers of this Dask scheduler: their threads and memory")
     return parser
 
 
@@ -105,7 +112,7 @@ def main(argv=None) -> int:
             parser.print_help(sys.stderr)
             return 2
         if args.command == "info":
-            return _info()
+            return _info(args.scheduler)
         if args.command == "plot":
             return _plot(args)
         return _run(args)
@@ -117,7 +124,7 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # the reader went away (`truncflow info | head`): stop quietly
         sys.stdout = None
         return 0
-    except (ValueError, OSError) as exc:  # ConfigError is a ValueError
+    except (ValueError, OSError, ImportError) as exc:  # ConfigError is a ValueError
         return _error(exc)
     except MemoryError:
         return _error("out of memory (is n_points or a layer size too large?)")
@@ -170,6 +177,9 @@ def _run(args) -> int:
         print(f"configuration OK ({cfg.source}); results would go to {folder}/")
         return 0
     if cfg.members:
+        if cfg.cluster or args.scheduler:
+            raise ValueError(f"{cfg.source}: a sweep runs its members on this machine, not on a Dask cluster "
+                             "(remove [cluster] or --scheduler)")
         return _run_sweep(cfg, folder, args, say)
     with SignalGuard() as guard, _OutputFolder(folder, overwrite=args.overwrite, resume=args.resume is not None):
         if args.resume is None:
@@ -237,17 +247,32 @@ def _simulate(cfg, folder: Path, args):
         print("compiling the Numba kernels for the first time (takes a while; they are cached for "
               "later runs)", file=sys.stderr)
     kwargs = dict(cfg.simulate_kwargs)
-    if kwargs["method"] in ("rk45", "gd"):
+    cluster = {"scheduler": args.scheduler} if args.scheduler else cfg.cluster
+    if cluster:
+        if args.resume is not None:
+            raise ValueError(f"cannot resume {folder}: a run on a Dask cluster is not checkpointed")
+        if kwargs["method"] not in ("rk45", "gd"):
+            raise ValueError(f"a Dask cluster runs method 'rk45' or 'gd', not {kwargs['method']!r}")
+    elif kwargs["method"] in ("rk45", "gd"):
         kwargs.update(checkpoint=folder / CHECKPOINT_FILE, checkpoint_every=args.checkpoint_every,
                       resume=args.resume is not None)
     elif args.resume is not None:
         raise ValueError(f"cannot resume {folder}: method={kwargs['method']!r} runs are not checkpointed")
-    bar = _ProgressBar(kwargs["t_end"], disable=args.quiet)
     started = time.perf_counter()
-    try:
-        result = simulate(cfg.params, cfg.dataset, callback=bar.update, config=cfg.result_config(), **kwargs)
-    finally:
-        bar.close()
+    with contextlib.ExitStack() as stack:
+        dataset = cfg.dataset
+        if cluster:
+            from .distributed import distribute
+            client = stack.enter_context(_dask_client(cluster))
+            d = cfg.dataset
+            dataset = distribute(d.points, d.labels, d.targets, client, class_ids=d.class_ids)
+            if not args.quiet:
+                print(f"on a Dask cluster: {dataset}", file=sys.stderr)
+        bar = _ProgressBar(kwargs["t_end"], disable=args.quiet)
+        try:
+            result = simulate(cfg.params, dataset, callback=bar.update, config=cfg.result_config(), **kwargs)
+        finally:
+            bar.close()
     return result, time.perf_counter() - started
 
 
@@ -415,7 +440,7 @@ def _plot(args) -> int:
 
 
 # -------------------------------------------------------------------- info
-def _info() -> int:
+def _info(scheduler=None) -> int:
     import platform
 
     import numba
@@ -445,7 +470,41 @@ def _info() -> int:
         if var in os.environ:
             print(f"  {var}={os.environ[var]}")
     _cache_report()
+    if scheduler is not None:
+        from .distributed import describe_cluster
+        with _dask_client({"scheduler": scheduler}) as client:
+            for line in describe_cluster(client):
+                print(line)
     return 0
+
+
+class _dask_client:
+    """A ``distributed.Client`` for a run: connected to ``cluster["scheduler"]``, or to a
+    LocalCluster of ``cluster["local"]`` worker processes started (and stopped) here."""
+
+    def __init__(self, cluster: dict):
+        self.spec, self.local = cluster, None
+
+    def __enter__(self):
+        from .distributed import require_dask
+        _, distributed = require_dask()
+        try:
+            if "scheduler" in self.spec:
+                self.client = distributed.Client(self.spec["scheduler"], timeout=30)
+            else:
+                self.local = distributed.LocalCluster(n_workers=self.spec["local"], processes=True,
+                                                      threads_per_worker=self.spec["threads_per_worker"],
+                                                      dashboard_address=None, silence_logs=logging.ERROR)
+                self.client = distributed.Client(self.local)
+        except OSError as exc:        # no scheduler there, a timeout
+            where = self.spec.get("scheduler", "a LocalCluster")
+            raise OSError(f"cannot reach the Dask scheduler {where}: {exc}") from None
+        return self.client
+
+    def __exit__(self, *exc):
+        self.client.close()
+        if self.local is not None:
+            self.local.close()
 
 
 def _threading_layer() -> str:

@@ -12,6 +12,7 @@ import numpy as np
 from . import threads
 from ._validate import choice, integer, require_memory
 from .data import Dataset, check_points
+from .distributed import DistributedDataset
 from .kernels import config
 from .kernels.forward import patterns_kernel, truncate_kernel
 from .kernels.flow import sum_chunks
@@ -165,9 +166,14 @@ def _require_params(params) -> Params:
     return params
 
 
-def _require_dataset(dataset, params: Params, kind: str | None) -> Dataset:
-    """The dataset, checked against the network; its targets too unless ``kind`` is None."""
-    if not isinstance(dataset, Dataset):
+def _require_dataset(dataset, params: Params, kind: str | None, *, distributed: bool = False) -> Dataset:
+    """The dataset, checked against the network; its targets too unless ``kind`` is None.
+    ``distributed``: a :class:`truncflow.distributed.DistributedDataset` is accepted too."""
+    if isinstance(dataset, DistributedDataset):
+        if not distributed:
+            raise ValueError("this function needs the points here, not on a Dask cluster: use a local "
+                             "truncflow.Dataset (DistributedDataset.gather() makes one, if it fits)")
+    elif not isinstance(dataset, Dataset):
         raise ValueError(f"dataset must be a truncflow.Dataset, got {type(dataset).__name__}")
     M = params.width
     if dataset.width != M:
@@ -235,9 +241,9 @@ def _run_gradient_kernel(params: Params, dataset: Dataset, kind: str, per_cluste
     partial_bytes = 8 * n_slots * (1 + L * Mp * (Mp + 1) + P * (Mp + 1))
     chunk = require_partials_fit(N, partial_bytes, f"the gradient's partial sums ({n_slots} cluster slot(s) of "
                                                    f"{L} layers of width {M})")
-    threads.apply()
-    kernel = gradient_kernel if N > chunk else gradient_kernel_serial     # one chunk: no parallel region
-    parts = kernel(dataset.points, dataset.labels, *arrays, kind == "output", n_slots, chunk)
+    # one chunk: no parallel region
+    parts = dataset.chunk_pass(gradient_kernel, gradient_kernel_serial, (*arrays, kind == "output", n_slots, chunk),
+                               chunk)
     # Merge chunks in a fixed order, scale, drop the padding (the same code as the flow's
     # per-evaluation path, kernels.flow): the result does not depend on threads.
     sq, gw, gb, gow, gob = sum_chunks(*parts, N, M)
@@ -282,7 +288,7 @@ def gradient(params: Params, dataset: Dataset, kind: str = "input", wrt: str = "
     params = _require_params(params)
     choice(kind, "kind", COST_KINDS)
     choice(wrt, "wrt", PARAMETRIZATIONS)
-    dataset = _require_dataset(dataset, params, kind)
+    dataset = _require_dataset(dataset, params, kind, distributed=True)
     if wrt == "aligned" and not params.is_aligned:
         raise ValueError("wrt='aligned' needs aligned parameters: build them with Params.aligned")
     c, g = _run_gradient_kernel(params, dataset, kind, per_cluster)

@@ -116,6 +116,11 @@ SCHEMA: dict[str, dict[str, str]] = {
         "threads": "threads the kernels run on (default: the process's share of the machine; "
                    "--threads overrides it; results do not depend on it)",
     },
+    "cluster": {
+        "scheduler": 'address of a running Dask scheduler, e.g. "tcp://host:8786" (--scheduler overrides it)',
+        "local": "start a Dask LocalCluster of this many worker processes for the run",
+        "threads_per_worker": "local: Dask threads (and kernel threads) per worker process (default 1)",
+    },
     "sweep": {
         "<key>": 'a list of values for a top-level key (seed) or "<section>.<key>", or a range '
                  "{ start, stop[, step] } (integers) or { start, stop, num } (evenly spaced): "
@@ -176,6 +181,7 @@ class RunConfig:
     data_summary: str = ""     # e.g. "3 gaussian clusters"
     init: str = ""
     threads: int | None = None  # [run] threads (None: truncflow's default)
+    cluster: dict = field(default_factory=dict)   # [cluster]: scheduler, or local and threads_per_worker
     sweep_keys: list = field(default_factory=list)     # [sweep]: the swept keys, as written
     sweep_values: list = field(default_factory=list)   # one tuple of values per member
     members: list = field(default_factory=list)        # one RunConfig per member (empty: not a sweep)
@@ -460,9 +466,30 @@ class _Builder:
             self.fail("output", "folder", "must not be empty")
         name = self.string("output", out, "name", default=self.default_name)
         threads = self.integer("run", self.section("run"), "threads", minimum=1)
+        cluster = self.build_cluster(kwargs)
         return RunConfig(params=params, dataset=dataset, simulate_kwargs=kwargs, folder=folder, seed=seed,
                          name=name, description=description, source=self.source, text=text,
-                         table=self.table, data_summary=data_summary, init=init, threads=threads)
+                         table=self.table, data_summary=data_summary, init=init, threads=threads,
+                         cluster=cluster)
+
+    def build_cluster(self, kwargs) -> dict:
+        """[cluster]: {"scheduler": address} or {"local": workers, "threads_per_worker": t}, or {}."""
+        sec = "cluster"
+        c = self.section(sec)
+        scheduler = self.string(sec, c, "scheduler", default=None)
+        local = self.integer(sec, c, "local", minimum=1)
+        per_worker = self.integer(sec, c, "threads_per_worker", minimum=1)
+        if scheduler is not None and local is not None:
+            self.fail(sec, "local", "give either scheduler (connect to a cluster) or local (start one), not both")
+        if per_worker is not None and local is None:
+            self.fail(sec, "threads_per_worker", "applies to local = N (a cluster this run starts)")
+        if scheduler is None and local is None:
+            return {}
+        if kwargs["method"] not in ("rk45", "gd"):
+            self.fail(sec, None, f"a Dask cluster runs method \"rk45\" or \"gd\", not {kwargs['method']!r}")
+        if scheduler is not None:
+            return {"scheduler": scheduler}
+        return {"local": local, "threads_per_worker": per_worker or 1}
 
     # ----------------------------------------------------------------- data
     def build_data(self, seed, kind):

@@ -225,6 +225,16 @@ class Dataset:
         """(Q,) int64: number of points in each cluster."""
         return self._counts
 
+    def chunk_pass(self, kernel, serial_kernel, args: tuple, chunk: int) -> tuple:
+        """The per-chunk results of a pass over the points: ``kernel(points, labels, *args)``,
+        or ``serial_kernel`` (the same results without a parallel region) when the points fit
+        one chunk of ``chunk`` points. Every output has a leading axis of chunks, which the
+        caller adds in order. (A :class:`truncflow.distributed.DistributedDataset` runs the
+        serial kernel on each of its partitions and concatenates the chunks.)"""
+        from . import threads
+        threads.apply()
+        return (kernel if self.n_points > chunk else serial_kernel)(self.points, self.labels, *args)
+
     def with_targets(self, targets) -> "Dataset":
         """The same points, labels and class IDs with other targets (a different number of
         rows drops the class IDs)."""

@@ -10,7 +10,9 @@ from ._validate import as_float_array, choice, require_finite
 from .compute import (COST_KINDS, _require_dataset, _require_params, kernel_arrays, require_finite_outputs,
                       require_partials_fit)
 from .data import Dataset
-from .kernels.observe import observe_kernel, observe_kernel_serial, observe_many, summarize
+from .distributed import DistributedDataset
+from .kernels import config
+from .kernels.observe import cluster_sums_kernel, observe_kernel, observe_kernel_serial, observe_many, summarize
 from .params import Params
 
 __all__ = ["Observation", "observe", "cluster_means"]
@@ -33,7 +35,9 @@ class Observation:
         collapse_ratio       (L,)    within-cluster over between-cluster scatter of the images
                                      (NaN when there is no between-cluster scatter, e.g. Q = 1)
         n_patterns           int     number of distinct activation patterns (all layers jointly)
-        pattern_hash         (N,) uint64  per-point hash of the pattern, to count changes
+        pattern_hash         (N,) uint64  per-point hash of the pattern, to count changes (for a
+                                     distributed dataset a ``distributed.PartitionedHashes``
+                                     kept on the workers: ``.to_dask()`` gives a dask.array)
     Empty clusters give NaN in the per-cluster fractions and spreads.
     """
 
@@ -50,11 +54,13 @@ class Observation:
 
 
 def cluster_means(dataset: Dataset) -> np.ndarray:
-    """(Q, M) mean of each cluster's points (zeros for an empty cluster)."""
-    Q, M = dataset.n_clusters, dataset.width
-    sums = np.zeros((Q, M))
-    for j in range(M):  # one bincount per coordinate: no (N, M) temporary
-        sums[:, j] = np.bincount(dataset.labels, weights=dataset.points[:, j], minlength=Q)
+    """(Q, M) mean of each cluster's points (zeros for an empty cluster), summed chunk by chunk
+    (``kernels.config``) and the chunks in order: the same bits for a distributed dataset."""
+    chunk = config.chunk_size(dataset.n_points)
+    per_chunk = dataset.chunk_pass(cluster_sums_kernel, cluster_sums_kernel, (dataset.n_clusters, chunk), chunk)
+    sums = per_chunk[0].copy()
+    for c in range(1, per_chunk.shape[0]):
+        sums += per_chunk[c]
     counts = dataset.counts
     return np.divide(sums, counts[:, None], out=np.zeros_like(sums), where=counts[:, None] > 0)
 
@@ -67,7 +73,7 @@ def observe(params: Params, dataset: Dataset, kind: str = "input", *, shift=None
     """
     params = _require_params(params)
     choice(kind, "kind", COST_KINDS)
-    dataset = _require_dataset(dataset, params, kind)
+    dataset = _require_dataset(dataset, params, kind, distributed=True)
     M, Q = dataset.width, dataset.n_clusters
     if shift is None:
         shift = cluster_means(dataset)
@@ -86,15 +92,19 @@ def observe_checked(params: Params, dataset: Dataset, kind: str, shift: np.ndarr
         ow, ob = np.array(params.out_weight), np.array(params.out_bias)
     else:
         ow, ob = np.zeros((0, M)), np.zeros(0)
-    hashes = np.empty(N, dtype=np.uint64)
     partial_bytes = 8 * (Q + L * Q * (3 * M + 2))
-    threads.apply()
     chunk = require_partials_fit(N, partial_bytes, "the observables' per-chunk sums")
-    kernel = observe_kernel if N > chunk else observe_kernel_serial     # one chunk: no parallel region
-    parts = kernel(dataset.points, dataset.labels, dataset.targets, shift, cw, cb, et, ow, ob,
-                   kind == "output", Q, chunk, hashes)
+    args = (dataset.targets, shift, cw, cb, et, ow, ob, kind == "output", Q, chunk)
+    if isinstance(dataset, DistributedDataset):
+        # the hashes stay on the workers; their distinct values per partition come back
+        parts, distinct, hashes = dataset.observe_pass(args, chunk)
+    else:
+        distinct = hashes = np.empty(N, dtype=np.uint64)
+        threads.apply()
+        kernel = observe_kernel if N > chunk else observe_kernel_serial     # one chunk: no parallel region
+        parts = kernel(dataset.points, dataset.labels, *args, hashes)
     sq, coord_frac, spread, ratio, truncated_fraction, collapsed_fraction, n_patterns = summarize(
-        *parts, dataset.counts, shift, hashes)
+        *parts, dataset.counts, shift, distinct)
     require_finite_outputs(params, dataset.points, sq, spread=spread[:, dataset.counts > 0])
     return Observation(
         cost=float(sq.sum() / (2 * N)),

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import threads
 from ._validate import choice
 from .compute import (COST_KINDS, Gradient, _require_dataset, _require_params, require_finite_outputs,
                       require_partials_fit, tile_arrays)
 from .data import Dataset
-from .kernels.statistics import statistics_kernel
+from .kernels.statistics import statistics_kernel, statistics_kernel_serial
 from .params import Params
 
 __all__ = ["ClusterStatistics", "cluster_statistics"]
@@ -128,13 +127,13 @@ def cluster_statistics(params: Params, dataset: Dataset, kind: str = "input", *,
     params = _require_params(params)
     choice(kind, "kind", COST_KINDS)
     second_moments = _require_bool(second_moments, "second_moments")
-    dataset = _require_dataset(dataset, params, kind)
+    dataset = _require_dataset(dataset, params, kind, distributed=True)
     N, M, L, Q = dataset.n_points, params.width, params.n_layers, dataset.n_clusters
     arrays = tile_arrays(params, dataset.targets, kind)
     Mp, P = arrays[1].shape[1], arrays[5].shape[0]
     chunk = require_partials_fit(N, _partial_bytes(L, M, Mp, Q, P, second_moments), "the statistics' per-chunk sums")
-    threads.apply()
-    parts = statistics_kernel(dataset.points, dataset.labels, *arrays, kind == "output", Q, second_moments, chunk)
+    parts = dataset.chunk_pass(statistics_kernel, statistics_kernel_serial,
+                               (*arrays, kind == "output", Q, second_moments, chunk), chunk)
     # Merge chunks in a fixed order (axis 0): the result does not depend on threads.
     with np.errstate(over="ignore", invalid="ignore"):
         sq, gw, gb, gow, gob, truncated, free1, con1, free2, con2 = (p.sum(axis=0) for p in parts)

@@ -29,6 +29,7 @@ import numpy as np
 from .. import threads
 from .._validate import integer
 from ..data import Dataset
+from ..distributed import DistributedDataset
 from ..kernels import descent
 from ..observe import observe_members
 from ..params import Params
@@ -153,6 +154,9 @@ def _members(params, dataset):
         if (p.n_layers, p.width, p.out_dim) != (members[0].n_layers, members[0].width, members[0].out_dim):
             raise ValueError(f"params[{b}] is {p!r} but params[0] is {members[0]!r}: every member needs the same "
                              "L, M (and output dimension)")
+    if isinstance(dataset, DistributedDataset):
+        raise ValueError("simulate_ensemble runs its members on the points here: for a DistributedDataset run "
+                         "each member with simulate")
     if isinstance(dataset, Dataset):
         datasets = [dataset] * len(members)
     else:

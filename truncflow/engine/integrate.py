@@ -43,6 +43,8 @@ __all__ = ["simulate", "METHODS"]
 
 METHODS = ("rk45", "gd", "events", "kinks")
 CHECKPOINT_METHODS = ("rk45", "gd")
+#: Methods that run on a DistributedDataset (the others need the points here).
+DISTRIBUTED_METHODS = ("rk45", "gd")
 _RK45_EVALS_PER_ATTEMPT = 6  # Dormand-Prince: 5 stages + the derivative at the new point (FSAL)
 
 
@@ -184,6 +186,13 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
     except TypeError:
         raise ValueError(f"frozen_layers must be a sequence of layer numbers, got {frozen_layers!r}") from None
     problem = FlowProblem(params, dataset, kind=kind, wrt=wrt, train=train, frozen_layers=frozen_layers)
+    distributed = not isinstance(problem.dataset, Dataset)
+    if distributed and method not in DISTRIBUTED_METHODS:
+        raise ValueError(f"method={method!r} needs the points here: on a Dask cluster (a DistributedDataset) "
+                         f"use method {' or '.join(map(repr, DISTRIBUTED_METHODS))}")
+    if distributed and checkpoint is not None:
+        raise ValueError("checkpoint does not apply to a DistributedDataset (its per-point state stays on the "
+                         "workers): run without checkpoint")
     threads.apply()                     # this thread runs the kernels on truncflow's thread count
     # every value given is checked, whichever method uses it
     rtol, atol = positive(rtol, "rtol"), positive(atol, "atol")
@@ -225,7 +234,8 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
                         first_step=first_step, max_step=max_step, cost_tol=cost_tol, grad_tol=grad_tol,
                         max_evals=max_evals, max_time=max_time, record_truncation_times=record_truncation_times,
                         n_points=dataset.n_points, n_clusters=dataset.n_clusters, width=dataset.width,
-                        n_layers=params.n_layers, points_dtype=str(dataset.points.dtype))
+                        n_layers=params.n_layers, points_dtype=str(problem.dataset.dtype if distributed
+                                                                     else problem.dataset.points.dtype))
     run_config = {**(config or {}), **flow_options}
     check_storable(run_config)
     rules = dict(cost_tol=cost_tol, grad_tol=grad_tol, max_evals=max_evals, max_time=max_time)

@@ -280,6 +280,9 @@ def data_sample(dataset, size: int = SAMPLE_SIZE) -> dict:
     """A fixed random subsample of the data (seed 0): {"sample_points", "sample_labels"}."""
     N = dataset.n_points
     idx = np.arange(N) if N <= size else np.sort(np.random.default_rng(0).choice(N, size, replace=False))
+    if hasattr(dataset, "rows"):        # a DistributedDataset: gathered from its workers
+        points, labels = dataset.rows(idx)
+        return {"sample_points": points, "sample_labels": labels}
     return {"sample_points": np.asarray(dataset.points[idx], dtype=np.float64),
             "sample_labels": np.asarray(dataset.labels[idx])}
 
@@ -310,7 +313,12 @@ class Recorder:
         ``observation``: ``observe_checked(params, self.dataset, self.kind, self._shift)``
         when the caller has made it already (an ensemble observes its members together)."""
         obs = observation or observe_checked(params, self.dataset, self.kind, self._shift)
-        changes = 0 if self._last_hash is None else int(np.count_nonzero(obs.pattern_hash != self._last_hash))
+        if self._last_hash is None:
+            changes = 0
+        elif hasattr(obs.pattern_hash, "count_changes"):      # hashes kept on a Dask cluster
+            changes = obs.pattern_hash.count_changes(self._last_hash)
+        else:
+            changes = int(np.count_nonzero(obs.pattern_hash != self._last_hash))
         self._last_hash = obs.pattern_hash
         P = params.out_dim or 0
         M = params.width

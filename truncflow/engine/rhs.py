@@ -18,7 +18,7 @@ from ..compute import (COST_KINDS, PARAMETRIZATIONS, Gradient, _require_dataset,
                        padded_width, require_partials_fit)
 from ..data import Dataset
 from ..kernels import flow
-from ..kernels.gradient import gradient_kernel
+from ..kernels.gradient import gradient_kernel, gradient_kernel_serial
 from ..params import MAX_CONDITION, Params
 
 TRAIN_OPTIONS = ("all", "weights", "biases")
@@ -52,7 +52,7 @@ class FlowProblem:
         choice(self.kind, "kind", COST_KINDS)
         choice(self.wrt, "wrt", PARAMETRIZATIONS)
         choice(self.train, "train", TRAIN_OPTIONS)
-        self.dataset = _require_dataset(self.dataset, self.params, self.kind)
+        self.dataset = _require_dataset(self.dataset, self.params, self.kind, distributed=True)
         if self.wrt == "aligned" and not self.params.is_aligned:
             raise ValueError("wrt='aligned' needs aligned parameters: build them with Params.aligned")
         L, M = self.params.n_layers, self.params.width
@@ -96,12 +96,15 @@ class FlowProblem:
         self._chunk = require_partials_fit(ds.n_points, partial_bytes, f"the gradient's partial sums ({L} layers "
                                                                        f"of width {M})")
         self._network_args = (mode, L, M, P, frames, MAX_CONDITION, Mp)
-        self._pass_args = (ds.points, ds.labels, targets)
-        #: True when the points fit one chunk: an evaluation is one compiled call without
-        #: a parallel region (``kernels.flow.evaluate_serial``) and gradient descent can run
-        #: its steps in compiled code (``kernels.descent``).
-        self.serial = ds.n_points <= self._chunk
-        self.serial_args = (*self._network_args, *self._pass_args, self.mask, self.kind == "output", self._chunk)
+        self._targets = targets
+        #: True when the points fit one chunk (and are here, not on a Dask cluster): an
+        #: evaluation is one compiled call without a parallel region
+        #: (``kernels.flow.evaluate_serial``) and gradient descent can run its steps in
+        #: compiled code (``kernels.descent``).
+        self.serial = isinstance(ds, Dataset) and ds.n_points <= self._chunk
+        #: the arguments of ``kernels.flow.evaluate_serial`` after the state (None unless serial)
+        self.serial_args = (*self._network_args, ds.points, ds.labels, targets, self.mask, self.kind == "output",
+                            self._chunk) if self.serial else None
 
     def with_params(self, params: Params) -> "FlowProblem":
         """The same problem (dataset, cost, parametrization, mask) from other initial parameters
@@ -116,7 +119,8 @@ class FlowProblem:
         if self.wrt == "aligned":       # the frames are the member's own
             frames = np.ascontiguousarray(params.frames)
             other._network_args = (*self._network_args[:4], frames, *self._network_args[5:])
-            other.serial_args = (*other._network_args, *self.serial_args[len(self._network_args):])
+            if self.serial:
+                other.serial_args = (*other._network_args, *self.serial_args[len(self._network_args):])
         return other
 
     @property
@@ -194,7 +198,9 @@ class FlowProblem:
             mode, frames = self._network_args[0], self._network_args[4]
             status, w, cw, cb, *arrays = flow.prepare(y, *self._network_args)
             if status == flow.STATUS_OK:
-                parts = gradient_kernel(*self._pass_args, *arrays, self.kind == "output", 1, self._chunk)
+                parts = self.dataset.chunk_pass(gradient_kernel, gradient_kernel_serial,
+                                                (self._targets, *arrays, self.kind == "output", 1, self._chunk),
+                                                self._chunk)
                 status, c, g, gn = flow.finish(*parts, self.dataset.n_points, mode, w, cw, cb, frames, self.mask)
         if status != flow.STATUS_OK:
             c, grad = gradient(self.unpack(y), self.dataset, self.kind, self.wrt)

@@ -212,3 +212,18 @@ def observe_many(cw, cb, edges_t, out_w, out_b, shift, data_of, points, labels, 
         trunc_frac[b] = tf
         coll_frac[b] = cf
         n_patterns[b] = n
+
+
+@njit(**JIT_OPTIONS)
+def cluster_sums_kernel(points, labels, n_clusters, chunk):
+    """(C, Q, M) float64: per chunk, the sum of each cluster's points, in point order (the
+    caller adds the chunks in order: the same bits on one process and on a Dask cluster)."""
+    N, M = points.shape
+    C = (N + chunk - 1) // chunk
+    sums = np.zeros((C, n_clusters, M))
+    for c in range(C):
+        for i in range(c * chunk, min(N, (c + 1) * chunk)):
+            q = labels[i]
+            for j in range(M):
+                sums[c, q, j] += points[i, j]
+    return sums

@@ -48,38 +48,63 @@ def statistics_kernel(points, labels, targets, cw, cb, inv, back, out_w, out_b,
         free2     (C, L2, Q, M, M, M)        [.., k, i, j] sum of z_i z_j, a_k > 0, j >= i only
         con2      (C, L2, Q, M, M, M)        likewise over a_k <= 0
     """
+    sums = _statistics_sums(points, cw, out_w, n_clusters, second_moments, chunk)
+    for c in prange(sums[0].shape[0]):
+        _statistics_chunk(c, points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_clusters,
+                          second_moments, chunk, sums)
+    return sums
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def statistics_kernel_serial(points, labels, targets, cw, cb, inv, back, out_w, out_b,
+                             output_cost, n_clusters, second_moments, chunk):
+    """``statistics_kernel`` without a parallel region (the same chunks, the same sums): for a
+    pass of one chunk, and on Dask workers (``truncflow.distributed``). A separate function:
+    see ``gradient.gradient_kernel_serial``."""
+    sums = _statistics_sums(points, cw, out_w, n_clusters, second_moments, chunk)
+    for c in range(sums[0].shape[0]):
+        _statistics_chunk(c, points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_clusters,
+                          second_moments, chunk, sums)
+    return sums
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _statistics_sums(points, cw, out_w, n_clusters, second_moments, chunk):
+    """The zeroed per-chunk sums of ``statistics_kernel``."""
     N, M = points.shape
     L, Mp, _ = cw.shape
     P = out_w.shape[0]
     Q = n_clusters
     C = (N + chunk - 1) // chunk
     L2 = L if second_moments else 0
-    sq = np.zeros((C, Q))
-    g_w = np.zeros((C, Q, L, Mp, Mp))
-    g_b = np.zeros((C, Q, L, Mp))
-    g_ow = np.zeros((C, Q, P, Mp))
-    g_ob = np.zeros((C, Q, P))
-    truncated = np.zeros((C, L, Q, M), dtype=np.int64)
-    free1 = np.zeros((C, L, Q, M, M))
-    con1 = np.zeros((C, L, Q, M, M))
-    free2 = np.zeros((C, L2, Q, M, M, M))
-    con2 = np.zeros((C, L2, Q, M, M, M))
-    for c in prange(C):
-        stop = min(N, (c + 1) * chunk)
-        T = min(TILE, stop - c * chunk)
-        z, act, cn, u, u_next, um, r, wt, lab = _tile_buffers(L, Mp, P, T)
-        wf = np.empty((M, T))            # slot mask times 1[a_k > 0]
-        wc = np.empty((M, T))            # slot mask times 1[a_k <= 0]
-        pair = np.empty(T)               # z_i z_j of the tile
-        for start in range(c * chunk, stop, TILE):
-            nb = min(TILE, stop - start)
-            _load_tile(points, labels, start, nb, z[0], lab)
-            _forward_tile(cw, cb, inv, z, act, cn, nb)
-            _tile_moments(z, act, lab, nb, Q, second_moments, wt, wf, wc, pair,
-                          truncated[c], free1[c], con1[c], free2[c], con2[c])
-            _tile_gradient(back, targets, out_w, out_b, output_cost, Q, z, act, act, lab, lab, wt, False,
-                           nb, u, u_next, um, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
-    return sq, g_w, g_b, g_ow, g_ob, truncated, free1, con1, free2, con2
+    return (np.zeros((C, Q)), np.zeros((C, Q, L, Mp, Mp)), np.zeros((C, Q, L, Mp)), np.zeros((C, Q, P, Mp)),
+            np.zeros((C, Q, P)), np.zeros((C, L, Q, M), dtype=np.int64), np.zeros((C, L, Q, M, M)),
+            np.zeros((C, L, Q, M, M)), np.zeros((C, L2, Q, M, M, M)), np.zeros((C, L2, Q, M, M, M)))
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _statistics_chunk(c, points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_clusters,
+                      second_moments, chunk, sums):
+    """Chunk c's points into row c of every sum."""
+    sq, g_w, g_b, g_ow, g_ob, truncated, free1, con1, free2, con2 = sums
+    N, M = points.shape
+    L, Mp, _ = cw.shape
+    P = out_w.shape[0]
+    Q = n_clusters
+    stop = min(N, (c + 1) * chunk)
+    T = min(TILE, stop - c * chunk)
+    z, act, cn, u, u_next, um, r, wt, lab = _tile_buffers(L, Mp, P, T)
+    wf = np.empty((M, T))            # slot mask times 1[a_k > 0]
+    wc = np.empty((M, T))            # slot mask times 1[a_k <= 0]
+    pair = np.empty(T)               # z_i z_j of the tile
+    for start in range(c * chunk, stop, TILE):
+        nb = min(TILE, stop - start)
+        _load_tile(points, labels, start, nb, z[0], lab)
+        _forward_tile(cw, cb, inv, z, act, cn, nb)
+        _tile_moments(z, act, lab, nb, Q, second_moments, wt, wf, wc, pair,
+                      truncated[c], free1[c], con1[c], free2[c], con2[c])
+        _tile_gradient(back, targets, out_w, out_b, output_cost, Q, z, act, act, lab, lab, wt, False,
+                       nb, u, u_next, um, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
