@@ -270,3 +270,29 @@ def test_config_float32_overflow_of_file_points(tmp_path):
     values = np.array([[1e300, 0.0], [0.0, 1.0]])
     with pytest.raises(ConfigError, match=r"\[data\] dtype: .* do not fit in float32"):
         load_config(_file_config(tmp_path, [0, 1], '"means"', dtype="float32", values=values))
+
+
+def test_a_memory_mapped_npy_stays_in_its_file(tmp_path):
+    rng = np.random.default_rng(0)
+    table = np.column_stack([rng.standard_normal((3000, 2)), rng.integers(0, 2, 3000)])
+    np.save(tmp_path / "t.npy", table)
+    points, labels = tf.load_points(tmp_path / "t.npy")
+    assert isinstance(points.base, np.memmap) or isinstance(points, np.memmap)    # a view of the file
+    assert not points.flags.owndata
+    p = tf.Params.random(2, 2, seed=1)
+    mapped = tf.Dataset(points, labels, np.zeros((2, 2)))
+    loaded = tf.Dataset(np.array(table[:, :2]), table[:, 2], np.zeros((2, 2)))
+    c1, g1 = tf.gradient(p, mapped)
+    c2, g2 = tf.gradient(p, loaded)
+    assert c1 == c2 and np.array_equal(g1.weights, g2.weights) and np.array_equal(g1.biases, g2.biases)
+
+
+def test_labels_are_checked_block_by_block_with_the_right_index(monkeypatch):
+    from truncflow import data
+    monkeypatch.setattr(data, "_LABEL_BLOCK", 7)
+    lab = np.zeros(40)
+    lab[23] = 0.5
+    with pytest.raises(ValueError, match=r"labels\[23\] = 0.5"):
+        data.check_labels(lab)
+    codes, ids = data.encode_labels(np.array([5, 9, 5, 7] * 5))
+    assert list(ids) == [5, 7, 9] and list(codes[:4]) == [0, 2, 0, 1] and not codes.flags.writeable

@@ -63,21 +63,35 @@ def check_labels(labels, n_points: int | None = None, name: str = "labels") -> n
     if not (integral or np.issubdtype(lab.dtype, np.floating)):
         raise ValueError(f"{name} must be integers (an integer dtype, or floats with integral values), "
                          f"got dtype {lab.dtype}")
+    if lab.dtype == np.int64 and not lab.flags.writeable and lab.base is None:
+        return lab                  # checked before (a Dataset's own labels): nobody can change them
+    out = np.empty(lab.shape[0], dtype=np.int64)
+    for a in range(0, lab.shape[0], _LABEL_BLOCK):     # in blocks: no temporaries of size N
+        out[a:a + _LABEL_BLOCK] = _check_label_block(lab[a:a + _LABEL_BLOCK], a, integral, name)
+    return out
+
+
+#: Labels checked and converted per block of this many (memory-mapped tables stay out of memory).
+_LABEL_BLOCK = 1 << 22
+
+
+def _check_label_block(lab: np.ndarray, offset: int, integral: bool, name: str) -> np.ndarray:
     if integral:
         if lab.dtype == np.uint64 and lab.max() > np.iinfo(np.int64).max:
             i = int(np.argmax(lab > np.iinfo(np.int64).max))
-            raise ValueError(f"{name} must be integers within int64: {name}[{i}] = {lab[i]}")
-        return lab.astype(np.int64)
+            raise ValueError(f"{name} must be integers within int64: {name}[{offset + i}] = {lab[i]}")
+        return lab
     lab = lab.astype(np.float64)            # float16/float32 compared with 2^63 would overflow
     ok = np.isfinite(lab)
     if not ok.all():
         i = int(np.argmin(ok))
-        raise ValueError(f"{name} must be integers: {name}[{i}] = {float(lab[i])} (NaN or inf)")
+        raise ValueError(f"{name} must be integers: {name}[{offset + i}] = {float(lab[i])} (NaN or inf)")
     whole = (lab == np.round(lab)) & (np.abs(lab) < _INT64_LIMIT)
     if not whole.all():
         i = int(np.argmin(whole))
-        raise ValueError(f"{name} must be integers: {name}[{i}] = {float(lab[i])!r} is not an integer within int64")
-    return lab.astype(np.int64)
+        raise ValueError(f"{name} must be integers: {name}[{offset + i}] = {float(lab[i])!r} is not an integer "
+                         "within int64")
+    return lab
 
 
 def encode_labels(labels) -> tuple[np.ndarray, np.ndarray]:
@@ -87,13 +101,21 @@ def encode_labels(labels) -> tuple[np.ndarray, np.ndarray]:
         labels: (N,) class IDs, checked by :func:`check_labels` (any integers, e.g.
             {1, 2} or {-3, 10**6}).
     Returns:
-        ``(codes (N,) int64 in [0, Q), class_ids (Q,) int64)``: the distinct IDs sorted,
+        ``(codes (N,) int64 in [0, Q), read-only, class_ids (Q,) int64)``: the distinct IDs sorted,
         and each point's index into them, so ``class_ids[codes] == labels``. Every
         cluster 0..Q-1 has at least one point.
     """
     lab = check_labels(labels)
-    class_ids, codes = np.unique(lab, return_inverse=True)
-    return codes.reshape(-1).astype(np.int64), class_ids
+    blocks = range(0, lab.shape[0], _LABEL_BLOCK)          # in blocks: no sort of all N labels
+    class_ids = np.unique(np.concatenate([np.unique(lab[a:a + _LABEL_BLOCK]) for a in blocks]))
+    if class_ids[0] == 0 and class_ids[-1] == class_ids.size - 1:
+        codes = lab if lab is not labels else lab.copy()          # already 0..Q-1
+    else:
+        codes = np.empty_like(lab)
+        for a in blocks:
+            codes[a:a + _LABEL_BLOCK] = np.searchsorted(class_ids, lab[a:a + _LABEL_BLOCK])
+    codes.setflags(write=False)         # a Dataset takes them without a copy
+    return codes, class_ids
 
 
 def _check_class_ids(class_ids, n_clusters: int) -> np.ndarray:
@@ -355,7 +377,10 @@ def load_points(path, *, points_key: str = "points", labels_key: str = "labels")
     """Load points and labels from ``.npy``, ``.npz`` or ``.csv``.
 
     - ``.npz``: arrays named ``points_key`` (N, M) and ``labels_key`` (N,).
-    - ``.npy`` and ``.csv``: one (N, M + 1) table whose last column is the label.
+    - ``.npy`` and ``.csv``: one (N, M + 1) table whose last column is the label. An
+      ``.npy`` table is memory-mapped: the points are a view of the file, read by each
+      pass over the points (a file larger than memory works); the labels are held in
+      memory as int64 (8 bytes per point).
 
     Returns ``(points (N, M), labels (N,) int64)``; float32 points stay float32, other
     real numeric points become float64. The labels are the file's class IDs as they
@@ -377,8 +402,9 @@ def load_points(path, *, points_key: str = "points", labels_key: str = "labels")
         elif suffix in (".npy", ".csv"):
             if suffix == ".npy":
                 with open(path, "rb") as f:
-                    _check_npy_header(f, path.stat().st_size, "table")
-                table = np.load(path, allow_pickle=False)
+                    _check_npy_header(f, path.stat().st_size, "table", in_memory=False)
+                # memory-mapped: the points are read from the file pass by pass, never loaded
+                table = np.load(path, mmap_mode="r", allow_pickle=False)
             else:
                 require_memory(16 * path.stat().st_size, f"reading {format_bytes(path.stat().st_size)} of text")
                 with warnings.catch_warnings():      # an empty file is refused below, not warned about
@@ -413,9 +439,10 @@ def _read_npz(path: Path, points_key: str, labels_key: str) -> tuple[np.ndarray,
         return z[points_key], z[labels_key]
 
 
-def _check_npy_header(f, size: int, what: str) -> None:
+def _check_npy_header(f, size: int, what: str, in_memory: bool = True) -> None:
     """Read an .npy header from ``f`` (``size`` bytes in all) and refuse an array that is
-    not plain numbers, claims more bytes than the file holds, or would not fit in memory."""
+    not plain numbers, claims more bytes than the file holds, or (``in_memory``: it is to
+    be loaded, not memory-mapped) would not fit in memory."""
     fmt = np.lib.format
     try:
         version = fmt.read_magic(f)
@@ -434,4 +461,5 @@ def _check_npy_header(f, size: int, what: str) -> None:
     if n_bytes > held:
         raise ValueError(f"{what}: the header claims shape {shape} ({format_bytes(n_bytes)}) but the file "
                          f"holds only {format_bytes(max(held, 0))}: truncated or corrupt")
-    require_memory(2 * n_bytes, f"{what} of shape {shape}")
+    if in_memory:
+        require_memory(2 * n_bytes, f"{what} of shape {shape}")
