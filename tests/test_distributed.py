@@ -210,3 +210,27 @@ def test_command_line_on_a_scheduler_and_info(client, tmp_path, capsys):
     assert main(["run", str(job), "--out", str(tmp_path / "bad"), "-q"]) == 2
     err = capsys.readouterr().err
     assert "either scheduler" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_cluster_that_cannot_recover_stops_the_run_with_its_records(client, tmp_path):
+    x, lab, tgt = data(4096, seed=9)
+    np.save(tmp_path / "x.npy", x)
+    dist = tf.distribute(np.load(tmp_path / "x.npy", mmap_mode="r"), lab, tgt, client, partition_rows=1024,
+                         timeout=20.0)
+    gone = []
+
+    def lose_the_source(t, cost):        # the file goes, then the workers (their nannies restart them
+        if not gone and t >= 0.05:       # empty): the partitions cannot be read again
+            (tmp_path / "x.npy").unlink()
+            for address, pid in client.run(os.getpid).items():
+                os.kill(pid, signal.SIGKILL)
+                gone.append(address)
+
+    r = tf.simulate(tf.Params.random(2, 3, seed=8), dist, 0.4, method="gd", lr=0.02, callback=lose_the_source,
+                    n_records=5)
+    assert gone
+    assert r.status == "failed" and "Dask cluster could not finish" in r.message, r.message
+    assert r.t[0] == 0.0 and r.t[-1] >= 0.04        # the records made before (the last state cannot be observed)
+    deadline = time.monotonic() + 60                     # the nanny restarts the worker
+    while len(client.scheduler_info()["workers"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
