@@ -163,10 +163,14 @@ class DistributedDataset:
         return self._dask_array(1, (), np.int64)
 
     def _dask_array(self, item, tail, dtype):
-        da, _ = require_dask()
-        blocks = [da.from_delayed(self.client.submit(operator.getitem, f, item), (b - a,) + tail, dtype=dtype)
-                  for f, (a, b) in zip(self._parts, self.bounds)]
-        return da.concatenate(blocks)
+        """A view of item 0 (points) or 1 (labels) of every partition, made once."""
+        views = self.__dict__.setdefault("_views", {})
+        if item not in views:
+            da, _ = require_dask()
+            views[item] = da.concatenate([
+                da.from_delayed(self.client.submit(operator.getitem, f, item), (b - a,) + tail, dtype=dtype)
+                for f, (a, b) in zip(self._parts, self.bounds)])
+        return views[item]
 
     def __repr__(self) -> str:
         return (f"DistributedDataset(N={self.n_points}, M={self.width}, Q={self.n_clusters}, {self.dtype}, "
