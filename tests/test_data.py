@@ -296,3 +296,20 @@ def test_labels_are_checked_block_by_block_with_the_right_index(monkeypatch):
         data.check_labels(lab)
     codes, ids = data.encode_labels(np.array([5, 9, 5, 7] * 5))
     assert list(ids) == [5, 7, 9] and list(codes[:4]) == [0, 2, 0, 1] and not codes.flags.writeable
+
+
+def test_large_per_point_arrays_go_to_scratch_files_with_the_same_results(monkeypatch, tmp_path):
+    from truncflow import _scratch
+    rng = np.random.default_rng(3)
+    x, lab = rng.standard_normal((5000, 2)), rng.integers(0, 3, 5000).astype(float)
+    p = tf.Params.random(2, 2, seed=2)
+    want = tf.simulate(p, tf.Dataset(x, lab, np.zeros((3, 2))), 0.3, method="gd", lr=0.05, n_records=4)
+    monkeypatch.setattr(_scratch, "SCRATCH_BYTES", 1024)
+    monkeypatch.setenv("TRUNCFLOW_SCRATCH", str(tmp_path))
+    data = tf.Dataset(x, lab, np.zeros((3, 2)))
+    assert isinstance(data.labels, np.memmap) and not data.labels.flags.writeable
+    assert isinstance(tf.observe(p, data).pattern_hash, np.memmap)
+    got = tf.simulate(p, data, 0.3, method="gd", lr=0.05, n_records=4)
+    for name in want.series:
+        assert np.array_equal(want.series[name], got.series[name], equal_nan=True), name
+    assert list(tmp_path.iterdir()) == []            # unlinked files: nothing left behind

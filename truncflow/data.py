@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._scratch import per_point_array
 from ._validate import as_float_array, format_bytes, integer, require_finite, require_memory
 
 __all__ = ["Dataset", "EmptyClusterWarning", "check_points", "check_labels", "encode_labels",
@@ -63,9 +64,9 @@ def check_labels(labels, n_points: int | None = None, name: str = "labels") -> n
     if not (integral or np.issubdtype(lab.dtype, np.floating)):
         raise ValueError(f"{name} must be integers (an integer dtype, or floats with integral values), "
                          f"got dtype {lab.dtype}")
-    if lab.dtype == np.int64 and not lab.flags.writeable and lab.base is None:
-        return lab                  # checked before (a Dataset's own labels): nobody can change them
-    out = np.empty(lab.shape[0], dtype=np.int64)
+    if lab.dtype == np.int64 and not lab.flags.writeable and not isinstance(lab.base, np.ndarray):
+        return lab      # a Dataset's own labels, or a read-only file of int64: nothing to convert or copy
+    out = per_point_array(lab.shape[0], np.int64)
     for a in range(0, lab.shape[0], _LABEL_BLOCK):     # in blocks: no temporaries of size N
         out[a:a + _LABEL_BLOCK] = _check_label_block(lab[a:a + _LABEL_BLOCK], a, integral, name)
     return out
@@ -111,7 +112,7 @@ def encode_labels(labels) -> tuple[np.ndarray, np.ndarray]:
     if class_ids[0] == 0 and class_ids[-1] == class_ids.size - 1:
         codes = lab if lab is not labels else lab.copy()          # already 0..Q-1
     else:
-        codes = np.empty_like(lab)
+        codes = per_point_array(lab.shape[0], np.int64)
         for a in blocks:
             codes[a:a + _LABEL_BLOCK] = np.searchsorted(class_ids, lab[a:a + _LABEL_BLOCK])
     codes.setflags(write=False)         # a Dataset takes them without a copy
@@ -278,7 +279,12 @@ def _require_in_range(labels: np.ndarray, n_clusters: int) -> None:
     lo, hi = labels.min(), labels.max()
     if lo >= 0 and hi < n_clusters:
         return
-    i = int(np.argmax((labels < 0) | (labels >= n_clusters)))
+    for a in range(0, labels.shape[0], _LABEL_BLOCK):
+        block = labels[a:a + _LABEL_BLOCK]
+        bad = (block < 0) | (block >= n_clusters)
+        if bad.any():
+            i = a + int(np.argmax(bad))
+            break
     raise ValueError(f"label {labels[i]} out of range (labels[{i}]): labels must lie in [0, {n_clusters}) for "
                      f"{n_clusters} targets (Q = targets.shape[0]); for other class IDs use "
                      f"Dataset.from_class_ids, which maps the sorted distinct IDs to 0..Q-1")

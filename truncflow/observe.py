@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import threads
+from ._scratch import per_point_array
 from ._validate import as_float_array, choice, require_finite
 from .compute import (COST_KINDS, _require_dataset, _require_params, kernel_arrays, require_finite_outputs,
                       require_partials_fit)
@@ -98,11 +99,15 @@ def observe_checked(params: Params, dataset: Dataset, kind: str, shift: np.ndarr
     if isinstance(dataset, DistributedDataset):
         # the hashes stay on the workers; their distinct values per partition come back
         parts, distinct, hashes = dataset.observe_pass(args, chunk)
+        distinct = np.sort(distinct)
     else:
-        distinct = hashes = np.empty(N, dtype=np.uint64)
+        hashes = per_point_array(N, np.uint64)
         threads.apply()
         kernel = observe_kernel if N > chunk else observe_kernel_serial     # one chunk: no parallel region
         parts = kernel(dataset.points, dataset.labels, *args, hashes)
+        distinct = per_point_array(N, np.uint64)
+        distinct[:] = hashes
+        distinct.sort()                 # in place: no second copy of N hashes
     sq, coord_frac, spread, ratio, truncated_fraction, collapsed_fraction, n_patterns = summarize(
         *parts, dataset.counts, shift, distinct)
     require_finite_outputs(params, dataset.points, sq, spread=spread[:, dataset.counts > 0])

@@ -30,15 +30,22 @@ CHECKPOINT_FORMAT = 1
 _MAY_CHANGE = ("max_time", "max_evals", "cost_tol", "grad_tol")
 
 
+#: Rows hashed at a time by _digest.
+_DIGEST_ROWS = 1 << 20
+
+
 def _digest(*arrays) -> str:
     h = hashlib.blake2b(digest_size=16)
     for a in arrays:
         if a is None:
             h.update(b"none")
             continue
-        a = np.ascontiguousarray(a)
+        a = np.asarray(a)
+        a = a.reshape(1) if a.ndim == 0 else a          # as np.ascontiguousarray made it
         h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(a.view(np.uint8).ravel() if a.size else b"")
+        for i in range(0, a.shape[0], _DIGEST_ROWS):    # the bytes in C order, a block of rows at a time:
+            block = np.ascontiguousarray(a[i:i + _DIGEST_ROWS])     # no copy of a memory-mapped file
+            h.update(block.view(np.uint8).ravel())
     return h.hexdigest()
 
 

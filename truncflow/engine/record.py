@@ -317,8 +317,9 @@ class Recorder:
             changes = 0
         elif hasattr(obs.pattern_hash, "count_changes"):      # hashes kept on a Dask cluster
             changes = obs.pattern_hash.count_changes(self._last_hash)
-        else:
-            changes = int(np.count_nonzero(obs.pattern_hash != self._last_hash))
+        else:           # in blocks: no temporary of N booleans
+            new, old, step = obs.pattern_hash, self._last_hash, 1 << 22
+            changes = sum(int(np.count_nonzero(new[a:a + step] != old[a:a + step])) for a in range(0, new.size, step))
         self._last_hash = obs.pattern_hash
         P = params.out_dim or 0
         M = params.width

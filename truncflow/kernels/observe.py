@@ -117,11 +117,11 @@ def _observe_chunk(c, points, labels, targets, shift, cw, cb, edges_t, out_w, ou
 
 
 @njit(**JIT_OPTIONS)
-def summarize(sq, truncated, any_trunc, all_trunc, s1, s2, counts, shift, pattern_hash):
+def summarize(sq, truncated, any_trunc, all_trunc, s1, s2, counts, shift, sorted_hashes):
     """The observables from the per-chunk sums of ``observe_kernel`` (chunks added in order).
 
     Args: the kernel's sums; counts (Q,) int64 points per cluster; shift (Q, M) as given
-    to the kernel; pattern_hash (N,) uint64.
+    to the kernel; sorted_hashes: the pattern hashes (any number of each), sorted.
     Returns (sq (Q,), coordinate fraction (L, Q, M), spread (L, Q), collapse ratio (L,),
     truncated fraction (L, Q), collapsed fraction (L, Q), number of distinct patterns).
     A cluster without points has NaN fractions and spread; the collapse ratio is NaN
@@ -178,7 +178,7 @@ def summarize(sq, truncated, any_trunc, all_trunc, s1, s2, counts, shift, patter
                 between += counts[q] * d
         if between > 0.0:
             ratio[l] = within / between
-    hashes = np.sort(pattern_hash)
+    hashes = sorted_hashes
     n_patterns = 1 if hashes.size else 0
     for i in range(1, hashes.size):
         if hashes[i] != hashes[i - 1]:
@@ -204,7 +204,7 @@ def observe_many(cw, cb, edges_t, out_w, out_b, shift, data_of, points, labels, 
         parts = observe_kernel_serial(points[d], labels[d], targets[d], shift[b], cw[b], cb[b], edges_t[b],
                                       out_w[b], out_b[b], output_cost, n_clusters, chunk, pattern_hash[b])
         s, c, sp, r, tf, cf, n = summarize(parts[0], parts[1], parts[2], parts[3], parts[4], parts[5], counts[d],
-                                           shift[b], pattern_hash[b])
+                                           shift[b], np.sort(pattern_hash[b]))
         sq[b] = s
         coord[b] = c
         spread[b] = sp
