@@ -169,6 +169,14 @@ def t_end_steps(lr, t_end=2.0):
     return int(round(t_end / lr))
 
 
+#: Pages of the benchmarks with scripts of their own, listed at the end of RESULTS.md.
+OTHER_BENCHMARKS = """
+## Other benchmarks (their own scripts and pages)
+
+- Small problems and ensembles: [SMALL_PROBLEMS.md](SMALL_PROBLEMS.md) (`python bench/small_problems.py`).
+- The Dask backend, data on disk, out-of-core memory, a model for 10^9 points: [DISTRIBUTED.md](DISTRIBUTED.md) (`python bench/distributed.py`).
+"""
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
@@ -285,6 +293,8 @@ def main(argv=None):
         say(f"- **{steps / ev:,.0f}× fewer gradient evaluations with rk45** (target ≥ 20×).")
     say()
     say("Reproduce: `pip install '.[test]' torch==2.13.0 && python bench/report.py`.")
+    for line in OTHER_BENCHMARKS.splitlines():
+        say(line)
     Path(args.out).write_text("\n".join(lines) + "\n")
     _plot(per_point, speedup, HERE / "scaling.png")
     print(f"wrote {args.out}")
