@@ -4,7 +4,7 @@ A ratio against a peer means something only if the peer does the same work and g
 the same answer: NumPy to round-off, PyTorch float64 to round-off, float32 to its
 precision.
 """
-import sys
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +12,13 @@ import pytest
 
 import truncflow as tf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from peers import numpy_gradient_fn, torch, torch_gradient_fn  # noqa: E402
+# bench/peers.py loaded from its file: bench/ is not put on sys.path, where its
+# distributed.py would hide the Dask package from everything imported later
+# (Dask's worker processes too)
+_spec = importlib.util.spec_from_file_location("peers", Path(__file__).resolve().parents[1] / "bench" / "peers.py")
+_peers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_peers)
+numpy_gradient_fn, torch, torch_gradient_fn = _peers.numpy_gradient_fn, _peers.torch, _peers.torch_gradient_fn
 
 
 def problem():
