@@ -98,7 +98,7 @@ def test_gradient_cost_statistics_observe_are_bit_identical(client, dtype):
 def test_simulate_trajectories_are_bit_identical(client, method, options):
     x, lab, tgt = data(2500, dtype=np.float32, seed=3)
     local = tf.Dataset(x, lab, tgt)
-    dist = tf.distribute(x, lab, tgt, client, partition_rows=1024)
+    dist = local.distribute(client, partition_rows=1024)
     p = tf.Params.random(2, 3, seed=6)            # rk45: 67 evaluations, points cross hyperplanes
     r1 = tf.simulate(p, local, 0.6, method=method, wrt="layers", n_records=6, **options)
     r2 = tf.simulate(p, dist, 0.6, method=method, wrt="layers", n_records=6, **options)

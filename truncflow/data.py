@@ -258,6 +258,12 @@ class Dataset:
         threads.apply()
         return (kernel if self.n_points > chunk else serial_kernel)(self.points, self.labels, *args)
 
+    def distribute(self, client, **options):
+        """This dataset on a Dask cluster: ``truncflow.distribute(points, labels, targets, client,
+        class_ids=..., **options)`` (a memory-mapped points array is read by the workers)."""
+        from .distributed import distribute
+        return distribute(self.points, self.labels, self.targets, client, class_ids=self.class_ids, **options)
+
     def with_targets(self, targets) -> "Dataset":
         """The same points, labels and class IDs with other targets (a different number of
         rows drops the class IDs)."""
