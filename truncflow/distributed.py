@@ -289,7 +289,7 @@ def _source(points, labels, da):
                          "dask.array")
     if isinstance(points, da.Array):
         kind = "dask"
-    elif isinstance(points, np.memmap) and getattr(points, "filename", None):
+    elif isinstance(points, np.memmap) and getattr(points, "filename", None) and _whole_file(points):
         kind = "npy"
     elif isinstance(points, np.ndarray):
         kind = "numpy"
@@ -305,14 +305,14 @@ def _source(points, labels, da):
     return kind, points.shape[0], points.shape[1], dtype
 
 
+def _whole_file(a: np.memmap) -> bool:
+    """Whether a memmap is a whole file as np.load(..., mmap_mode="r") opens it (not a view of
+    one: a slice or the columns of a table, which are sent from here like a NumPy array)."""
+    return not isinstance(a.base, np.memmap) and (a.flags.c_contiguous or a.flags.f_contiguous)
+
+
 def _memmap_spec(a: np.memmap):
     """(filename, dtype, shape, offset, order) of the file behind a memmap from np.load."""
-    base = a
-    while isinstance(base.base, np.memmap):
-        base = base.base
-    if base is not a or not (a.flags.c_contiguous or a.flags.f_contiguous):
-        raise ValueError("a memory-mapped array must be the whole file as np.load(..., mmap_mode='r') opens it, "
-                         "not a slice of it")
     return a.filename, a.dtype.str, a.shape, a.offset, "F" if a.flags.f_contiguous and not a.flags.c_contiguous \
         else "C"
 
