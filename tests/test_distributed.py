@@ -132,7 +132,7 @@ def test_bad_data_is_refused_with_the_row(client):
         tf.distribute(x, lab, tgt, client, partition_rows=1024)
     x, lab, tgt = data(3000)
     lab[1500] = 7
-    with pytest.raises(ValueError, match=r"labels\[476\] = 7 is outside \[0, 3\).*row 1024"):
+    with pytest.raises(ValueError, match=r"label 7 out of range \(labels\[476\]\).*\[0, 3\).*row 1024"):
         tf.distribute(x, lab, tgt, client, partition_rows=1024)
     with pytest.raises(ValueError, match="multiple of the chunk size 1024"):
         tf.distribute(x, lab, tgt, client, partition_rows=1000)

@@ -95,6 +95,39 @@ def _check_label_block(lab: np.ndarray, offset: int, integral: bool, name: str) 
     return lab
 
 
+def by_identity(items: list) -> tuple[np.ndarray, list]:
+    """(index (B,) int64 into the distinct objects, the distinct objects in order of first
+    appearance), objects told apart by identity: the members of an ensemble that share a
+    dataset object have it stacked once."""
+    index, distinct = {}, []
+    for item in items:
+        if id(item) not in index:
+            index[id(item)] = len(distinct)
+            distinct.append(item)
+    return np.array([index[id(item)] for item in items], dtype=np.int64), distinct
+
+
+def check_targets(targets) -> np.ndarray:
+    """(Q, M) or (Q, P) targets as read-only C-contiguous float64, checked (shape, finite)."""
+    tgt = as_float_array(targets, "targets", ndim=2)
+    if tgt.shape[0] == 0 or tgt.shape[1] == 0:
+        raise ValueError(f"targets have shape {tgt.shape}: need (Q, M) or (Q, P) with Q, P >= 1")
+    require_finite(tgt, "targets")
+    tgt = np.ascontiguousarray(tgt)
+    tgt.setflags(write=False)
+    return tgt
+
+
+def warn_empty_clusters(counts: np.ndarray, stacklevel: int) -> None:
+    """An :class:`EmptyClusterWarning` naming the clusters whose count is zero, if any."""
+    if counts.all():
+        return
+    empty = np.flatnonzero(counts == 0)
+    warnings.warn(EmptyClusterWarning(
+        f"{empty.size} of the {counts.size} clusters have no points: cluster(s) {_id_list(empty)} (no label "
+        f"takes these values); their cost and gradient are zero and their fractions NaN"), stacklevel=stacklevel)
+
+
 def encode_labels(labels) -> tuple[np.ndarray, np.ndarray]:
     """Map arbitrary integer class IDs to clusters 0..Q-1, in sorted order of the IDs.
 
@@ -172,22 +205,13 @@ class Dataset:
         pts = check_points(self.points)
         N = pts.shape[0]
         lab = check_labels(self.labels, N)
-        tgt = as_float_array(self.targets, "targets", ndim=2)
-        if tgt.shape[0] == 0 or tgt.shape[1] == 0:
-            raise ValueError(f"targets have shape {tgt.shape}: need (Q, M) or (Q, P) with Q, P >= 1")
-        require_finite(tgt, "targets")
+        tgt = check_targets(self.targets)
         Q = tgt.shape[0]
         _require_in_range(lab, Q)
         counts = np.bincount(lab, minlength=Q)
         ids = _check_class_ids(self.class_ids, Q)
-        if not counts.all():
-            empty = np.flatnonzero(counts == 0)
-            warnings.warn(EmptyClusterWarning(
-                f"{empty.size} of the {Q} clusters have no points: cluster(s) {_id_list(empty)} (no label takes "
-                f"these values); their cost and gradient are zero and their fractions NaN"), stacklevel=3)
+        warn_empty_clusters(counts, stacklevel=4)
         lab.setflags(write=False)
-        tgt = np.ascontiguousarray(tgt)
-        tgt.setflags(write=False)
         counts.setflags(write=False)
         object.__setattr__(self, "points", pts)
         object.__setattr__(self, "labels", lab)
@@ -257,6 +281,10 @@ class Dataset:
         from . import threads
         threads.apply()
         return (kernel if self.n_points > chunk else serial_kernel)(self.points, self.labels, *args)
+
+    def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(points[idx] as float64, labels[idx]) for row indices idx (a data sample)."""
+        return np.asarray(self.points[idx], dtype=np.float64), np.asarray(self.labels[idx])
 
     def distribute(self, client, **options):
         """This dataset on a Dask cluster: ``truncflow.distribute(points, labels, targets, client,
@@ -391,8 +419,8 @@ def load_points(path, *, points_key: str = "points", labels_key: str = "labels")
     - ``.npz``: arrays named ``points_key`` (N, M) and ``labels_key`` (N,).
     - ``.npy`` and ``.csv``: one (N, M + 1) table whose last column is the label. An
       ``.npy`` table is memory-mapped: the points are a view of the file, read by each
-      pass over the points (a file larger than memory works); the labels are held in
-      memory as int64 (8 bytes per point).
+      pass over the points (a file larger than memory works); the labels become int64
+      (in a scratch file when large, ``truncflow._scratch``).
 
     Returns ``(points (N, M), labels (N,) int64)``; float32 points stay float32, other
     real numeric points become float64. The labels are the file's class IDs as they

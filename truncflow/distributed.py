@@ -34,8 +34,9 @@ import warnings
 
 import numpy as np
 
-from ._validate import as_float_array, format_bytes, require_finite
-from .data import EmptyClusterWarning, _check_class_ids, _id_list, check_labels
+from ._validate import format_bytes
+from .data import (EmptyClusterWarning, _check_class_ids, _require_in_range, check_labels, check_points, check_targets,
+                   warn_empty_clusters)
 from .kernels import config
 
 __all__ = ["distribute", "DistributedDataset", "ClusterError", "require_dask"]
@@ -70,15 +71,9 @@ def _checked_partition(points, labels, n_clusters, start):
     """(points, labels int64, summary) of one partition, checked as :class:`truncflow.Dataset`
     checks its arrays; summary = {"counts": (Q,) int64} or {"error": message}."""
     try:
-        pts = as_float_array(np.asarray(points), "points", ndim=2, allow_float32=True)
-        with np.errstate(over="ignore", invalid="ignore"):
-            total = np.sum(pts, dtype=np.float64)
-        if not np.isfinite(total):
-            require_finite(pts, "points")
+        pts = check_points(np.asarray(points))
         lab = check_labels(np.asarray(labels), pts.shape[0])
-        if lab.size and (lab.min() < 0 or lab.max() >= n_clusters):
-            bad = int(np.flatnonzero((lab < 0) | (lab >= n_clusters))[0])
-            raise ValueError(f"labels[{bad}] = {lab[bad]} is outside [0, {n_clusters}) (Q = targets.shape[0])")
+        _require_in_range(lab, n_clusters)
     except ValueError as exc:
         return None, None, {"error": f"{exc} (index within the partition starting at row {start})"}
     pts = np.ascontiguousarray(pts)
@@ -166,11 +161,15 @@ class DistributedDataset:
         """A view of item 0 (points) or 1 (labels) of every partition, made once."""
         views = self.__dict__.setdefault("_views", {})
         if item not in views:
-            da, _ = require_dask()
-            views[item] = da.concatenate([
-                da.from_delayed(self.client.submit(operator.getitem, f, item), (b - a,) + tail, dtype=dtype)
-                for f, (a, b) in zip(self._parts, self.bounds)])
+            views[item] = self.as_dask([self.client.submit(operator.getitem, f, item) for f in self._parts],
+                                       tail, dtype)
         return views[item]
+
+    def as_dask(self, futures, tail: tuple, dtype):
+        """A ``dask.array`` of per-partition futures of arrays (rows of partition p: its bounds)."""
+        da, _ = require_dask()
+        return da.concatenate([da.from_delayed(f, (b - a,) + tail, dtype=dtype)
+                               for f, (a, b) in zip(futures, self.bounds)])
 
     def __repr__(self) -> str:
         return (f"DistributedDataset(N={self.n_points}, M={self.width}, Q={self.n_clusters}, {self.dtype}, "
@@ -221,7 +220,7 @@ class DistributedDataset:
         return parts, np.concatenate(distinct), PartitionedHashes(self, hashes)
 
     def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(points[idx] as float64, labels[idx]) for sorted row indices idx, gathered from the workers."""
+        """:meth:`truncflow.Dataset.rows` for sorted row indices idx, gathered from the workers."""
         idx = np.asarray(idx, dtype=np.int64)
         futures, pieces = [], []
         for part, (a, b) in zip(self._parts, self.bounds):
@@ -236,7 +235,7 @@ class DistributedDataset:
 
     def with_targets(self, targets) -> "DistributedDataset":
         """The same persisted points and labels with other targets (same number of clusters)."""
-        tgt = _check_targets(targets)
+        tgt = check_targets(targets)
         if tgt.shape[0] != self.n_clusters:
             raise ValueError(f"targets have {tgt.shape[0]} rows but this distributed dataset has "
                              f"Q = {self.n_clusters} clusters: distribute the points again for other clusters")
@@ -267,19 +266,7 @@ class PartitionedHashes:
 
     def to_dask(self):
         """(N,) uint64 ``dask.array`` of the hashes."""
-        da, _ = require_dask()
-        return da.concatenate([da.from_delayed(f, (b - a,), dtype=np.uint64)
-                               for f, (a, b) in zip(self.futures, self.dataset.bounds)])
-
-
-def _check_targets(targets) -> np.ndarray:
-    tgt = as_float_array(targets, "targets", ndim=2)
-    if tgt.shape[0] == 0 or tgt.shape[1] == 0:
-        raise ValueError(f"targets have shape {tgt.shape}: need (Q, M) or (Q, P) with Q, P >= 1")
-    require_finite(tgt, "targets")
-    tgt = np.ascontiguousarray(tgt)
-    tgt.setflags(write=False)
-    return tgt
+        return self.dataset.as_dask(self.futures, (), np.uint64)
 
 
 def _source(points, labels, da):
@@ -360,7 +347,7 @@ def distribute(points, labels, targets, client, *, class_ids=None, partition_row
     if not isinstance(client, distributed.Client):
         raise ValueError(f"client must be a distributed.Client, got {type(client).__name__}")
     kind, N, M, dtype = _source(points, labels, da)
-    tgt = _check_targets(targets)
+    tgt = check_targets(targets)
     Q = tgt.shape[0]
     ids = _check_class_ids(class_ids, Q)
     chunk = config.chunk_size(N)
@@ -390,11 +377,7 @@ def distribute(points, labels, targets, client, *, class_ids=None, partition_row
         raise ValueError(errors[0])
     counts = np.sum([s["counts"] for s in got], axis=0).astype(np.int64)
     counts.setflags(write=False)
-    if not counts.all():
-        empty = np.flatnonzero(counts == 0)
-        warnings.warn(EmptyClusterWarning(
-            f"{empty.size} of the {Q} clusters have no points: cluster(s) {_id_list(empty)} (no label takes "
-            f"these values); their cost and gradient are zero and their fractions NaN"), stacklevel=2)
+    warn_empty_clusters(counts, stacklevel=3)
     dataset._counts = counts
     return dataset
 

@@ -10,8 +10,8 @@ from ._scratch import per_point_array
 from ._validate import as_float_array, choice, require_finite
 from .compute import (COST_KINDS, _require_dataset, _require_params, kernel_arrays, require_finite_outputs,
                       require_partials_fit)
-from .data import Dataset
-from .distributed import DistributedDataset
+from .data import Dataset, by_identity
+from .distributed import DistributedDataset, PartitionedHashes
 from .kernels import config
 from .kernels.observe import cluster_sums_kernel, observe_kernel, observe_kernel_serial, observe_many, summarize
 from .params import Params
@@ -52,6 +52,15 @@ class Observation:
     collapse_ratio: np.ndarray
     n_patterns: int
     pattern_hash: np.ndarray
+
+
+def pattern_changes(new, old) -> int:
+    """Points whose pattern hash differs between two observations of one dataset (counted
+    on the workers for hashes kept on a Dask cluster; else in blocks, no N booleans)."""
+    if isinstance(new, PartitionedHashes):
+        return new.count_changes(old)
+    step = 1 << 22
+    return sum(int(np.count_nonzero(new[a:a + step] != old[a:a + step])) for a in range(0, new.size, step))
 
 
 def cluster_means(dataset: Dataset) -> np.ndarray:
@@ -136,12 +145,7 @@ def observe_members(params: list[Params], datasets: list[Dataset], kind: str,
     """
     first = datasets[0]
     N, M, L, Q = first.n_points, first.width, params[0].n_layers, first.n_clusters
-    index, stacked = {}, []
-    for d in datasets:
-        if id(d) not in index:
-            index[id(d)] = len(stacked)
-            stacked.append(d)
-    data_of = np.array([index[id(d)] for d in datasets], dtype=np.int64)
+    data_of, stacked = by_identity(datasets)
     cw, cb = np.stack([p.cum_weights for p in params]), np.stack([p.cum_biases for p in params])
     et = np.ascontiguousarray(np.swapaxes(np.stack([p.inverses for p in params]), 2, 3))   # as kernel_arrays
     if kind == "output":

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import threads
 from .._validate import integer
-from ..data import Dataset
+from ..data import Dataset, by_identity
 from ..distributed import DistributedDataset
 from ..kernels import descent
 from ..observe import observe_members
@@ -196,12 +196,8 @@ def _descend_together(plans) -> list[Result]:
                 outcome[b] = status
         # Stacked arguments: datasets by identity (a shared dataset is stored once).
         problems = [loop.problem for loop in loops]
-        data_index, stacked = {}, []
-        for pr in problems:
-            if id(pr.dataset) not in data_index:
-                data_index[id(pr.dataset)] = len(stacked)
-                stacked.append(pr)
-        data_of = np.array([data_index[id(pr.dataset)] for pr in problems], dtype=np.int64)
+        data_of, distinct = by_identity([pr.dataset for pr in problems])
+        stacked = [next(pr for pr in problems if pr.dataset is d) for d in distinct]    # a problem per dataset
         # serial_args: (mode, L, M, P, frames, max_condition, Mp, points, labels, targets, mask,
         # output_cost, chunk); frames per member, the data per dataset, the rest shared
         mode, L, M, P, _, max_condition, Mp, _, _, _, mask, output_cost, chunk = problems[0].serial_args

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import atomic_savez
-from ..observe import Observation, cluster_means, observe_checked
+from ..observe import Observation, cluster_means, observe_checked, pattern_changes
 from ..params import Params
 
 __all__ = ["Result", "Recorder", "load_result", "package_versions"]
@@ -115,11 +115,6 @@ class Result:
     @property
     def success(self) -> bool:
         return self.status in SUCCESS
-
-    @property
-    def shift(self) -> np.ndarray:
-        """(Q, M) the origin of the records' moment sums: the clusters' input means."""
-        return self._shift
 
     @property
     def n_records(self) -> int:
@@ -280,11 +275,8 @@ def data_sample(dataset, size: int = SAMPLE_SIZE) -> dict:
     """A fixed random subsample of the data (seed 0): {"sample_points", "sample_labels"}."""
     N = dataset.n_points
     idx = np.arange(N) if N <= size else np.sort(np.random.default_rng(0).choice(N, size, replace=False))
-    if hasattr(dataset, "rows"):        # a DistributedDataset: gathered from its workers
-        points, labels = dataset.rows(idx)
-        return {"sample_points": points, "sample_labels": labels}
-    return {"sample_points": np.asarray(dataset.points[idx], dtype=np.float64),
-            "sample_labels": np.asarray(dataset.labels[idx])}
+    points, labels = dataset.rows(idx)          # a DistributedDataset gathers them from its workers
+    return {"sample_points": points, "sample_labels": labels}
 
 
 class Recorder:
@@ -313,13 +305,7 @@ class Recorder:
         ``observation``: ``observe_checked(params, self.dataset, self.kind, self._shift)``
         when the caller has made it already (an ensemble observes its members together)."""
         obs = observation or observe_checked(params, self.dataset, self.kind, self._shift)
-        if self._last_hash is None:
-            changes = 0
-        elif hasattr(obs.pattern_hash, "count_changes"):      # hashes kept on a Dask cluster
-            changes = obs.pattern_hash.count_changes(self._last_hash)
-        else:           # in blocks: no temporary of N booleans
-            new, old, step = obs.pattern_hash, self._last_hash, 1 << 22
-            changes = sum(int(np.count_nonzero(new[a:a + step] != old[a:a + step])) for a in range(0, new.size, step))
+        changes = 0 if self._last_hash is None else pattern_changes(obs.pattern_hash, self._last_hash)
         self._last_hash = obs.pattern_hash
         P = params.out_dim or 0
         M = params.width
