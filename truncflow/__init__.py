@@ -12,6 +12,7 @@ Public API (see README.md for a tour):
     cone_minimizer, predicted_cost      minimizers built by hand (MODEL.md section 10)
     set_threads, get_threads            how many threads the kernels run on
     distribute, DistributedDataset      a dataset on a Dask cluster (optional: truncflow[distributed])
+    Dataset.to("cuda"), DeviceDataset   a dataset on a GPU (optional: truncflow[cuda])
 """
 import os as _os
 
@@ -46,6 +47,7 @@ from .minimizers import cone_minimizer, predicted_cost
 from .aligned import SeparationReport, separation_report, threshold_gradient, threshold_velocity
 from .engine.record import Result, load_result
 from .distributed import ClusterError, DistributedDataset, distribute
+from .device import CudaUnavailableError, DeviceDataset
 
 __version__ = "0.2.0"
 
@@ -55,5 +57,6 @@ __all__ = [
     "cumulative_to_layer_gradient", "Observation", "observe", "simulate", "simulate_ensemble", "Result", "load_result",
     "ClusterStatistics", "cluster_statistics", "cone_minimizer", "predicted_cost",
     "SeparationReport", "SeparationWarning", "separation_report", "threshold_gradient", "threshold_velocity",
-    "set_threads", "get_threads", "distribute", "DistributedDataset", "ClusterError", "__version__",
+    "set_threads", "get_threads", "distribute", "DistributedDataset", "ClusterError",
+    "DeviceDataset", "CudaUnavailableError", "__version__",
 ]

@@ -12,6 +12,7 @@ import numpy as np
 from . import threads
 from ._validate import choice, integer, require_memory
 from .data import Dataset, check_points
+from .device import DeviceDataset, is_device_array, patterns_on_device, truncate_on_device
 from .distributed import DistributedDataset
 from .kernels import config
 from .kernels.forward import patterns_kernel, truncate_kernel
@@ -22,10 +23,14 @@ from .params import Params
 
 __all__ = ["Gradient", "truncate", "activation_patterns", "cost", "gradient",
            "cumulative_to_layer_gradient", "aligned_scale_gradient", "require_finite_outputs",
-           "require_partials_fit", "COST_KINDS", "PARAMETRIZATIONS"]
+           "require_partials_fit", "sweep_arrays", "COST_KINDS", "PARAMETRIZATIONS", "PRECISIONS"]
 
 COST_KINDS = ("input", "output")
 PARAMETRIZATIONS = ("cumulative", "layers", "aligned")
+#: Arithmetic of the per-point sweep. "float64": the exact contract of MODEL.md;
+#: "float32": float32 arithmetic point by point (twice the SIMD lanes on a CPU, and the
+#: fast precision of most GPUs), every sum over points still accumulated in float64.
+PRECISIONS = ("float64", "float32")
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,6 +107,16 @@ def tile_arrays(params: Params, targets: np.ndarray, kind: str) -> tuple[np.ndar
     return (targets, cw, pad(params.cum_biases, (1,)), inv, np.ascontiguousarray(back), out_w, out_b)
 
 
+def sweep_arrays(arrays: tuple, precision: str) -> tuple:
+    """The tiled kernels' float arrays (``tile_arrays``) in the precision of the per-point
+    sweep: unchanged for "float64", cast (rounded to nearest) for "float32". The kernels
+    compile one version per dtype and run the sweep in the dtype of these arrays."""
+    if precision == "float64":
+        return arrays
+    return tuple(np.ascontiguousarray(a, dtype=np.float32) if isinstance(a, np.ndarray) and a.dtype == np.float64
+                 else a for a in arrays)
+
+
 def require_partials_fit(n_points: int, partial_bytes: int, what: str) -> int:
     """Chunk size for a pass whose chunks each keep ``partial_bytes`` of partial sums;
     refuses (ValueError, before the kernel allocates them) partial sums that do not fit
@@ -151,7 +166,8 @@ def require_finite_outputs(params: Params, points, cost, grad: "Gradient | None"
     value = np.asarray(outputs[first])
     shown = float(value) if value.ndim == 0 else "not finite (" + ", ".join(
         sorted({str(v) for v in value[~np.isfinite(value)].ravel()[:2]})) + ")"
-    sizes = (f"max |x| = {_largest(points):.3g}, max |W^(l)| = {_largest(params.cum_weights):.3g}, "
+    largest_x = f"{_largest(points):.3g}" if isinstance(points, np.ndarray) else "not computed (points not here)"
+    sizes = (f"max |x| = {largest_x}, max |W^(l)| = {_largest(params.cum_weights):.3g}, "
              f"max |b^(l)| = {_largest(params.cum_biases):.3g}")
     if params.has_output:
         sizes += f", max |W_out| = {_largest(params.out_weight):.3g}"
@@ -168,11 +184,15 @@ def _require_params(params) -> Params:
 
 def _require_dataset(dataset, params: Params, kind: str | None, *, distributed: bool = False) -> Dataset:
     """The dataset, checked against the network; its targets too unless ``kind`` is None.
-    ``distributed``: a :class:`truncflow.distributed.DistributedDataset` is accepted too."""
+    ``distributed``: a :class:`truncflow.distributed.DistributedDataset` or a
+    :class:`truncflow.device.DeviceDataset` is accepted too."""
     if isinstance(dataset, DistributedDataset):
         if not distributed:
             raise ValueError("this function needs the points here, not on a Dask cluster: use a local "
                              "truncflow.Dataset (DistributedDataset.gather() makes one, if it fits)")
+    elif isinstance(dataset, DeviceDataset):
+        if not distributed:
+            raise ValueError("this function needs the points here, not on a GPU: use dataset.to('cpu')")
     elif not isinstance(dataset, Dataset):
         raise ValueError(f"dataset must be a truncflow.Dataset, got {type(dataset).__name__}")
     M = params.width
@@ -198,18 +218,23 @@ def truncate(params: Params, points, layers: int | None = None) -> np.ndarray:
 
     Args:
         params: the network.
-        points: (N, M) float32 or float64, any layout.
+        points: (N, M) float32 or float64, any layout; or on a GPU: any object with
+            ``__cuda_array_interface__`` (a Numba device array, a CuPy array, a PyTorch
+            CUDA tensor), read there without a copy.
         layers: 0..L (default L, all layers).
     Returns:
-        (N, M) float64.
+        (N, M) float64: a NumPy array, or a Numba device array for points on a GPU (the
+        same bits: the GPU's forward sweep rounds as the CPU's does).
     Raises ValueError when an image overflows float64 (points or parameters too large).
     """
     params = _require_params(params)
-    pts = check_points(points, params.width)
     L = params.n_layers
     if layers is None:
         layers = L
     layers = integer(layers, "layers", low=0, high=L)
+    if is_device_array(points):
+        return truncate_on_device(params, points, layers)
+    pts = check_points(points, params.width)
     cw, cb, et = kernel_arrays(params)
     threads.apply()
     images = truncate_kernel(pts, cw, cb, et, layers, config.chunk_size(pts.shape[0]))
@@ -225,16 +250,19 @@ def activation_patterns(params: Params, points) -> np.ndarray:
 
     Bit ``k % 64`` of word ``k // 64`` is set when coordinate k of the layer is free,
     ``a_k = (W^(l) x~^(l-1) + b^(l))_k > 0``; a point on a hyperplane counts as truncated.
+    Points on a GPU (``__cuda_array_interface__``) give a Numba device array, the same bits.
     """
     params = _require_params(params)
+    if is_device_array(points):
+        return patterns_on_device(params, points)
     pts = check_points(points, params.width)
     cw, cb, et = kernel_arrays(params)
     threads.apply()
     return patterns_kernel(pts, cw, cb, et, config.chunk_size(pts.shape[0]))
 
 
-def _run_gradient_kernel(params: Params, dataset: Dataset, kind: str, per_cluster: bool):
-    arrays = tile_arrays(params, dataset.targets, kind)
+def _run_gradient_kernel(params: Params, dataset: Dataset, kind: str, per_cluster: bool, precision: str):
+    arrays = sweep_arrays(tile_arrays(params, dataset.targets, kind), precision)
     n_slots = dataset.n_clusters if per_cluster else 1
     N, L, M = dataset.n_points, params.n_layers, params.width
     Mp, P = arrays[1].shape[1], arrays[5].shape[0]
@@ -253,21 +281,23 @@ def _run_gradient_kernel(params: Params, dataset: Dataset, kind: str, per_cluste
     return sq, Gradient(gw, gb, out[0], out[1], "cumulative")
 
 
-def cost(params: Params, dataset: Dataset, kind: str = "input", *, per_cluster: bool = False):
+def cost(params: Params, dataset: Dataset, kind: str = "input", *, per_cluster: bool = False,
+         precision: str = "float64"):
     """The cost (MODEL.md section 4): ``1/(2N) sum_i |residual_i|^2``.
 
     ``kind="input"``: residual ``x~^(L)_i - y~_{c_i}`` with targets (Q, M);
     ``kind="output"``: residual ``F(x_i) - y_{c_i}`` with targets (Q, P).
     Returns a float, or (Q,) per-cluster costs summing to it when ``per_cluster``.
-    (It runs the gradient pass: one streaming pass either way.) Raises ValueError when
-    the cost or its gradient overflows float64 (see :func:`gradient`).
+    (It runs the gradient pass: one streaming pass either way.) ``precision`` as for
+    :func:`gradient`. Raises ValueError when the cost or its gradient overflows float64
+    (see :func:`gradient`).
     """
-    c, _ = gradient(params, dataset, kind, per_cluster=per_cluster)
+    c, _ = gradient(params, dataset, kind, per_cluster=per_cluster, precision=precision)
     return c
 
 
 def gradient(params: Params, dataset: Dataset, kind: str = "input", wrt: str = "cumulative",
-             *, per_cluster: bool = False):
+             *, per_cluster: bool = False, precision: str = "float64"):
     """Cost and its exact generalized gradient (MODEL.md sections 5-7).
 
     Args:
@@ -278,6 +308,10 @@ def gradient(params: Params, dataset: Dataset, kind: str = "input", wrt: str = "
             ``(dC/dlambda^(l), dC/db^(l))`` with ``dC/dlambda^(l) = diag(dC/dW^(l) R^(l)^T)``
             (MODEL.md section 9).
         per_cluster: split cost and gradient over the Q clusters (they sum to the totals).
+        precision: "float64" (default: the exact contract) or "float32": the per-point sweep
+            (truncation maps, kinks, residuals, backward products) in float32, the sums over
+            points in float64. Where it runs follows the dataset: a CPU
+            :class:`truncflow.Dataset`, or one moved to a GPU with ``dataset.to("cuda")``.
     Returns:
         ``(cost, grad)``: cost a float (or (Q,) array), grad a :class:`Gradient`; both finite.
     Raises:
@@ -288,10 +322,11 @@ def gradient(params: Params, dataset: Dataset, kind: str = "input", wrt: str = "
     params = _require_params(params)
     choice(kind, "kind", COST_KINDS)
     choice(wrt, "wrt", PARAMETRIZATIONS)
+    choice(precision, "precision", PRECISIONS)
     dataset = _require_dataset(dataset, params, kind, distributed=True)
     if wrt == "aligned" and not params.is_aligned:
         raise ValueError("wrt='aligned' needs aligned parameters: build them with Params.aligned")
-    c, g = _run_gradient_kernel(params, dataset, kind, per_cluster)
+    c, g = _run_gradient_kernel(params, dataset, kind, per_cluster, precision)
     require_finite_outputs(params, dataset.points, c, g)
     with np.errstate(over="ignore", invalid="ignore"):    # checked below
         if wrt == "aligned":

@@ -286,6 +286,17 @@ class Dataset:
         """(points[idx] as float64, labels[idx]) for row indices idx (a data sample)."""
         return np.asarray(self.points[idx], dtype=np.float64), np.asarray(self.labels[idx])
 
+    def to(self, device: str, *, batch_points: int | None = None):
+        """This dataset on ``device``: "cuda" gives a :class:`truncflow.device.DeviceDataset`
+        (the points copied to the GPU once; every pass of ``cost``, ``gradient``,
+        ``cluster_statistics``, ``observe`` and ``simulate`` then runs there), "cpu" this
+        dataset. Points that do not fit in device memory, or any with ``batch_points``
+        given, are streamed from pinned host memory in batches of that many points. Needs
+        ``pip install "truncflow[cuda]"`` and a GPU (or NUMBA_ENABLE_CUDASIM=1): otherwise
+        :class:`truncflow.device.CudaUnavailableError` says what is missing."""
+        from .device import to_device
+        return to_device(self, device, batch_points=batch_points)
+
     def distribute(self, client, **options):
         """This dataset on a Dask cluster: ``truncflow.distribute(points, labels, targets, client,
         class_ids=..., **options)`` (a memory-mapped points array is read by the workers)."""

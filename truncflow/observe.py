@@ -11,6 +11,7 @@ from ._validate import as_float_array, choice, require_finite
 from .compute import (COST_KINDS, _require_dataset, _require_params, kernel_arrays, require_finite_outputs,
                       require_partials_fit)
 from .data import Dataset, by_identity
+from .device import DeviceDataset
 from .distributed import DistributedDataset, PartitionedHashes
 from .kernels import config
 from .kernels.observe import cluster_sums_kernel, observe_kernel, observe_kernel_serial, observe_many, summarize
@@ -105,8 +106,9 @@ def observe_checked(params: Params, dataset: Dataset, kind: str, shift: np.ndarr
     partial_bytes = 8 * (Q + L * Q * (3 * M + 2))
     chunk = require_partials_fit(N, partial_bytes, "the observables' per-chunk sums")
     args = (dataset.targets, shift, cw, cb, et, ow, ob, kind == "output", Q, chunk)
-    if isinstance(dataset, DistributedDataset):
-        # the hashes stay on the workers; their distinct values per partition come back
+    if isinstance(dataset, (DistributedDataset, DeviceDataset)):
+        # on a cluster the hashes stay on the workers, their distinct values per partition
+        # come back; on a GPU the hashes come back (8 bytes a point), sorted
         parts, distinct, hashes = dataset.observe_pass(args, chunk)
         distinct = np.sort(distinct)
     else:

@@ -29,6 +29,7 @@ import numpy as np
 from .. import threads
 from .._validate import integer
 from ..data import Dataset, by_identity
+from ..device import DeviceDataset
 from ..distributed import DistributedDataset
 from ..kernels import descent
 from ..observe import observe_members
@@ -120,7 +121,7 @@ def _plan_like(first, params, dataset, config):
         problem = first.problem.with_params(params)
     else:
         problem = FlowProblem(params, dataset, kind=o["kind"], wrt=o["wrt"], train=o["train"],
-                              frozen_layers=tuple(o["frozen_layers"]))
+                              frozen_layers=tuple(o["frozen_layers"]), precision=o["precision"])
     recorder = Recorder(problem.dataset, o["kind"], {**config, **o}, like=first.recorder)
     return SimpleNamespace(**{**vars(first), "problem": problem, "recorder": recorder})
 
@@ -154,9 +155,9 @@ def _members(params, dataset):
         if (p.n_layers, p.width, p.out_dim) != (members[0].n_layers, members[0].width, members[0].out_dim):
             raise ValueError(f"params[{b}] is {p!r} but params[0] is {members[0]!r}: every member needs the same "
                              "L, M (and output dimension)")
-    if isinstance(dataset, DistributedDataset):
-        raise ValueError("simulate_ensemble runs its members on the points here: for a DistributedDataset run "
-                         "each member with simulate")
+    if isinstance(dataset, (DistributedDataset, DeviceDataset)):
+        raise ValueError(f"simulate_ensemble runs its members on the points here: for a {type(dataset).__name__} "
+                         f"run each member with simulate")
     if isinstance(dataset, Dataset):
         datasets = [dataset] * len(members)
     else:

@@ -43,7 +43,8 @@ __all__ = ["simulate", "METHODS"]
 
 METHODS = ("rk45", "gd", "events", "kinks")
 CHECKPOINT_METHODS = ("rk45", "gd")
-#: Methods that run on a DistributedDataset (the others need the points here).
+#: Methods that run on a DistributedDataset or a DeviceDataset (the others need the points here),
+#: and the methods that take precision="float32".
 DISTRIBUTED_METHODS = ("rk45", "gd")
 _RK45_EVALS_PER_ATTEMPT = 6  # Dormand-Prince: 5 stages + the derivative at the new point (FSAL)
 
@@ -113,7 +114,8 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
              record_times=None, n_records: int = 50, cost_tol: float | None = None,
              grad_tol: float | None = None, max_evals: int | None = None, max_time: float | None = None,
              callback=None, config: dict | None = None, record_truncation_times: bool = False,
-             checkpoint=None, checkpoint_every: float = 60.0, resume: bool = False) -> Result:
+             checkpoint=None, checkpoint_every: float = 60.0, resume: bool = False,
+             precision: str = "float64") -> Result:
     """Integrate the gradient flow ``d/ds theta = -grad C(theta)`` (MODEL.md section 8).
 
     Args:
@@ -156,6 +158,14 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
             the same parameters, data and options; the stopping rules ``cost_tol``,
             ``grad_tol``, ``max_evals``, ``max_time`` may differ). The
             resumed run gives the same records, bit for bit, as one never stopped.
+        precision: "float64" (default) or "float32": the arithmetic of the per-point sweep
+            of every gradient evaluation (:func:`truncflow.gradient`); "rk45" and "gd" only.
+            The state, the stepper and the records stay float64.
+
+    Where the passes over the points run follows the dataset: here, on a GPU
+    (``dataset.to("cuda")``: the points stay on the device for the whole run, each
+    evaluation sends the parameters and gets the sums back) or on a Dask cluster
+    (:func:`truncflow.distribute`).
 
     SIGINT (Ctrl-C) and SIGTERM during the run stop it cleanly, between two gradient
     evaluations, with status "interrupted" (the message names the signal), keeping
@@ -170,14 +180,14 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
                  max_step=max_step, record_times=record_times, n_records=n_records, cost_tol=cost_tol,
                  grad_tol=grad_tol, max_evals=max_evals, max_time=max_time, callback=callback, config=config,
                  record_truncation_times=record_truncation_times, checkpoint=checkpoint,
-                 checkpoint_every=checkpoint_every, resume=resume)
+                 checkpoint_every=checkpoint_every, resume=resume, precision=precision)
     with SignalGuard() as guard:
         return _execute(plan, guard)
 
 
 def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rtol, atol, lr, first_step,
           max_step, record_times, n_records, cost_tol, grad_tol, max_evals, max_time, callback, config,
-          record_truncation_times, checkpoint, checkpoint_every, resume) -> SimpleNamespace:
+          record_truncation_times, checkpoint, checkpoint_every, resume, precision) -> SimpleNamespace:
     """Check every option of :func:`simulate` and build what a run needs (no pass over the points yet)."""
     choice(method, "method", METHODS)
     t_end = positive(t_end, "t_end")
@@ -185,14 +195,19 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
         frozen_layers = tuple(frozen_layers)
     except TypeError:
         raise ValueError(f"frozen_layers must be a sequence of layer numbers, got {frozen_layers!r}") from None
-    problem = FlowProblem(params, dataset, kind=kind, wrt=wrt, train=train, frozen_layers=frozen_layers)
-    distributed = not isinstance(problem.dataset, Dataset)
+    problem = FlowProblem(params, dataset, kind=kind, wrt=wrt, train=train, frozen_layers=frozen_layers,
+                          precision=precision)
+    distributed = not isinstance(problem.dataset, Dataset)      # on a Dask cluster or a GPU
+    where = type(problem.dataset).__name__
     if distributed and method not in DISTRIBUTED_METHODS:
-        raise ValueError(f"method={method!r} needs the points here: on a Dask cluster (a DistributedDataset) "
+        raise ValueError(f"method={method!r} needs the points here, in a truncflow.Dataset: for a {where} "
                          f"use method {' or '.join(map(repr, DISTRIBUTED_METHODS))}")
     if distributed and checkpoint is not None:
-        raise ValueError("checkpoint does not apply to a DistributedDataset (its per-point state stays on the "
-                         "workers): run without checkpoint")
+        raise ValueError(f"checkpoint does not apply to a {where} (its per-point state stays where its points "
+                         f"are): run without checkpoint")
+    if precision != "float64" and method not in DISTRIBUTED_METHODS:
+        raise ValueError(f"precision={precision!r} applies to method {' or '.join(map(repr, DISTRIBUTED_METHODS))}; "
+                         f"method={method!r} decides every kink exactly and runs in float64")
     threads.apply()                     # this thread runs the kernels on truncflow's thread count
     # every value given is checked, whichever method uses it
     rtol, atol = positive(rtol, "rtol"), positive(atol, "atol")
@@ -234,8 +249,8 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
                         first_step=first_step, max_step=max_step, cost_tol=cost_tol, grad_tol=grad_tol,
                         max_evals=max_evals, max_time=max_time, record_truncation_times=record_truncation_times,
                         n_points=dataset.n_points, n_clusters=dataset.n_clusters, width=dataset.width,
-                        n_layers=params.n_layers, points_dtype=str(problem.dataset.dtype if distributed
-                                                                     else problem.dataset.points.dtype))
+                        n_layers=params.n_layers, precision=precision,
+                        points_dtype=str(problem.dataset.dtype if distributed else problem.dataset.points.dtype))
     run_config = {**(config or {}), **flow_options}
     check_storable(run_config)
     rules = dict(cost_tol=cost_tol, grad_tol=grad_tol, max_evals=max_evals, max_time=max_time)

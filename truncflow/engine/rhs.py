@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._validate import choice, integer
-from ..compute import (COST_KINDS, PARAMETRIZATIONS, Gradient, _require_dataset, _require_params, gradient,
-                       padded_width, require_partials_fit)
+from ..compute import (COST_KINDS, PARAMETRIZATIONS, PRECISIONS, Gradient, _require_dataset, _require_params,
+                       gradient, padded_width, require_partials_fit, sweep_arrays)
 from ..data import Dataset
 from ..kernels import flow
 from ..kernels.gradient import gradient_kernel, gradient_kernel_serial
@@ -38,6 +38,8 @@ class FlowProblem:
         train: "all", "weights" or "biases": which of them move (output layer included);
             for "aligned", "weights" means the scales lambda.
         frozen_layers: 1-based indices of hidden layers whose weights and biases stay fixed.
+        precision: "float64" or "float32", the arithmetic of the per-point sweep
+            (:func:`truncflow.gradient`); the state, its derivative and the stepper stay float64.
     """
 
     params: Params
@@ -46,10 +48,12 @@ class FlowProblem:
     wrt: str = "cumulative"
     train: str = "all"
     frozen_layers: tuple = ()
+    precision: str = "float64"
 
     def __post_init__(self):
         self.params = _require_params(self.params)
         choice(self.kind, "kind", COST_KINDS)
+        choice(self.precision, "precision", PRECISIONS)
         choice(self.wrt, "wrt", PARAMETRIZATIONS)
         choice(self.train, "train", TRAIN_OPTIONS)
         self.dataset = _require_dataset(self.dataset, self.params, self.kind, distributed=True)
@@ -97,11 +101,12 @@ class FlowProblem:
                                                                        f"of width {M})")
         self._network_args = (mode, L, M, P, frames, MAX_CONDITION, Mp)
         self._targets = targets
-        #: True when the points fit one chunk (and are here, not on a Dask cluster): an
+        #: True when the points fit one chunk (and are here, not on a Dask cluster or a GPU,
+        #: and the sweep is float64): an
         #: evaluation is one compiled call without a parallel region
         #: (``kernels.flow.evaluate_serial``) and gradient descent can run its steps in
         #: compiled code (``kernels.descent``).
-        self.serial = isinstance(ds, Dataset) and ds.n_points <= self._chunk
+        self.serial = isinstance(ds, Dataset) and ds.n_points <= self._chunk and self.precision == "float64"
         #: the arguments of ``kernels.flow.evaluate_serial`` after the state (None unless serial)
         self.serial_args = (*self._network_args, ds.points, ds.labels, targets, self.mask, self.kind == "output",
                             self._chunk) if self.serial else None
@@ -198,12 +203,12 @@ class FlowProblem:
             mode, frames = self._network_args[0], self._network_args[4]
             status, w, cw, cb, *arrays = flow.prepare(y, *self._network_args)
             if status == flow.STATUS_OK:
+                swept = sweep_arrays((self._targets, *arrays), self.precision)
                 parts = self.dataset.chunk_pass(gradient_kernel, gradient_kernel_serial,
-                                                (self._targets, *arrays, self.kind == "output", 1, self._chunk),
-                                                self._chunk)
+                                                (*swept, self.kind == "output", 1, self._chunk), self._chunk)
                 status, c, g, gn = flow.finish(*parts, self.dataset.n_points, mode, w, cw, cb, frames, self.mask)
         if status != flow.STATUS_OK:
-            c, grad = gradient(self.unpack(y), self.dataset, self.kind, self.wrt)
+            c, grad = gradient(self.unpack(y), self.dataset, self.kind, self.wrt, precision=self.precision)
             g = self.gradient_vector(grad)      # (reached only if the public way does not raise)
             gn = float(np.sqrt(g @ g))
         return c, g, gn

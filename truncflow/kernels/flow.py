@@ -222,7 +222,7 @@ def serial_workspace(n_layers, padded_width, n_out, points, chunk):
     kernel, a chunk's tile buffers)."""
     padded = padded_arrays(n_layers, padded_width, n_out)
     sums = _gradient_sums(points, padded[4], padded[0], 1, chunk)
-    tile = _tile_buffers(n_layers, padded_width, n_out, min(TILE, max(points.shape[0], 1)))
+    tile = _tile_buffers(n_layers, padded_width, n_out, min(TILE, max(points.shape[0], 1)), padded[0])
     return padded, sums, tile
 
 

@@ -95,7 +95,7 @@ def _gradient_chunk(c, points, labels, targets, cw, cb, inv, back, out_w, out_b,
     L, M, _ = cw.shape
     stop = min(points.shape[0], (c + 1) * chunk)
     _gradient_chunk_in(c, points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, chunk,
-                       sq, g_w, g_b, g_ow, g_ob, _tile_buffers(L, M, out_w.shape[0], min(TILE, stop - c * chunk)))
+                       sq, g_w, g_b, g_ow, g_ob, _tile_buffers(L, M, out_w.shape[0], min(TILE, stop - c * chunk), cw))
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
@@ -115,9 +115,12 @@ def _gradient_chunk_in(c, points, labels, targets, cw, cb, inv, back, out_w, out
 
 
 @njit(**JIT_OPTIONS)
-def _tile_buffers(L, M, P, T):
+def _tile_buffers(L, M, P, T, like):
     """A chunk's scratch, feature-major (rows = padded width M, columns = T points: ``TILE``,
-    or fewer for a chunk of fewer points, whose buffers are then cheaper to make).
+    or fewer for a chunk of fewer points, whose buffers are then cheaper to make). The
+    per-point arrays take the dtype of ``like`` (the parameters): float64, or float32 for
+    ``precision="float32"``, where the whole per-point sweep runs in float32 while every
+    sum over points (sq, g_w, ...) still accumulates in float64.
 
     Returns z (L+1, M, T) the images x~^(l) (zero-filled: padding rows stay zero),
     act (L, M, T) the cumulative pre-activations, then (M, T) arrays cn (-a on
@@ -125,9 +128,10 @@ def _tile_buffers(L, M, P, T):
     of this layer and of the one below), um (u restricted to one slot), r (max(M, P), T)
     residuals, wt (T,) a slot mask and lab (T,) int64 labels.
     """
-    return (np.zeros((L + 1, M, T)), np.empty((L, M, T)), np.empty((M, T)),
-            np.empty((M, T)), np.empty((M, T)), np.empty((M, T)),
-            np.empty((max(M, P), T)), np.empty(T), np.empty(T, dtype=np.int64))
+    f = like.dtype
+    return (np.zeros((L + 1, M, T), f), np.empty((L, M, T), f), np.empty((M, T), f),
+            np.empty((M, T), f), np.empty((M, T), f), np.empty((M, T), f),
+            np.empty((max(M, P), T), f), np.empty(T), np.empty(T, dtype=np.int64))
 
 
 @njit(**JIT_OPTIONS)

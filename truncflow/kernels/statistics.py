@@ -93,7 +93,7 @@ def _statistics_chunk(c, points, labels, targets, cw, cb, inv, back, out_w, out_
     Q = n_clusters
     stop = min(N, (c + 1) * chunk)
     T = min(TILE, stop - c * chunk)
-    z, act, cn, u, u_next, um, r, wt, lab = _tile_buffers(L, Mp, P, T)
+    z, act, cn, u, u_next, um, r, wt, lab = _tile_buffers(L, Mp, P, T, cw)
     wf = np.empty((M, T))            # slot mask times 1[a_k > 0]
     wc = np.empty((M, T))            # slot mask times 1[a_k <= 0]
     pair = np.empty(T)               # z_i z_j of the tile

@@ -1,0 +1,229 @@
+"""Cost and cumulative gradient on the GPU (MODEL.md sections 4-6), and the cluster statistics.
+
+The sweep of ``kernels.gradient`` point by point (one thread per point), the sums over
+points by owner threads (see the package docstring). Per layer l (0-based), with
+z = x~^(l), x~ = x~^(l+1), a = W^(l+1) z + b^(l+1) and u = A^T g:
+    dC_i/dW^(l+1)[k, j] = -u_k (x~_j - z_j) on a free row (a_k > 0), -u_k x~_j on a truncated one
+    dC_i/db^(l+1)[k]    = -u_k on a truncated row, 0 on a free one
+    u <- W_l^T (D u)     (back[l - 1], D the free rows)
+The point's arithmetic runs in the dtype of the parameter arrays (float64, or float32
+for ``precision="float32"``); every sum over points in float64.
+
+Each block's sums go to its row of ``acc`` (G, S, K) float64, S slots (1, or Q per
+cluster; slot = label), K entries laid out by :func:`layout`. ``launch.reduce_rows``
+adds the rows in order.
+"""
+import functools
+
+import numpy as np
+from numba import cuda
+
+from . import forward as forward_module
+from .launch import THREADS
+
+
+def layout(L: int, Mp: int, M: int, P: int, moments: bool, second: bool) -> dict:
+    """Offsets of each sum in a row of K entries, and K: sq (1), g_w (L, Mp, Mp), g_b (L, Mp),
+    g_ow (P, Mp), g_ob (P); with ``moments`` truncated (L, M), free1, con1 (L, M, M); with
+    ``second`` free2, con2 (L, M, M, M)."""
+    names = [("sq", 1), ("g_w", L * Mp * Mp), ("g_b", L * Mp), ("g_ow", P * Mp), ("g_ob", P)]
+    if moments:
+        names += [("truncated", L * M), ("free1", L * M * M), ("con1", L * M * M)]
+        if second:
+            names += [("free2", L * M ** 3), ("con2", L * M ** 3)]
+    offsets, k = {}, 0
+    for name, size in names:
+        offsets[name] = k
+        k += size
+    offsets["K"] = k
+    return offsets
+
+
+@functools.lru_cache(maxsize=None)
+def build(dtype_name: str):
+    """The gradient kernel for one sweep dtype (compiled on first launch)."""
+    forward, load, _, _ = forward_module.build(dtype_name)
+
+    @cuda.jit
+    def gradient_kernel(points, labels, n, targets, cw, cb, inv, back, out_w, out_b, output_cost, per_cluster,
+                        moments, second, M, offsets, z, act, u, r, rr, zero, acc):
+        """Add the sums of points 0..n-1 of (points, labels) into acc[g] (block g's row).
+
+        offsets (9,) int64: g_w, g_b, g_ow, g_ob, truncated, free1, con1, free2, con2 of
+        :func:`layout` (sq at 0). Scratch: z (G, L+1, Mp, T), act (G, L, Mp, T), u (G, 2, Mp, T),
+        r (G, max(Mp, P), T) in the sweep dtype; rr (G, T) float64.
+        """
+        g, t = cuda.blockIdx.x, cuda.threadIdx.x
+        T, G = cuda.blockDim.x, cuda.gridDim.x
+        L, Mp = cw.shape[0], cw.shape[1]
+        P = out_w.shape[0]
+        lab = cuda.shared.array(THREADS, np.int64)
+        zg, ag, ug, rg, accg = z[g], act[g], u[g], r[g], acc[g]
+        o_w, o_b, o_ow, o_ob = offsets[0], offsets[1], offsets[2], offsets[3]
+        o_tr, o_f1, o_c1, o_f2, o_c2 = offsets[4], offsets[5], offsets[6], offsets[7], offsets[8]
+        n_top = 1 + P * Mp + P
+        n_grad = Mp * Mp + Mp
+        n_mom = (M + 2 * M * M + (2 * M * M * M if second else 0)) if moments else 0
+        for tile in range(g, (n + T - 1) // T, G):
+            start = tile * T
+            nb = min(T, n - start)
+            # ---- the thread's point: forward sweep, residual, top of the reverse sweep
+            if t < nb:
+                i = start + t
+                q = labels[i]
+                lab[t] = q
+                load(points, i, zg, t)
+                forward(cw, cb, inv, zg, ag, t, L, zero)
+                s2 = np.float64(0.0)
+                if output_cost:
+                    for p in range(P):
+                        v = out_b[p] - targets[q, p]
+                        for j in range(Mp):
+                            a = ag[L - 1, j, t]
+                            if a > zero:
+                                v += out_w[p, j] * a
+                        rg[p, t] = v
+                        s2 += v * v
+                    for j in range(Mp):
+                        h = zero
+                        for p in range(P):
+                            h += out_w[p, j] * rg[p, t]
+                        ug[0, j, t] = h
+                else:
+                    for k in range(Mp):
+                        v = zg[L, k, t] - targets[q, k]
+                        rg[k, t] = v
+                        s2 += v * v
+                    for k in range(Mp):
+                        h = zero
+                        for j in range(Mp):
+                            h += back[L - 1, k, j] * rg[j, t]
+                        ug[0, k, t] = h
+                rr[g, t] = s2
+            cuda.syncthreads()
+            # ---- owners: squared residuals and the output layer
+            for e in range(t, n_top, T):
+                cur = lab[0] if per_cluster else 0
+                run = np.float64(0.0)
+                for tt in range(nb):
+                    s = lab[tt] if per_cluster else 0
+                    if s != cur:
+                        accg[cur, _top_dest(e, Mp, P, o_ow, o_ob)] += run
+                        run = np.float64(0.0)
+                        cur = s
+                    if e == 0:
+                        run += rr[g, tt]
+                    elif e < 1 + P * Mp:
+                        p = (e - 1) // Mp
+                        a = ag[L - 1, (e - 1) - p * Mp, tt]
+                        run += rg[p, tt] * (a if a > zero else zero)
+                    else:
+                        run += rg[e - 1 - P * Mp, tt]
+                accg[cur, _top_dest(e, Mp, P, o_ow, o_ob)] += run
+            # ---- owners per layer, top down; then each thread carries its u one layer down
+            c = 0
+            for l in range(L - 1, -1, -1):
+                top = output_cost and l == L - 1
+                for e in range(t, n_grad + n_mom, T):
+                    cur = lab[0] if per_cluster else 0
+                    run = np.float64(0.0)
+                    dest = _layer_dest(e, l, L, Mp, M, n_grad, o_w, o_b, o_tr, o_f1, o_c1, o_f2, o_c2)
+                    if dest < 0:
+                        continue            # the lower triangle of a second moment: left zero
+                    for tt in range(nb):
+                        s = lab[tt] if per_cluster else 0
+                        if s != cur:
+                            accg[cur, dest] += run
+                            run = np.float64(0.0)
+                            cur = s
+                        if e < n_grad:
+                            if e < Mp * Mp:
+                                k = e // Mp
+                                j = e - k * Mp
+                                uk = ug[c, k, tt]
+                                xj = zg[l + 1, j, tt]
+                                term = -(uk * (xj - zg[l, j, tt])) if ag[l, k, tt] > zero else -(uk * xj)
+                                if top:
+                                    term += uk * zg[L, j, tt]
+                            else:
+                                k = e - Mp * Mp
+                                uk = ug[c, k, tt]
+                                term = zero if ag[l, k, tt] > zero else -uk
+                                if top:
+                                    term += uk
+                            run += term
+                        else:
+                            run += _moment_term(e - n_grad, l, M, zg, ag, tt, zero)
+                    accg[cur, dest] += run
+                if l > 0 and t < nb:
+                    for k in range(Mp):
+                        h = zero
+                        for j in range(Mp):
+                            if ag[l, j, t] > zero:
+                                h += back[l - 1, k, j] * ug[c, j, t]
+                        ug[1 - c, k, t] = h
+                c = 1 - c
+                cuda.syncthreads()
+
+    return gradient_kernel
+
+
+@cuda.jit(device=True)
+def _top_dest(e, Mp, P, o_ow, o_ob):
+    """Entry e of the top sums (0: sq, then g_ow (P, Mp), then g_ob (P)) -> its offset in a row."""
+    if e == 0:
+        return 0
+    if e < 1 + P * Mp:
+        return o_ow + e - 1
+    return o_ob + e - 1 - P * Mp
+
+
+@cuda.jit(device=True)
+def _layer_dest(e, l, L, Mp, M, n_grad, o_w, o_b, o_tr, o_f1, o_c1, o_f2, o_c2):
+    """Entry e of layer l's sums (g_w, g_b, then the moments) -> its offset in a row (-1: none)."""
+    if e < Mp * Mp:
+        return o_w + l * Mp * Mp + e
+    if e < n_grad:
+        return o_b + l * Mp + e - Mp * Mp
+    m = e - n_grad
+    if m < M:
+        return o_tr + l * M + m
+    m -= M
+    if m < M * M:
+        return o_f1 + l * M * M + m
+    m -= M * M
+    if m < M * M:
+        return o_c1 + l * M * M + m
+    m -= M * M
+    base = o_f2
+    if m >= M * M * M:
+        m -= M * M * M
+        base = o_c2
+    i = (m // M) % M
+    j = m % M
+    if j < i:
+        return -1
+    return base + l * M * M * M + m
+
+
+@cuda.jit(device=True)
+def _moment_term(m, l, M, zg, ag, tt, zero):
+    """Point tt's term of moment entry m of layer l (counts, then free1, con1, free2, con2)."""
+    if m < M:
+        return 1.0 if ag[l, m, tt] <= zero else 0.0
+    m -= M
+    if m < 2 * M * M:
+        k = (m // M) % M
+        j = m % M
+        free = ag[l, k, tt] > zero
+        if (m < M * M) == free:
+            return np.float64(zg[l, j, tt])
+        return 0.0
+    m -= 2 * M * M
+    k = (m // (M * M)) % M
+    i = (m // M) % M
+    j = m % M
+    free = ag[l, k, tt] > zero
+    if (m < M * M * M) == free:
+        return np.float64(zg[l, i, tt] * zg[l, j, tt])
+    return 0.0
