@@ -344,7 +344,7 @@ class DeviceDataset:
                 moved += [np.zeros((0, Q, M, M, M)), np.zeros((0, Q, M, M, M))]
             return tuple(a[None] for a in [s["sq"], s["g_w"], s["g_b"], s["g_ow"], s["g_ob"], *moved])
         if kernel is cluster_sums_kernel:
-            return self._cluster_sums(args[0])[None],
+            return self._cluster_sums(args[0])[None]
         raise NotImplementedError(f"no CUDA version of the pass {getattr(kernel, '__name__', kernel)!r}")
 
     def _cluster_sums(self, n_clusters: int) -> np.ndarray:
@@ -400,8 +400,13 @@ class DeviceDataset:
 def is_device_array(points) -> bool:
     """True for an object with ``__cuda_array_interface__`` (Numba device arrays, CuPy arrays,
     PyTorch CUDA tensors): :func:`truncflow.truncate` and :func:`truncflow.activation_patterns`
-    then run on the GPU and return Numba device arrays."""
-    return hasattr(points, "__cuda_array_interface__")
+    then run on the GPU and return Numba device arrays. (Under the CUDA simulator its
+    device arrays, which have no such interface, count too.)"""
+    if hasattr(points, "__cuda_array_interface__"):
+        return True
+    import sys
+    cuda = sys.modules.get("numba.cuda")         # never imported here for a CPU user
+    return cuda is not None and _simulator_requested() and type(points).__name__ == "FakeCUDAArray"
 
 
 def _forward_setup(params, points):
@@ -411,7 +416,8 @@ def _forward_setup(params, points):
     from .kernels.cuda import forward as fk
     from .kernels.cuda.launch import geometry
     cuda = require_cuda()
-    pts = cuda.as_cuda_array(points)
+    # the simulator has no as_cuda_array: its own device arrays are the only ones there
+    pts = points if _simulator_requested() else cuda.as_cuda_array(points)
     M = params.width
     if pts.ndim != 2 or pts.shape[0] == 0 or pts.shape[1] != M:
         raise ValueError(f"points on the device have shape {pts.shape}, expected (N, {M}) with N >= 1 for a "

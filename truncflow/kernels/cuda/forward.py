@@ -11,7 +11,7 @@ import functools
 import numpy as np
 from numba import cuda
 
-from .launch import rounded_ops
+from .launch import device_function, rounded_ops
 
 
 @functools.lru_cache(maxsize=None)
@@ -19,7 +19,7 @@ def build(dtype_name: str):
     """The forward device function and the truncate / patterns kernels for one sweep dtype."""
     mul, add = rounded_ops(dtype_name)
 
-    @cuda.jit(device=True)
+    @device_function
     def forward(cw, cb, inv, zg, ag, t, n_layers, zero):
         """act[l] = W^(l+1) z[l] + b^(l+1) and z[l+1] = z[l] + A^(l+1) cn, cn = -a on truncated
         coordinates (a <= 0) and 0 on free ones: column t of zg, ag. Each row summed bias
@@ -40,7 +40,7 @@ def build(dtype_name: str):
                     s = add(s, mul(inv[l, k, j], c))
                 zg[l + 1, k, t] = s
 
-    @cuda.jit(device=True)
+    @device_function
     def load(points, i, zg, t):
         """Point i into column t of z[0] (cast to the sweep dtype, rounded to nearest)."""
         for j in range(points.shape[1]):

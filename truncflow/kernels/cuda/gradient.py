@@ -19,7 +19,7 @@ import numpy as np
 from numba import cuda
 
 from . import forward as forward_module
-from .launch import THREADS
+from .launch import THREADS, device_function
 
 
 def layout(L: int, Mp: int, M: int, P: int, moments: bool, second: bool) -> dict:
@@ -168,7 +168,7 @@ def build(dtype_name: str):
     return gradient_kernel
 
 
-@cuda.jit(device=True)
+@device_function
 def _top_dest(e, Mp, P, o_ow, o_ob):
     """Entry e of the top sums (0: sq, then g_ow (P, Mp), then g_ob (P)) -> its offset in a row."""
     if e == 0:
@@ -178,7 +178,7 @@ def _top_dest(e, Mp, P, o_ow, o_ob):
     return o_ob + e - 1 - P * Mp
 
 
-@cuda.jit(device=True)
+@device_function
 def _layer_dest(e, l, L, Mp, M, n_grad, o_w, o_b, o_tr, o_f1, o_c1, o_f2, o_c2):
     """Entry e of layer l's sums (g_w, g_b, then the moments) -> its offset in a row (-1: none)."""
     if e < Mp * Mp:
@@ -206,7 +206,7 @@ def _layer_dest(e, l, L, Mp, M, n_grad, o_w, o_b, o_tr, o_f1, o_c1, o_f2, o_c2):
     return base + l * M * M * M + m
 
 
-@cuda.jit(device=True)
+@device_function
 def _moment_term(m, l, M, zg, ag, tt, zero):
     """Point tt's term of moment entry m of layer l (counts, then free1, con1, free2, con2)."""
     if m < M:

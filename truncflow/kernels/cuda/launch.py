@@ -11,6 +11,7 @@ multiply-adds (as the CPU's reverse sweep does), which moves sums by round-off o
 Under Numba's CUDA simulator the same operations are NumPy's, rounded one by one.
 """
 import math
+import operator
 
 import numpy as np
 from numba import cuda
@@ -32,21 +33,16 @@ def simulated() -> bool:
     return bool(config.ENABLE_CUDASIM)
 
 
-def _plain_ops():
-    @cuda.jit(device=True)
-    def mul(a, b):
-        return a * b
-
-    @cuda.jit(device=True)
-    def add(a, b):
-        return a + b
-    return mul, add
+def device_function(f):
+    """``cuda.jit(device=True)``; under the simulator the plain Python function (the
+    simulator's device functions take a lock per call, which makes its threads crawl)."""
+    return f if simulated() else cuda.jit(device=True)(f)
 
 
 def rounded_ops(dtype):
     """(mul, add) device functions that round each result on its own in ``dtype``."""
     if simulated():
-        return _plain_ops()
+        return operator.mul, operator.add
     from numba.cuda import libdevice
     if np.dtype(dtype) == np.float32:
         return libdevice.fmul_rn, libdevice.fadd_rn

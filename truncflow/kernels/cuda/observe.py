@@ -13,7 +13,7 @@ import numpy as np
 from numba import cuda
 
 from . import forward as forward_module
-from .launch import THREADS
+from .launch import THREADS, device_function
 
 _FNV_OFFSET = np.uint64(14695981039346656037)
 _FNV_PRIME = np.uint64(1099511628211)
@@ -96,7 +96,7 @@ def build():
     return observe_kernel
 
 
-@cuda.jit(device=True)
+@device_function
 def _observe_term(e, M, L, zg, ag, sq, shift, q, tt, zero):
     """Point tt's term of entry e of the observation row (cluster q)."""
     if e == 0:
