@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from .device import CudaUnavailableError
+
 __all__ = ["main"]
 
 PROG = "truncflow"
@@ -84,6 +86,11 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, metavar="N",
                      help="threads the kernels run on (default: [run] threads, else the process's share of the "
                           "machine: affinity, cgroup quota, OMP_NUM_THREADS)")
+    run.add_argument("--device", choices=("cpu", "cuda"),
+                     help='where the passes over the points run (overrides [run] device; "cuda" needs a GPU and '
+                          'pip install "truncflow[cuda]")')
+    run.add_argument("--precision", choices=("float64", "float32"),
+                     help="arithmetic of the per-point sweep, rk45 and gd (overrides [run] precision)")
     run.add_argument("--check", action="store_true",
                      help="validate the configuration, print what it would run, and exit")
     run.add_argument("--scheduler", metavar="ADDRESS",
@@ -96,8 +103,9 @@ def _build_parser() -> argparse.ArgumentParser:
     plot.add_argument("result", metavar="RESULT.npz", help="a result file")
     plot.add_argument("--out", metavar="FOLDER", help="folder for the PNG files (default: the result's folder)")
     plot.add_argument("--snapshots", type=int, default=4, metavar="K", help="number of snapshots (default 4)")
-    info = sub.add_parser("info", help="versions, threads and the state of the compiled-kernel cache",
-                          description="Print versions, Numba threading and whether compiled kernels are cached.")
+    info = sub.add_parser("info", help="versions, threads, the compiled-kernel cache and the GPUs",
+                          description="Print versions, Numba threading, whether compiled kernels are cached, "
+                                      "and the GPUs the CUDA kernels can use.")
     info.add_argument("--scheduler", metavar="ADDRESS",
                       help="also list the workers of this Dask scheduler: their threads and memory")
     return parser
@@ -124,13 +132,30 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # the reader went away (`truncflow info | head`): stop quietly
         sys.stdout = None
         return 0
-    except (ValueError, OSError, ImportError) as exc:  # ConfigError is a ValueError
+    except (ValueError, OSError, ImportError, CudaUnavailableError) as exc:  # ConfigError is a ValueError
         return _error(exc)
     except MemoryError:
         return _error("out of memory (is n_points or a layer size too large?)")
 
 
 # --------------------------------------------------------------------- run
+def _apply_device_options(cfg, args) -> None:
+    """--device and --precision over [run] device and precision, checked as the file's keys are."""
+    if getattr(args, "device", None) is not None:
+        cfg.device = args.device
+    if getattr(args, "precision", None) is not None:
+        cfg.simulate_kwargs["precision"] = args.precision
+    method = cfg.simulate_kwargs["method"]
+    if method not in ("rk45", "gd"):
+        if cfg.device != "cpu":
+            raise ValueError(f"a GPU runs method 'rk45' or 'gd', not {method!r}")
+        if cfg.simulate_kwargs["precision"] != "float64":
+            raise ValueError(f"precision 'float32' applies to method 'rk45' or 'gd', not {method!r}")
+    if cfg.device == "cuda" and not args.check:
+        from .device import require_cuda
+        require_cuda()          # before the output folder is touched
+
+
 def _set_threads(n, what):
     if n is None:
         return
@@ -163,6 +188,7 @@ def _run(args) -> int:
     else:
         cfg = load_config(args.config)
         folder = Path(args.out) if args.out is not None else cfg.folder
+    _apply_device_options(cfg, args)
     if args.threads is not None:
         _set_threads(args.threads, "--threads")
     else:
@@ -180,6 +206,9 @@ def _run(args) -> int:
         if cfg.cluster or args.scheduler:
             raise ValueError(f"{cfg.source}: a sweep runs its members on this machine, not on a Dask cluster "
                              "(remove [cluster] or --scheduler)")
+        if cfg.device != "cpu":
+            raise ValueError(f"{cfg.source}: a sweep runs its members on the CPU (remove device = \"cuda\" or "
+                             "--device cuda)")
         return _run_sweep(cfg, folder, args, say)
     with SignalGuard() as guard, _OutputFolder(folder, overwrite=args.overwrite, resume=args.resume is not None):
         if args.resume is None:
@@ -248,7 +277,12 @@ def _simulate(cfg, folder: Path, args):
               "later runs)", file=sys.stderr)
     kwargs = dict(cfg.simulate_kwargs)
     cluster = {"scheduler": args.scheduler} if args.scheduler else cfg.cluster
-    if cluster:
+    if cluster and cfg.device != "cpu":
+        raise ValueError("a run goes to a GPU or to a Dask cluster, not both: drop --device cuda or --scheduler")
+    if cfg.device != "cpu":
+        if args.resume is not None:
+            raise ValueError(f"cannot resume {folder}: a run on a GPU is not checkpointed")
+    elif cluster:
         if args.resume is not None:
             raise ValueError(f"cannot resume {folder}: a run on a Dask cluster is not checkpointed")
         if kwargs["method"] not in ("rk45", "gd"):
@@ -268,6 +302,10 @@ def _simulate(cfg, folder: Path, args):
             dataset = distribute(d.points, d.labels, d.targets, client, class_ids=d.class_ids)
             if not args.quiet:
                 print(f"on a Dask cluster: {dataset}", file=sys.stderr)
+        elif cfg.device != "cpu":
+            dataset = cfg.dataset.to(cfg.device)
+            if not args.quiet:
+                print(f"on the GPU: {dataset}", file=sys.stderr)
         bar = _ProgressBar(kwargs["t_end"], disable=args.quiet)
         try:
             result = simulate(cfg.params, dataset, callback=bar.update, config=cfg.result_config(), **kwargs)
@@ -470,6 +508,9 @@ def _info(scheduler=None) -> int:
         if var in os.environ:
             print(f"  {var}={os.environ[var]}")
     _cache_report()
+    from .device import describe_gpus
+    for line in describe_gpus():
+        print(line)
     if scheduler is not None:
         from .distributed import describe_cluster
         with _dask_client({"scheduler": scheduler}) as client:

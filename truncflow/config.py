@@ -10,7 +10,7 @@ A configuration has up to six sections and two top-level keys::
     [flow]      the gradient flow: cost kind, parametrization, method, stopping rules
     [record]    when to record (n_records or times)
     [output]    folder and job name
-    [run]       how it runs: threads
+    [run]       how it runs: threads, device (cpu or cuda), precision
     [sweep]     optional: lists of values for any of the keys above, one run per
                 combination (:mod:`truncflow.sweep`)
 
@@ -36,7 +36,8 @@ from .data import Dataset, encode_labels, gaussian_clusters, load_points, unifor
 from .engine.events import check_events_problem
 from .engine.integrate import METHODS
 from .engine.rhs import TRAIN_OPTIONS, FlowProblem
-from .compute import COST_KINDS, PARAMETRIZATIONS
+from .compute import COST_KINDS, PARAMETRIZATIONS, PRECISIONS
+from .device import DEVICES
 from .params import MAX_LAYERS, Params, check_network_size
 
 __all__ = ["ConfigError", "RunConfig", "load_config", "parse_config", "default_config_text",
@@ -115,6 +116,10 @@ SCHEMA: dict[str, dict[str, str]] = {
     "run": {
         "threads": "threads the kernels run on (default: the process's share of the machine; "
                    "--threads overrides it; results do not depend on it)",
+        "device": 'where the passes over the points run: "cpu" (default) or "cuda" (a GPU; needs '
+                  'pip install "truncflow[cuda]"; --device overrides it)',
+        "precision": '"float64" (default) or "float32": the arithmetic of the per-point sweep of rk45 and gd '
+                     "(sums over points stay float64; --precision overrides it)",
     },
     "cluster": {
         "scheduler": 'address of a running Dask scheduler, e.g. "tcp://host:8786" (--scheduler overrides it)',
@@ -181,6 +186,7 @@ class RunConfig:
     data_summary: str = ""     # e.g. "3 gaussian clusters"
     init: str = ""
     threads: int | None = None  # [run] threads (None: truncflow's default)
+    device: str = "cpu"         # [run] device: "cpu" or "cuda"
     cluster: dict = field(default_factory=dict)   # [cluster]: scheduler, or local and threads_per_worker
     sweep_keys: list = field(default_factory=list)     # [sweep]: the swept keys, as written
     sweep_values: list = field(default_factory=list)   # one tuple of values per member
@@ -200,13 +206,16 @@ class RunConfig:
             how = f"gd, lr {kw['lr']:g}"
         else:
             how = "exact event-driven solution"
+        if kw.get("precision", "float64") != "float64":
+            how += f", {kw['precision']} sweep"
         frozen = f", frozen layers {list(kw['frozen_layers'])}" if kw["frozen_layers"] else ""
         out = f", P={p.out_dim}" if kw["kind"] == "output" else ""
         swept = (f"sweep of {len(self.members)} runs over {', '.join(self.sweep_keys)}; first: "
                  if self.members else "")
         return (f"{self.name}: {swept}{kw['kind']} cost, {kw['wrt']} flow ({how}), train {kw['train']}{frozen}, "
                 f"t_end {kw['t_end']:g}; N={ds.n_points} points ({self.data_summary}, M={ds.width}, "
-                f"{ds.points.dtype}); L={p.n_layers} layer{'s' if p.n_layers != 1 else ''} ({self.init}{out})")
+                f"{ds.points.dtype}); L={p.n_layers} layer{'s' if p.n_layers != 1 else ''} ({self.init}{out})"
+                + (f"; on {self.device}" if self.device != "cpu" else ""))
 
 
 # ------------------------------------------------------------------ reading
@@ -465,12 +474,22 @@ class _Builder:
         if str(folder).strip() == "":
             self.fail("output", "folder", "must not be empty")
         name = self.string("output", out, "name", default=self.default_name)
-        threads = self.integer("run", self.section("run"), "threads", minimum=1)
+        run = self.section("run")
+        threads = self.integer("run", run, "threads", minimum=1)
+        device = self.string("run", run, "device", default="cpu", choices=DEVICES)
+        kwargs["precision"] = self.string("run", run, "precision", default="float64", choices=PRECISIONS)
+        if kwargs["precision"] != "float64" and kwargs["method"] not in ("rk45", "gd"):
+            self.fail("run", "precision", f'"float32" applies to method "rk45" or "gd", not {kwargs["method"]!r}')
+        if device == "cuda" and kwargs["method"] not in ("rk45", "gd"):
+            self.fail("run", "device", f'a GPU runs method "rk45" or "gd", not {kwargs["method"]!r}')
         cluster = self.build_cluster(kwargs)
+        if device == "cuda" and cluster:
+            self.fail("run", "device", "a run goes to a GPU or to a Dask cluster, not both: remove [cluster] or "
+                                       'device = "cuda"')
         return RunConfig(params=params, dataset=dataset, simulate_kwargs=kwargs, folder=folder, seed=seed,
                          name=name, description=description, source=self.source, text=text,
                          table=self.table, data_summary=data_summary, init=init, threads=threads,
-                         cluster=cluster)
+                         device=device, cluster=cluster)
 
     def build_cluster(self, kwargs) -> dict:
         """[cluster]: {"scheduler": address} or {"local": workers, "threads_per_worker": t}, or {}."""

@@ -50,10 +50,11 @@ class CudaUnavailableError(RuntimeError):
 def require_cuda():
     """``numba.cuda`` once it is usable, or :class:`CudaUnavailableError` naming what is missing."""
     simulated = _simulator_requested()
-    if importlib.util.find_spec("numba_cuda") is None:
-        raise CudaUnavailableError(
-            f"device 'cuda' needs the package numba-cuda, which is not installed: {INSTALL} (and an NVIDIA "
-            f"driver){'' if simulated else '; without a GPU, set NUMBA_ENABLE_CUDASIM=1 to run the kernels in Numba`s CUDA simulator'}")
+    if not _numba_cuda_installed():
+        hint = "" if simulated else ("; without a GPU, set NUMBA_ENABLE_CUDASIM=1 to run the kernels in Numba's "
+                                     "CUDA simulator")
+        raise CudaUnavailableError(f"device 'cuda' needs the package numba-cuda, which is not installed: {INSTALL} "
+                                   f"(and an NVIDIA driver){hint}")
     from numba import cuda
     if simulated:
         return cuda
@@ -65,6 +66,10 @@ def require_cuda():
                                    f"check nvidia-smi, or set NUMBA_ENABLE_CUDASIM=1 to run the kernels in Numba's "
                                    f"CUDA simulator") from None
     return cuda
+
+
+def _numba_cuda_installed() -> bool:
+    return importlib.util.find_spec("numba_cuda") is not None
 
 
 def _simulator_requested() -> bool:
