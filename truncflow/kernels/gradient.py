@@ -395,9 +395,11 @@ def _layer_sums_block(u, a, z, xt, k0, j0, nb, gw):
     Row k of a point is either free or truncated, so each entry takes one product:
     u_k (z_j - xt_j) on a free row, -u_k xt_j on a truncated one (a select, then a
     multiply-add: the exact products of the two-term form, whose other term is zero).
+    The tile's sums run in the sweep's dtype (float32 for ``precision="float32"``: at
+    most ``TILE`` terms, in SIMD lanes), and are added to gw (float64) tile by tile.
     """
-    g00 = g01 = g02 = g03 = g10 = g11 = g12 = g13 = 0.0
-    g20 = g21 = g22 = g23 = g30 = g31 = g32 = g33 = 0.0
+    g00 = g01 = g02 = g03 = g10 = g11 = g12 = g13 = u.dtype.type(0)
+    g20 = g21 = g22 = g23 = g30 = g31 = g32 = g33 = u.dtype.type(0)
     for t in range(nb):
         f0, f1, f2, f3 = a[k0, t] > 0.0, a[k0 + 1, t] > 0.0, a[k0 + 2, t] > 0.0, a[k0 + 3, t] > 0.0
         u0, u1, u2, u3 = u[k0, t], u[k0 + 1, t], u[k0 + 2, t], u[k0 + 3, t]
