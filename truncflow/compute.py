@@ -29,7 +29,8 @@ COST_KINDS = ("input", "output")
 PARAMETRIZATIONS = ("cumulative", "layers", "aligned")
 #: Arithmetic of the per-point sweep. "float64": the exact contract of MODEL.md;
 #: "float32": float32 arithmetic point by point (twice the SIMD lanes on a CPU, and the
-#: fast precision of most GPUs), every sum over points still accumulated in float64.
+#: fast precision of most GPUs), sums over points accumulated in float64 (on the CPU
+#: after each tile of at most 256 points, summed in float32).
 PRECISIONS = ("float64", "float32")
 
 
@@ -310,7 +311,7 @@ def gradient(params: Params, dataset: Dataset, kind: str = "input", wrt: str = "
         per_cluster: split cost and gradient over the Q clusters (they sum to the totals).
         precision: "float64" (default: the exact contract) or "float32": the per-point sweep
             (truncation maps, kinks, residuals, backward products) in float32, the sums over
-            points in float64. Where it runs follows the dataset: a CPU
+            points in float64 (on the CPU tile by tile, each tile of <= 256 points in float32). Where it runs follows the dataset: a CPU
             :class:`truncflow.Dataset`, or one moved to a GPU with ``dataset.to("cuda")``.
     Returns:
         ``(cost, grad)``: cost a float (or (Q,) array), grad a :class:`Gradient`; both finite.

@@ -119,8 +119,9 @@ def _tile_buffers(L, M, P, T, like):
     """A chunk's scratch, feature-major (rows = padded width M, columns = T points: ``TILE``,
     or fewer for a chunk of fewer points, whose buffers are then cheaper to make). The
     per-point arrays take the dtype of ``like`` (the parameters): float64, or float32 for
-    ``precision="float32"``, where the whole per-point sweep runs in float32 while every
-    sum over points (sq, g_w, ...) still accumulates in float64.
+    ``precision="float32"``, where the whole per-point sweep runs in float32 while the
+    sums over points (sq, g_w, ...) accumulate in float64 (the weight sums of a tile in
+    the sweep's dtype first: ``_layer_sums_block``).
 
     Returns z (L+1, M, T) the images x~^(l) (zero-filled: padding rows stay zero),
     act (L, M, T) the cumulative pre-activations, then (M, T) arrays cn (-a on
