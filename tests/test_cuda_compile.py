@@ -1,0 +1,87 @@
+"""The CUDA kernels compile to PTX for a data-centre GPU (sm_90), float64 and float32, with the
+argument types the device dataset passes them: a check of typing and code generation where
+there is a CUDA toolkit (NVVM, NVRTC) but no GPU. Skipped under the simulator and without one.
+"""
+import numpy as np
+import pytest
+
+pytest.importorskip("numba_cuda")
+from numba import config as numba_config  # noqa: E402
+
+pytestmark = pytest.mark.cuda
+if numba_config.ENABLE_CUDASIM:
+    pytest.skip("the simulator compiles nothing", allow_module_level=True)
+
+from numba import cuda, typeof, types  # noqa: E402
+
+CC = (9, 0)
+
+
+def ptx(kernel, *args):
+    sig = tuple(typeof(a) for a in args)
+    code, _ = cuda.compile_ptx(kernel.py_func, sig, cc=CC)
+    return code
+
+
+class _Sm90:
+    """What ``get_current_device`` gives the compiler of device functions, without a driver."""
+    compute_capability = CC
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toolkit():
+    from numba.cuda import dispatcher
+    saved = dispatcher.get_current_device
+    dispatcher.get_current_device = lambda: _Sm90()       # device functions compile for sm_90 too
+    yield from _probe()
+    dispatcher.get_current_device = saved
+
+
+def _probe():
+    def probe(a):
+        a[0] = 1.0
+    try:
+        cuda.compile_ptx(probe, (types.float64[:],), cc=CC)
+    except Exception as exc:       # no NVVM / NVRTC here
+        pytest.skip(f"no CUDA toolkit to compile with ({type(exc).__name__})")
+    yield
+
+
+def arrays(dtype, L=3, Mp=8, M=7, P=2, G=4, T=128, S=3, K=50):
+    f = np.dtype(dtype)
+    return dict(points=np.zeros((100, M)), labels=np.zeros(100, np.int64), targets=np.zeros((S, Mp), f),
+                cw=np.zeros((L, Mp, Mp), f), cb=np.zeros((L, Mp), f), inv=np.zeros((L, Mp, Mp), f),
+                back=np.zeros((L, Mp, Mp), f), out_w=np.zeros((P, Mp), f), out_b=np.zeros(P, f),
+                offsets=np.zeros(9, np.int64), z=np.zeros((G, L + 1, Mp, T), f), act=np.zeros((G, L, Mp, T), f),
+                u=np.zeros((G, 2, Mp, T), f), r=np.zeros((G, Mp, T), f), rr=np.zeros((G, T)),
+                acc=np.zeros((G, S, K)), zero=f.type(0))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_gradient_kernel_compiles(dtype):
+    from truncflow.kernels.cuda import gradient
+    a = arrays(dtype)
+    code = ptx(gradient.build(dtype), a["points"], a["labels"], 100, a["targets"], a["cw"], a["cb"], a["inv"],
+               a["back"], a["out_w"], a["out_b"], True, True, True, True, 7, a["offsets"], a["z"], a["act"],
+               a["u"], a["r"], a["rr"], a["zero"], a["acc"])
+    # the forward sweep's products and sums are the rounded, never-contracted ones
+    op = "mul.rn.f64" if dtype == "float64" else "mul.rn.f32"
+    assert op in code
+
+
+def test_forward_observe_and_sums_kernels_compile():
+    from truncflow.kernels.cuda import forward, launch, observe
+    a = arrays("float64")
+    _, _, truncate_kernel, patterns_kernel = forward.build("float64")
+    ptx(truncate_kernel, a["points"].astype(np.float32), 2, a["cw"], a["cb"], a["inv"], a["z"], a["act"], 0.0,
+        np.zeros((100, 7)))
+    ptx(patterns_kernel, a["points"], a["cw"], a["cb"], a["inv"], a["z"], a["act"], 0.0,
+        np.zeros((100, 3, 1), np.uint64))
+    ptx(observe.build(), a["points"], a["labels"], 100, np.zeros((3, 7)), np.zeros((3, 7)), a["cw"], a["cb"],
+        a["inv"], a["out_w"], a["out_b"], False, a["z"], a["act"], a["rr"], 0.0, np.zeros(100, np.uint64),
+        a["acc"])
+    ptx(observe.cluster_sums_kernel, a["points"], a["labels"], 100, a["acc"])
+    ptx(observe.gather_rows_kernel, a["points"], np.zeros(5, np.int64), np.zeros((5, 7)))
+    ptx(launch._reduce_kernel, a["acc"], np.zeros((3, 50)))
+    ptx(launch._zero_kernel, np.zeros(10))
+    ptx(launch._count_nonfinite_kernel, a["points"], np.zeros(1, np.int64))
