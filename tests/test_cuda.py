@@ -276,3 +276,23 @@ def test_device_dataset_round_trip_and_refusals():
     assert np.array_equal(other.targets, np.ones((2, 3))) and other.points is dev.points
     with pytest.raises(ValueError, match="targets have 3 rows but this dataset has Q = 2"):
         dev.with_targets(np.ones((3, 3)))
+
+
+# ------------------------------------------------------------------ the benchmark script
+def test_gpu_benchmark_script_runs(tmp_path):
+    """bench/gpu.py end to end in the simulator (its timings mean nothing there): it stays ready
+    for a GPU machine."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", str(script), "--simulate", "--no-torch",
+                           "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["precision"] for r in rows] == ["float64", "float32"]
+    assert rows[0]["check_rel_diff_vs_cpu"] < 1e-12 and rows[1]["check_rel_diff_vs_cpu"] < 1e-5
