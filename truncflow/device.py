@@ -146,8 +146,9 @@ class DeviceDataset:
         free = cuda.current_context().get_memory_info()[0]
         self.resident = batch_points is None and need <= RESIDENT_FRACTION * free
         if self.resident:
-            self.points = cuda.to_device(np.ascontiguousarray(dataset.points))
-            self.labels = cuda.to_device(np.ascontiguousarray(dataset.labels))
+            self.points, self.labels = _on_device(f"the points ({format_bytes(need)})", lambda: (
+                cuda.to_device(np.ascontiguousarray(dataset.points)),
+                cuda.to_device(np.ascontiguousarray(dataset.labels))))
             self.batch_points = N
         else:
             if batch_points is None:
@@ -241,13 +242,14 @@ class DeviceDataset:
     def _buffers(self, key, make):
         """Scratch made once per (pass kind, shapes) and kept: no allocation per evaluation."""
         if key not in self._scratch:
-            self._scratch[key] = make()
+            self._scratch[key] = _on_device(f"the scratch of a pass ({key[0]})", make)
         return self._scratch[key]
 
-    def _run(self, key, n_rows, launch, per_point=None):
+    def _run(self, key, n_rows, launch, per_point=False):
         """Launch a pass: ``launch(points, labels, n, acc, scratch_index, stream, hashes)`` per
-        batch, on one or two streams, into per-stream sums acc (G, S, K); returns the sums of
-        all rows added in a fixed order, (S, K) float64, and the per-point output if any."""
+        batch, on one or two streams, into per-stream sums acc (G, S, K) = ``n_rows`` (kept under
+        ``key``); returns the sums of all rows added in a fixed order, (S, K) float64, and with
+        ``per_point`` the pattern hashes (N,) uint64 the kernel wrote."""
         from .kernels.cuda import launch as lc
         cuda = self._cuda
         G, S, K = n_rows
@@ -280,7 +282,9 @@ class DeviceDataset:
         sums = lc.reduce_rows(acc)
         return sums, (np.array(host_hashes) if per_point else None)
 
-    def _sweep_scratch(self, key, G, T, L, Mp, R, dtype, n_streams):
+    def _sweep_scratch(self, G, T, L, Mp, R, dtype, n_streams):
+        """Per stream: z, act, u, r in the sweep dtype and rr (float64), the kernels' scratch (one set
+        per stream: kernels of two streams run at once)."""
         cuda = self._cuda
 
         def make():
@@ -304,7 +308,7 @@ class DeviceDataset:
         K, S = lay["K"], int(n_slots)
         G, T = geometry(self.n_points, S * K * 8)
         kernel = gk.build(dtype.name)
-        scratch = self._sweep_scratch("sweep", G, T, L, Mp, max(Mp, P), dtype, 1 if self.resident else 2)
+        scratch = self._sweep_scratch(G, T, L, Mp, max(Mp, P), dtype, 1 if self.resident else 2)
         offsets = np.array([lay.get(name, 0) for name in
                             ("g_w", "g_b", "g_ow", "g_ob", "truncated", "free1", "con1", "free2", "con2")],
                            dtype=np.int64)
@@ -380,7 +384,7 @@ class DeviceDataset:
         K = ok.row_size(L, M)
         G, T = geometry(self.n_points, Q * K * 8)
         kernel = ok.build()
-        scratch = self._sweep_scratch("sweep", G, T, L, Mp, Mp, np.dtype(np.float64), 1 if self.resident else 2)
+        scratch = self._sweep_scratch(G, T, L, Mp, Mp, np.dtype(np.float64), 1 if self.resident else 2)
         d = [cuda.to_device(np.ascontiguousarray(a, dtype=np.float64)) for a in (targets, shift, cwp, cbp, invp, ow, ob)]
 
         def launch(points, labels, n, acc, s, stream, hashes):
@@ -399,6 +403,17 @@ class DeviceDataset:
         s2 = sums[:, 1 + 2 * LM + 2 * L:].reshape(Q, L, M).swapaxes(0, 1)
         parts = tuple(np.ascontiguousarray(a)[None] for a in (sq, truncated, any_trunc, all_trunc, s1, s2))
         return parts, np.unique(hashes), hashes
+
+
+def _on_device(what: str, make):
+    """``make()``, with the GPU's out-of-memory error turned into a MemoryError naming ``what``."""
+    try:
+        return make()
+    except Exception as exc:
+        if "OUT_OF_MEMORY" not in str(exc) and "out of memory" not in str(exc).lower():
+            raise
+        raise MemoryError(f"the GPU has no room for {what}: {type(exc).__name__}: {exc} (stream the points with "
+                          f"dataset.to('cuda', batch_points=...), or free device memory)") from None
 
 
 # ---------------------------------------------------------------- device arrays
