@@ -319,6 +319,31 @@ class Dataset:
                 f"dtype={self.points.dtype}, targets={self.targets.shape}{ids})")
 
 
+class DatasetElsewhere:
+    """The sizes of a dataset whose points are not in this process's memory (on a Dask cluster,
+    on a GPU): set ``_n_points``, ``_width``, ``targets`` and ``_counts``."""
+
+    @property
+    def n_points(self) -> int:
+        """N."""
+        return self._n_points
+
+    @property
+    def width(self) -> int:
+        """M, the dimension of the points."""
+        return self._width
+
+    @property
+    def n_clusters(self) -> int:
+        """Q."""
+        return self.targets.shape[0]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """(Q,) int64: number of points in each cluster."""
+        return self._counts
+
+
 def _require_in_range(labels: np.ndarray, n_clusters: int) -> None:
     """Raise ValueError naming the first label outside [0, Q)."""
     lo, hi = labels.min(), labels.max()

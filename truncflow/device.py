@@ -30,7 +30,7 @@ import warnings
 import numpy as np
 
 from ._validate import choice, format_bytes, integer
-from .data import Dataset, EmptyClusterWarning, check_targets
+from .data import Dataset, DatasetElsewhere, EmptyClusterWarning, check_targets
 
 __all__ = ["DeviceDataset", "CudaUnavailableError", "require_cuda", "to_device", "describe_gpus", "DEVICES"]
 
@@ -127,7 +127,7 @@ def to_device(dataset: Dataset, device: str = "cuda", *, batch_points: int | Non
     return DeviceDataset(cuda, dataset, batch_points)
 
 
-class DeviceDataset:
+class DeviceDataset(DatasetElsewhere):
     """A :class:`truncflow.Dataset` whose points live on a GPU (made by ``dataset.to("cuda")``).
 
     It has the Dataset's read-only attributes (``targets``, ``class_ids``, ``counts``,
@@ -164,23 +164,6 @@ class DeviceDataset:
                 self.points[a:a + (1 << 22)] = dataset.points[a:a + (1 << 22)]
             self.labels[:] = dataset.labels
         self._scratch = {}
-
-    # ------------------------------------------------------------ attributes
-    @property
-    def n_points(self) -> int:
-        return self._n_points
-
-    @property
-    def width(self) -> int:
-        return self._width
-
-    @property
-    def n_clusters(self) -> int:
-        return self.targets.shape[0]
-
-    @property
-    def counts(self) -> np.ndarray:
-        return self._counts
 
     def __repr__(self) -> str:
         where = "resident" if self.resident else f"streamed in batches of {self.batch_points}"

@@ -35,7 +35,8 @@ import warnings
 import numpy as np
 
 from ._validate import format_bytes
-from .data import (EmptyClusterWarning, _check_class_ids, _require_in_range, check_labels, check_points, check_targets,
+from .data import (DatasetElsewhere, EmptyClusterWarning, _check_class_ids, _require_in_range, check_labels,
+                   check_points, check_targets,
                    warn_empty_clusters)
 from .kernels import config
 
@@ -107,7 +108,7 @@ def _count_changes(new, old):
 
 
 # ------------------------------------------------------------------ client side
-class DistributedDataset:
+class DistributedDataset(DatasetElsewhere):
     """A :class:`truncflow.Dataset` whose points live on the workers of a Dask cluster.
 
     Made by :func:`distribute`. It has the Dataset's read-only attributes (``targets``,
@@ -126,22 +127,6 @@ class DistributedDataset:
         self.targets, self.class_ids, self._counts = targets, class_ids, counts
         self.chunk = chunk                 # the chunking the partitions are made of
         self.timeout = timeout
-
-    @property
-    def n_points(self) -> int:
-        return self._n_points
-
-    @property
-    def width(self) -> int:
-        return self._width
-
-    @property
-    def n_clusters(self) -> int:
-        return self.targets.shape[0]
-
-    @property
-    def counts(self) -> np.ndarray:
-        return self._counts
 
     @property
     def n_partitions(self) -> int:
