@@ -36,8 +36,7 @@ import numpy as np
 
 from ._validate import format_bytes
 from .data import (DatasetElsewhere, EmptyClusterWarning, _check_class_ids, _require_in_range, check_labels,
-                   check_points, check_targets,
-                   warn_empty_clusters)
+                   check_points, check_targets, warn_empty_clusters)
 from .kernels import config
 
 __all__ = ["distribute", "DistributedDataset", "ClusterError", "require_dask"]

@@ -39,7 +39,8 @@ class Observation:
         n_patterns           int     number of distinct activation patterns (all layers jointly)
         pattern_hash         (N,) uint64  per-point hash of the pattern, to count changes (for a
                                      distributed dataset a ``distributed.PartitionedHashes``
-                                     kept on the workers: ``.to_dask()`` gives a dask.array)
+                                     kept on the workers: ``.to_dask()`` gives a dask.array;
+                                     for a dataset on a GPU it is copied back, 8 bytes a point)
     Empty clusters give NaN in the per-cluster fractions and spreads.
     """
 
