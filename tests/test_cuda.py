@@ -77,9 +77,9 @@ def test_gradient_matches_the_numpy_reference():
     assert_close(g.biases, r["biases"].sum(axis=0), 1e-11, "dC/db")
 
 
-@pytest.mark.parametrize("M,L,N", [(1, 2, 100), (7, 2, 70), (66, 1, 40)])
+@pytest.mark.parametrize("M,L,N", [(1, 2, 100), (7, 2, 70), (66, 1, 40), (3, 2, 1)])
 def test_widths_one_odd_and_beyond_64(M, L, N):
-    """M = 1, M not a multiple of the register block (4), M > 64 (two pattern words)."""
+    """M = 1, M not a multiple of the register block (4), M > 64 (two pattern words); N = 1."""
     pr = make_problem(4, L=L, M=M, N=N, Q=2, scale=0.2)
     dev = on_device(pr)
     c, g = tf.gradient(pr.params, dev, per_cluster=True)
@@ -230,6 +230,15 @@ def test_float32_precision_on_the_gpu_agrees_with_the_cpus_float32_and_holds_1e_
     assert_close(g.weights, g64.weights, 1e-5, "dC/dW vs float64")
     assert_close(g.biases, g64.biases, 1e-5, "dC/db vs float64")
     assert c != c64                              # float32 was used
+
+
+def test_float32_precision_of_the_output_cost_per_cluster():
+    pr = make_problem(17, L=2, M=3, N=120, Q=3, P=2)
+    ds = pr.dataset("output")
+    c, g = tf.gradient(pr.params, ds.to("cuda"), "output", per_cluster=True, precision="float32")
+    c32, g32 = tf.gradient(pr.params, ds, "output", per_cluster=True, precision="float32")
+    assert_close(c, c32, 1e-6, "cost vs the CPU's float32")
+    assert_gradients_close(g, g32, 1e-6)
 
 
 # ------------------------------------------------------------------ flows
