@@ -311,8 +311,9 @@ def gradient(params: Params, dataset: Dataset, kind: str = "input", wrt: str = "
         per_cluster: split cost and gradient over the Q clusters (they sum to the totals).
         precision: "float64" (default: the exact contract) or "float32": the per-point sweep
             (truncation maps, kinks, residuals, backward products) in float32, the sums over
-            points in float64 (on the CPU tile by tile, each tile of <= 256 points in float32). Where it runs follows the dataset: a CPU
-            :class:`truncflow.Dataset`, or one moved to a GPU with ``dataset.to("cuda")``.
+            points in float64 (on the CPU tile by tile, each tile of <= 256 points in
+            float32). Where it runs follows the dataset: a CPU :class:`truncflow.Dataset`,
+            or one moved to a GPU with ``dataset.to("cuda")``.
     Returns:
         ``(cost, grad)``: cost a float (or (Q,) array), grad a :class:`Gradient`; both finite.
     Raises:

@@ -368,7 +368,8 @@ class DeviceDataset(DatasetElsewhere):
         G, T = geometry(self.n_points, Q * K * 8)
         kernel = ok.build()
         scratch = self._sweep_scratch(G, T, L, Mp, Mp, np.dtype(np.float64), 1 if self.resident else 2)
-        d = [cuda.to_device(np.ascontiguousarray(a, dtype=np.float64)) for a in (targets, shift, cwp, cbp, invp, ow, ob)]
+        d = [cuda.to_device(np.ascontiguousarray(a, dtype=np.float64))
+             for a in (targets, shift, cwp, cbp, invp, ow, ob)]
 
         def launch(points, labels, n, acc, s, stream, hashes):
             z, act, _, _, rr = scratch[s]
