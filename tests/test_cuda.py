@@ -6,6 +6,7 @@ thread as a Python thread, so problems stay at hundreds of points. Skipped where
 numba-cuda is not installed, or where there is neither a GPU nor the simulator.
 """
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -305,3 +306,33 @@ def test_gpu_benchmark_script_runs(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["precision"] for r in rows] == ["float64", "float32"]
     assert rows[0]["check_rel_diff_vs_cpu"] < 1e-12 and rows[1]["check_rel_diff_vs_cpu"] < 1e-5
+
+
+# ------------------------------------------------------------------ random shapes
+@pytest.mark.parametrize("seed", range(6))
+def test_random_shapes_match_the_cpu(seed):
+    """Random L, M, Q, N, P, sorted or shuffled labels: gradient, statistics with second
+    moments and observables, against the CPU (the kernels' index arithmetic)."""
+    rng = np.random.default_rng(100 + seed)
+    L, M, Q, N, P = (int(rng.integers(1, 4)), int(rng.integers(1, 10)), int(rng.integers(1, 5)),
+                     int(rng.integers(1, 90)), int(rng.integers(1, 4)))
+    pr = make_problem(200 + seed, L=L, M=M, N=N, Q=Q, P=P)
+    if seed % 2:
+        order = np.argsort(pr.labels, kind="stable")
+        pr.points, pr.labels = pr.points[order], pr.labels[order]
+    kind = "output" if seed % 3 == 0 else "input"
+    ds = pr.dataset(kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tf.EmptyClusterWarning)
+        dev = ds.to("cuda")
+    c, g = tf.gradient(pr.params, dev, kind, per_cluster=True)
+    c0, g0 = tf.gradient(pr.params, ds, kind, per_cluster=True)
+    assert_close(c, c0, 1e-12, "cost", floor=1.0)
+    assert_gradients_close(g, g0)
+    s, s0 = (tf.cluster_statistics(pr.params, d, kind, second_moments=True) for d in (dev, ds))
+    assert np.array_equal(s.truncated_counts, s0.truncated_counts)
+    for name in ("free_sums", "constrained_sums", "free_second", "constrained_second"):
+        assert_close(getattr(s, name), getattr(s0, name), 1e-12, name, floor=1.0)
+    o, o0 = tf.observe(pr.params, dev, kind), tf.observe(pr.params, ds, kind)
+    assert np.array_equal(o.pattern_hash, o0.pattern_hash)
+    assert np.array_equal(o.coordinate_truncated_fraction, o0.coordinate_truncated_fraction, equal_nan=True)
