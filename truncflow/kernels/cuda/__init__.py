@@ -5,8 +5,9 @@ installation never imports ``numba.cuda``. One module per job, as on the CPU sid
 
     launch      rounded arithmetic, launch geometry, fixed-order reduction, scratch
     forward     truncation maps and activation patterns of device arrays
-    gradient    cost + cumulative gradient (+ per cluster, + output cost), and the
-                cluster statistics (the same sweep with the moment sums)
+    gradient    cost + cumulative gradient (+ per cluster, + output cost); with its
+                moment sums, the cluster statistics
+    statistics  the statistics' moment entries (counts, first and second moments)
     observe     the observables of a record and the per-cluster sums of the points
 
 Layout. A block of T threads takes a *tile* of T consecutive points, one point per

@@ -20,6 +20,7 @@ from numba import cuda
 
 from . import forward as forward_module
 from .launch import THREADS, device_function
+from .statistics import moment_dest, moment_term
 
 
 def layout(L: int, Mp: int, M: int, P: int, moments: bool, second: bool) -> dict:
@@ -153,7 +154,7 @@ def build(dtype_name: str):
                                     term += uk
                             run += term
                         else:
-                            run += _moment_term(e - n_grad, l, M, zg, ag, tt, zero)
+                            run += moment_term(e - n_grad, l, M, zg, ag, tt, zero)
                     accg[cur, dest] += run
                 if l > 0 and t < nb:
                     for k in range(Mp):
@@ -185,45 +186,4 @@ def _layer_dest(e, l, L, Mp, M, n_grad, o_w, o_b, o_tr, o_f1, o_c1, o_f2, o_c2):
         return o_w + l * Mp * Mp + e
     if e < n_grad:
         return o_b + l * Mp + e - Mp * Mp
-    m = e - n_grad
-    if m < M:
-        return o_tr + l * M + m
-    m -= M
-    if m < M * M:
-        return o_f1 + l * M * M + m
-    m -= M * M
-    if m < M * M:
-        return o_c1 + l * M * M + m
-    m -= M * M
-    base = o_f2
-    if m >= M * M * M:
-        m -= M * M * M
-        base = o_c2
-    i = (m // M) % M
-    j = m % M
-    if j < i:
-        return -1
-    return base + l * M * M * M + m
-
-
-@device_function
-def _moment_term(m, l, M, zg, ag, tt, zero):
-    """Point tt's term of moment entry m of layer l (counts, then free1, con1, free2, con2)."""
-    if m < M:
-        return 1.0 if ag[l, m, tt] <= zero else 0.0
-    m -= M
-    if m < 2 * M * M:
-        k = (m // M) % M
-        j = m % M
-        free = ag[l, k, tt] > zero
-        if (m < M * M) == free:
-            return np.float64(zg[l, j, tt])
-        return 0.0
-    m -= 2 * M * M
-    k = (m // (M * M)) % M
-    i = (m // M) % M
-    j = m % M
-    free = ag[l, k, tt] > zero
-    if (m < M * M * M) == free:
-        return np.float64(zg[l, i, tt] * zg[l, j, tt])
-    return 0.0
+    return moment_dest(e - n_grad, l, M, o_tr, o_f1, o_c1, o_f2, o_c2)
