@@ -245,6 +245,7 @@ class DeviceDataset(DatasetElsewhere):
             cuda.synchronize()
             sums = lc.reduce_rows(acc)
             return sums, (hashes.copy_to_host() if per_point else None)
+        cuda.synchronize()              # the zeroed sums, before two other streams add into them
         streams = self._buffers(("streams",), lambda: [cuda.stream() for _ in range(2)])
         B, M = self.batch_points, self.width
         staging = self._buffers(("staging",), lambda: [
