@@ -81,7 +81,8 @@ def test_forward_observe_and_sums_kernels_compile():
         a["inv"], a["out_w"], a["out_b"], False, a["z"], a["act"], a["rr"], 0.0, np.zeros(100, np.uint64),
         a["acc"])
     ptx(observe.cluster_sums_kernel, a["points"], a["labels"], 100, a["acc"])
-    ptx(observe.gather_rows_kernel, a["points"], np.zeros(5, np.int64), np.zeros((5, 7)))
+    ptx(observe.gather_rows_kernel, a["points"], a["labels"], np.zeros(5, np.int64), np.zeros((5, 7)),
+        np.zeros(5, np.int64))
     ptx(launch._reduce_kernel, a["acc"], np.zeros((3, 50)))
     ptx(launch._zero_kernel, np.zeros(10))
     ptx(launch._count_nonfinite_kernel, a["points"], np.zeros(1, np.int64))

@@ -92,3 +92,13 @@ def test_device_and_cluster_together_are_refused(tmp_path, capsys):
     path = job(tmp_path, run='device = "cuda"\n[cluster]\nlocal = 2')
     assert main(["run", path, "--check"]) == 2
     assert "a GPU or to a Dask cluster, not both" in capsys.readouterr().err
+
+
+def test_command_line_overrides_are_checked_against_the_method(tmp_path, capsys):
+    from truncflow.cli import main
+    path = job(tmp_path, "kinks", "")
+    assert main(["run", path, "--device", "cuda", "--check"]) == 2
+    assert "--device cuda: a GPU runs method" in capsys.readouterr().err
+    assert main(["run", path, "--precision", "float32", "--check"]) == 2
+    assert "--precision float32 applies to method" in capsys.readouterr().err
+    assert main(["run", path, "--device", "cpu", "--precision", "float64", "--check"]) == 0

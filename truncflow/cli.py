@@ -140,17 +140,18 @@ def main(argv=None) -> int:
 
 # --------------------------------------------------------------------- run
 def _apply_device_options(cfg, args) -> None:
-    """--device and --precision over [run] device and precision, checked as the file's keys are."""
+    """--device and --precision over [run] device and precision (the file's own keys were
+    checked by the configuration); a GPU run first checks that the GPU can be used."""
+    from .engine.integrate import DISTRIBUTED_METHODS
+    method = cfg.simulate_kwargs["method"]
     if getattr(args, "device", None) is not None:
+        if args.device != "cpu" and method not in DISTRIBUTED_METHODS:
+            raise ValueError(f"--device {args.device}: a GPU runs method 'rk45' or 'gd', not {method!r}")
         cfg.device = args.device
     if getattr(args, "precision", None) is not None:
+        if args.precision != "float64" and method not in DISTRIBUTED_METHODS:
+            raise ValueError(f"--precision {args.precision} applies to method 'rk45' or 'gd', not {method!r}")
         cfg.simulate_kwargs["precision"] = args.precision
-    method = cfg.simulate_kwargs["method"]
-    if method not in ("rk45", "gd"):
-        if cfg.device != "cpu":
-            raise ValueError(f"a GPU runs method 'rk45' or 'gd', not {method!r}")
-        if cfg.simulate_kwargs["precision"] != "float64":
-            raise ValueError(f"precision 'float32' applies to method 'rk45' or 'gd', not {method!r}")
     if cfg.device == "cuda" and not args.check:
         from .device import require_cuda
         require_cuda()          # before the output folder is touched

@@ -78,6 +78,14 @@ def padded_width(width: int) -> int:
     return -(-int(width) // BLOCK) * BLOCK
 
 
+def pad_to_width(a, width: int, axes: tuple) -> np.ndarray:
+    """A new C-contiguous float64 copy of ``a`` whose ``axes`` are zero-padded to ``width``."""
+    a = np.asarray(a, dtype=np.float64)
+    out = np.zeros([width if ax in axes else n for ax, n in enumerate(a.shape)])
+    out[tuple(slice(0, n) for n in a.shape)] = a
+    return out
+
+
 def tile_arrays(params: Params, targets: np.ndarray, kind: str) -> tuple[np.ndarray, ...]:
     """The tiled kernels' arrays (``kernels.gradient``), zero-padded to width Mp.
 
@@ -91,12 +99,7 @@ def tile_arrays(params: Params, targets: np.ndarray, kind: str) -> tuple[np.ndar
     """
     L, M = params.n_layers, params.width
     Mp = padded_width(M)
-
-    def pad(a, axes):
-        a = np.asarray(a, dtype=np.float64)
-        out = np.zeros([Mp if ax in axes else n for ax, n in enumerate(a.shape)])
-        out[tuple(slice(0, n) for n in a.shape)] = a
-        return out
+    pad = lambda a, axes: pad_to_width(a, Mp, axes)
 
     cw = pad(params.cum_weights, (1, 2))
     inv = pad(params.inverses, (1, 2))

@@ -34,7 +34,7 @@ import numpy as np
 from ._validate import require_memory
 from .data import Dataset, encode_labels, gaussian_clusters, load_points, uniform_balls
 from .engine.events import check_events_problem
-from .engine.integrate import METHODS
+from .engine.integrate import DISTRIBUTED_METHODS, METHODS
 from .engine.rhs import TRAIN_OPTIONS, FlowProblem
 from .compute import COST_KINDS, PARAMETRIZATIONS, PRECISIONS
 from .device import DEVICES
@@ -478,9 +478,9 @@ class _Builder:
         threads = self.integer("run", run, "threads", minimum=1)
         device = self.string("run", run, "device", default="cpu", choices=DEVICES)
         kwargs["precision"] = self.string("run", run, "precision", default="float64", choices=PRECISIONS)
-        if kwargs["precision"] != "float64" and kwargs["method"] not in ("rk45", "gd"):
+        if kwargs["precision"] != "float64" and kwargs["method"] not in DISTRIBUTED_METHODS:
             self.fail("run", "precision", f'"float32" applies to method "rk45" or "gd", not {kwargs["method"]!r}')
-        if device == "cuda" and kwargs["method"] not in ("rk45", "gd"):
+        if device == "cuda" and kwargs["method"] not in DISTRIBUTED_METHODS:
             self.fail("run", "device", f'a GPU runs method "rk45" or "gd", not {kwargs["method"]!r}')
         cluster = self.build_cluster(kwargs)
         if device == "cuda" and cluster:

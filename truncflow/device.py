@@ -210,11 +210,11 @@ class DeviceDataset(DatasetElsewhere):
         from .kernels.cuda.observe import gather_rows_kernel
         cuda = self._cuda
         out = cuda.device_array((idx.size, self.width), dtype=np.float64)
-        d_idx = cuda.to_device(idx)
+        out_labels = cuda.device_array(idx.size, dtype=np.int64)
         if idx.size:
-            gather_rows_kernel[math.ceil(idx.size / 128), 128](self.points, d_idx, out)
-        labels = self.labels.copy_to_host()[idx] if idx.size else np.zeros(0, dtype=np.int64)
-        return out.copy_to_host(), labels
+            gather_rows_kernel[math.ceil(idx.size / 128), 128](self.points, self.labels, cuda.to_device(idx), out,
+                                                              out_labels)
+        return out.copy_to_host(), out_labels.copy_to_host()
 
     # ------------------------------------------------------------ passes
     def _batches(self):
@@ -281,22 +281,30 @@ class DeviceDataset(DatasetElsewhere):
             return sets
         return self._buffers(("sweep", G, T, L, Mp, R, np.dtype(dtype).name), make)
 
-    def _gradient_pass(self, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, moments, second):
-        """The gradient (and, with ``moments``, statistics) sums: dict name -> array (S, ...)."""
+    def _gradient_plan(self, L, Mp, P, dtype, S, moments, second):
+        """(layout, G, T, kernel, scratch, offsets on the device) of a gradient pass of this shape:
+        made at its first pass and kept, so an evaluation of a flow only uploads its parameters."""
         from .kernels.cuda import gradient as gk
         from .kernels.cuda.launch import geometry
+
+        def make():
+            lay = gk.layout(L, Mp, self.width, P, moments, second)
+            G, T = geometry(self.n_points, S * lay["K"] * 8)
+            scratch = self._sweep_scratch(G, T, L, Mp, max(Mp, P), dtype, 1 if self.resident else 2)
+            names = ("g_w", "g_b", "g_ow", "g_ob", "truncated", "free1", "con1", "free2", "con2")
+            offsets = self._cuda.to_device(np.array([lay.get(name, 0) for name in names], dtype=np.int64))
+            return lay, G, T, gk.build(dtype.name), scratch, offsets
+        return self._buffers(("gradient plan", L, Mp, P, dtype.name, S, moments, second), make)
+
+    def _gradient_pass(self, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, moments, second):
+        """The gradient (and, with ``moments``, statistics) sums: dict name -> array (S, ...)."""
         cuda = self._cuda
         L, Mp, M, P = cw.shape[0], cw.shape[1], self.width, out_w.shape[0]
-        dtype = cw.dtype
-        lay = gk.layout(L, Mp, M, P, moments, second)
-        K, S = lay["K"], int(n_slots)
-        G, T = geometry(self.n_points, S * K * 8)
-        kernel = gk.build(dtype.name)
-        scratch = self._sweep_scratch(G, T, L, Mp, max(Mp, P), dtype, 1 if self.resident else 2)
-        offsets = np.array([lay.get(name, 0) for name in
-                            ("g_w", "g_b", "g_ow", "g_ob", "truncated", "free1", "con1", "free2", "con2")],
-                           dtype=np.int64)
-        d = [cuda.to_device(np.ascontiguousarray(a)) for a in (targets, cw, cb, inv, back, out_w, out_b, offsets)]
+        dtype, S = cw.dtype, int(n_slots)
+        lay, G, T, kernel, scratch, offsets = self._gradient_plan(L, Mp, P, dtype, S, bool(moments), bool(second))
+        K = lay["K"]
+        # per evaluation only the parameters go up
+        d = [cuda.to_device(np.ascontiguousarray(a)) for a in (targets, cw, cb, inv, back, out_w, out_b)] + [offsets]
         zero = dtype.type(0)
 
         def launch(points, labels, n, acc, s, stream, _):
@@ -355,16 +363,16 @@ class DeviceDataset(DatasetElsewhere):
     def observe_pass(self, args: tuple, chunk: int):
         """The observation pass: (sums with a leading axis of one "chunk", the distinct pattern
         hashes sorted, the per-point hashes (N,) uint64 on the host)."""
-        from .compute import padded_width
+        from .compute import pad_to_width, padded_width
         from .kernels.cuda import observe as ok
         from .kernels.cuda.launch import geometry
         targets, shift, cw, cb, et, ow, ob, output_cost, Q, _ = args
         cuda = self._cuda
         L, M = cw.shape[0], self.width
         Mp, P = padded_width(M), ow.shape[0]
-        pad = lambda a, axes: np.pad(a, [(0, Mp - n) if ax in axes else (0, 0) for ax, n in enumerate(a.shape)])
-        cwp, cbp = pad(cw, (1, 2)), pad(cb, (1,))
-        invp = np.ascontiguousarray(pad(np.swapaxes(et, 1, 2), (1, 2)))
+        # the tiled kernels' padded layout (compute.tile_arrays): A^(l) from its transposed columns
+        cwp, cbp, invp = (pad_to_width(cw, Mp, (1, 2)), pad_to_width(cb, Mp, (1,)),
+                          pad_to_width(np.swapaxes(et, 1, 2), Mp, (1, 2)))
         K = ok.row_size(L, M)
         G, T = geometry(self.n_points, Q * K * 8)
         kernel = ok.build()

@@ -100,7 +100,8 @@ class FlowProblem:
         self._chunk = require_partials_fit(ds.n_points, partial_bytes, f"the gradient's partial sums ({L} layers "
                                                                        f"of width {M})")
         self._network_args = (mode, L, M, P, frames, MAX_CONDITION, Mp)
-        self._targets = targets
+        #: the targets in the sweep's dtype, cast once (the parameters are cast per evaluation)
+        self._targets = sweep_arrays((targets,), self.precision)[0]
         #: True when the points fit one chunk (and are here, not on a Dask cluster or a GPU,
         #: and the sweep is float64): an
         #: evaluation is one compiled call without a parallel region
@@ -203,7 +204,7 @@ class FlowProblem:
             mode, frames = self._network_args[0], self._network_args[4]
             status, w, cw, cb, *arrays = flow.prepare(y, *self._network_args)
             if status == flow.STATUS_OK:
-                swept = sweep_arrays((self._targets, *arrays), self.precision)
+                swept = (self._targets, *sweep_arrays(tuple(arrays), self.precision))
                 parts = self.dataset.chunk_pass(gradient_kernel, gradient_kernel_serial,
                                                 (*swept, self.kind == "output", 1, self._chunk), self._chunk)
                 status, c, g, gn = flow.finish(*parts, self.dataset.n_points, mode, w, cw, cb, frames, self.mask)

@@ -151,9 +151,10 @@ def cluster_sums_kernel(points, labels, n, acc):
 
 
 @cuda.jit
-def gather_rows_kernel(points, idx, out):
-    """out[r] = points[idx[r]] as float64."""
+def gather_rows_kernel(points, labels, idx, out, out_labels):
+    """out[r] = points[idx[r]] as float64, out_labels[r] = labels[idx[r]]."""
     r = cuda.grid(1)
     if r < idx.shape[0]:
         for j in range(points.shape[1]):
             out[r, j] = points[idx[r], j]
+        out_labels[r] = labels[idx[r]]
