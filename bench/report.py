@@ -175,7 +175,7 @@ OTHER_BENCHMARKS = """
 
 - Small problems and ensembles: [SMALL_PROBLEMS.md](SMALL_PROBLEMS.md) (`python bench/small_problems.py`).
 - The Dask backend, data on disk, out-of-core memory, a model for 10^9 points: [DISTRIBUTED.md](DISTRIBUTED.md) (`python bench/distributed.py`).
-- The GPU (CUDA kernels) and precision="float32": [GPU.md](GPU.md) (`python bench/gpu.py` on a GPU machine, `python bench/cpu_precision.py`).
+- The GPU (CUDA kernels) and precision="float32": [GPU.md](GPU.md) (`python bench/gpu.py` on a GPU machine, `python bench/cpu_precision.py`). No GPU has been available to this project yet: there are no GPU numbers; the script is ready.
 """
 
 def main(argv=None):
