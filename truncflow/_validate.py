@@ -1,6 +1,7 @@
 """Input checks shared by the public API: every message names the offending input."""
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -60,6 +61,25 @@ def integer(value, name: str, *, low: int | None = None, high: int | None = None
         hi = "inf" if high is None else high
         raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
     return int(value)
+
+
+def finite_number(value, name: str, *, low: float | None = None, high: float | None = None) -> float:
+    """Return ``float(value)`` after checking it is a real number (not a bool), finite, in [low, high].
+
+    For numbers read from a file (JSON): an int too large for a float is refused, not raised on."""
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
+    if ok:
+        try:
+            v = float(value)
+        except (OverflowError, ValueError):
+            ok = False
+        else:
+            ok = math.isfinite(v) and (low is None or v >= low) and (high is None or v <= high)
+    if not ok:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise ValueError(f"{name} must be a finite number in [{lo}, {hi}], got {value!r}")
+    return v
 
 
 # ------------------------------------------------------------------ memory

@@ -7,6 +7,7 @@ array is the pattern hash of the last record, used to count pattern changes).
 from __future__ import annotations
 
 import json
+import math
 import platform
 import zipfile
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from .._files import atomic_savez
 from ..observe import Observation, cluster_means, observe_checked, pattern_changes
 from ..params import Params
 
-__all__ = ["Result", "Recorder", "load_result", "package_versions"]
+__all__ = ["Result", "Recorder", "load_result", "package_versions", "check_recorder_state"]
 
 #: Per-record arrays of a Result, with their per-record shapes (T is the leading axis).
 _SERIES = {
@@ -43,6 +44,16 @@ _ABSENT_HINTS = {
 SAMPLE_SIZE = 2000
 #: Prefix of the run-level arrays (``Result.arrays``) in a result file.
 _ARRAY_PREFIX = "run__"
+#: The format a result file is written in, and those this truncflow reads (a file without
+#: a "format" entry in its metadata is of format 1: the first files had none).
+RESULT_FORMAT = 1
+_READ_FORMATS = (1,)
+#: Per-record arrays that hold counts (whole numbers >= 0).
+_COUNT_SERIES = ("n_patterns", "pattern_changes", "steps_accepted", "steps_rejected", "evaluations")
+#: Per-record arrays that hold parameters (finite: only states that can be observed are recorded).
+_PARAM_SERIES = ("weights", "biases", "cum_weights", "cum_biases", "out_weight", "out_bias")
+#: Relative slack of the check that no record lies past t_end.
+_T_END_SLACK = 1e-9
 
 #: Status codes: why a run stopped. The first three are successes.
 STATUS_MESSAGES = {
@@ -189,7 +200,7 @@ class Result:
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
         meta = {"status": self.status, "message": self.message, "config": self.config,
-                "versions": self.versions, "format": 1}
+                "versions": self.versions, "format": RESULT_FORMAT}
         arrays = {_ARRAY_PREFIX + k: v for k, v in self.arrays.items()}
         return atomic_savez(path, __meta__=np.array(json.dumps(meta, default=_json_default)),
                             **self.series, **arrays)
@@ -225,7 +236,11 @@ def load_result(path) -> Result:
     arrays whose number of records T differs or is 0, sizes (L, Q, M, P) that
     disagree between arrays (the per-record shapes of ``_SERIES``), including the
     run-level frames, sample points and truncation times, or counters and sample
-    labels that are not whole numbers >= 0.
+    labels that are not whole numbers >= 0, a format other than those this truncflow
+    reads (a file without one is of format 1), record times that are not finite, negative,
+    or decreasing, records past the run's t_end when its config holds one (for method "gd"
+    past the time of its last step, ``ceil(t_end / lr) * lr``), and costs that are not
+    finite (a record is made only of a state whose cost is finite).
     """
     from .._validate import check_array_shapes, check_counts, check_series
 
@@ -244,6 +259,10 @@ def load_result(path) -> Result:
             arrays = {k[len(_ARRAY_PREFIX):]: z[k] for k in z.files if k.startswith(_ARRAY_PREFIX)}
         if not isinstance(meta, dict):
             raise ValueError(f"its __meta__ entry is a JSON {type(meta).__name__}, not a table")
+        fmt = meta.get("format", 1)
+        if isinstance(fmt, bool) or fmt not in _READ_FORMATS:
+            raise ValueError(f"{path} has format {fmt!r}; this truncflow reads result files of format "
+                             f"{', '.join(map(str, _READ_FORMATS))}")
         if "truncated_fraction" in series:
             for name, fill in _LATER_SERIES.items():
                 series.setdefault(name, fill(series))
@@ -259,7 +278,9 @@ def load_result(path) -> Result:
         check_array_shapes(arrays, {"frames": ("L", "M", "M"), "sample_points": ("S", "M"),
                                     "sample_labels": ("S",), "truncation_times": ("N", "L", "M"),
                                     "class_ids": ("Q",)}, sizes)
-        check_counts(series, ("n_patterns", "pattern_changes", "steps_accepted", "steps_rejected", "evaluations"))
+        check_counts(series, _COUNT_SERIES)
+        _check_times(series["t"], meta.get("config"))
+        _check_finite(series, ("cost",))
         check_counts(arrays, ("sample_labels",))
         check_counts(arrays, ("class_ids",), low=None, what="class IDs")
     except ValueError as exc:
@@ -269,6 +290,109 @@ def load_result(path) -> Result:
         raise ValueError(f"cannot read result file {path}: {type(exc).__name__}: {exc}") from None
     return Result(series, meta["status"], meta["message"], meta.get("config", {}), meta.get("versions", {}),
                   arrays)
+
+
+def _check_finite(arrays: dict, names) -> None:
+    """Raise ValueError unless each named array holds finite values only (names it and the first bad value)."""
+    from .._validate import require_finite
+    for name in names:
+        require_finite(arrays[name], f"array {name!r}")
+
+
+def _t_end_bound(config) -> float | None:
+    """The latest time a record of a run with this config may have: its t_end (for method
+    "gd" the time of its last step, ceil(t_end / lr) steps of lr); None when the config
+    holds no usable t_end."""
+    if not isinstance(config, dict):
+        return None
+    t_end, lr = config.get("t_end"), config.get("lr")
+    if isinstance(t_end, bool) or not isinstance(t_end, (int, float)) or not 0 < t_end < math.inf:
+        return None
+    bound = float(t_end)
+    if config.get("method") == "gd" and not isinstance(lr, bool) and isinstance(lr, (int, float)) \
+            and 0 < lr < math.inf:
+        bound = max(bound, max(1, math.ceil(t_end / lr * (1 - 1e-12))) * float(lr))
+    return bound
+
+
+def _check_times(t: np.ndarray, config) -> None:
+    """Record times: finite, >= 0, never decreasing, none past the run's t_end (see :func:`_t_end_bound`)."""
+    if np.iscomplexobj(t):
+        raise ValueError(f"array 't' is complex (dtype {t.dtype}), expected real times")
+    _check_finite({"t": t}, ("t",))
+    if t.min() < 0:
+        raise ValueError(f"array 't' holds a negative record time {float(t.min())!r}")
+    down = np.flatnonzero(np.diff(t) < 0)
+    if down.size:
+        i = int(down[0])
+        raise ValueError(f"array 't' is not in increasing order: t[{i + 1}] = {float(t[i + 1])!r} after "
+                         f"t[{i}] = {float(t[i])!r}")
+    bound = _t_end_bound(config)
+    if bound is not None and t[-1] > bound * (1 + _T_END_SLACK):
+        raise ValueError(f"array 't' holds records past the run's t_end = {config['t_end']!r}: the last "
+                         f"at t = {float(t[-1])!r}")
+
+
+def check_recorder_state(scalars, arrays: dict, *, t: float | None = None, sizes: dict | None = None,
+                         n_points: int | None = None) -> None:
+    """Check a recorder's part of a checkpoint (:meth:`Recorder.state`) before anything uses it.
+
+    Raises ValueError naming the entry: ``n_records`` not a whole number >= 1; a missing
+    ``row__*`` series (one per ``_SERIES``) or ``array__sample_points``,
+    ``array__sample_labels``, ``array__class_ids``, ``last_hash``; series whose record
+    count differs from ``n_records`` or whose sizes disagree (``check_series``), also
+    with the run-level arrays and with ``sizes`` ({"L", "M", "Q", "S"} of this run, when
+    given); record times that are not finite, not strictly increasing, negative or past
+    ``t`` (the time the checkpoint was taken, when given); costs and parameters that are
+    not finite; counters and labels that are not whole numbers >= 0; a ``last_hash`` that
+    is not one integer per point (``n_points``, when given).
+    """
+    from .._validate import check_array_shapes, check_counts, check_series, integer
+    if not isinstance(scalars, dict):
+        raise ValueError(f"its state entry 'recorder' is a {type(scalars).__name__}, expected a table")
+    n = integer(scalars.get("n_records"), "its recorder's n_records", low=1, high=2**62)
+    names = [f"row__{k}" for k in _SERIES] + ["array__sample_points", "array__sample_labels",
+                                              "array__class_ids", "last_hash"]
+    missing = [k for k in names if k not in arrays]
+    if missing:
+        raise ValueError(f"it lacks the array(s) {', '.join(map(repr, missing))} of its records")
+    rows = {f"row__{k}": arrays[f"row__{k}"] for k in _SERIES}
+    found = check_series(rows, {f"row__{k}": spec for k, spec in _SERIES.items()})
+    if found["T"] != n:
+        raise ValueError(f"its record series hold {found['T']} records, but its recorder's n_records is {n}")
+    for dim, value in (sizes or {}).items():
+        if dim in found and found[dim] != value:
+            raise ValueError(f"its records have {dim} = {found[dim]}, this run has {dim} = {value}")
+    run_arrays = {k: arrays[k] for k in arrays if k.startswith("array__")}
+    check_array_shapes(run_arrays, {"array__frames": ("L", "M", "M"), "array__sample_points": ("S", "M"),
+                                    "array__sample_labels": ("S",), "array__class_ids": ("Q",)}, found)
+    if sizes and "S" in sizes and found["S"] != sizes["S"]:
+        raise ValueError(f"array 'array__sample_points' holds a data sample of {found['S']} points, this run's "
+                         f"has {sizes['S']}")
+    for name, a in list(rows.items()) + list(run_arrays.items()):
+        if np.iscomplexobj(a):
+            raise ValueError(f"array {name!r} is complex (dtype {a.dtype}), expected real numbers")
+    check_counts(rows, [f"row__{k}" for k in _COUNT_SERIES] + ["row__sliding_points"])
+    check_counts(run_arrays, ("array__sample_labels",))
+    check_counts(run_arrays, ("array__class_ids",), low=None, what="class IDs")
+    _check_finite(rows, ["row__t", "row__cost"] + [f"row__{k}" for k in _PARAM_SERIES])
+    times = rows["row__t"]
+    if times.min() < 0:
+        raise ValueError(f"array 'row__t' holds a negative record time {float(times.min())!r}")
+    if np.any(np.diff(times) <= 0):
+        i = int(np.flatnonzero(np.diff(times) <= 0)[0])
+        raise ValueError(f"array 'row__t' is not strictly increasing: t[{i + 1}] = {float(times[i + 1])!r} "
+                         f"after t[{i}] = {float(times[i])!r}")
+    if t is not None and times[-1] > t:
+        raise ValueError(f"array 'row__t' holds a record at t = {float(times[-1])!r}, after the checkpoint's "
+                         f"t = {t!r}")
+    h = arrays["last_hash"]
+    if not isinstance(h, np.ndarray) or h.ndim != 1 or not np.issubdtype(h.dtype, np.integer) or \
+            (n_points is not None and h.shape[0] != n_points):
+        want = "(n_points,)" if n_points is None else f"({n_points},)"
+        raise ValueError(f"array 'last_hash' has shape {getattr(h, 'shape', None)} and dtype "
+                         f"{getattr(h, 'dtype', type(h).__name__)}, expected {want} integers (a pattern "
+                         "hash per point)")
 
 
 def data_sample(dataset, size: int = SAMPLE_SIZE) -> dict:
@@ -370,7 +494,11 @@ class Recorder:
         return {"n_records": self.n_records}, arrays
 
     def restore(self, scalars: dict, arrays: dict) -> None:
-        """Continue from a :meth:`state` (of a recorder of the same data and kind)."""
+        """Continue from a :meth:`state` (of a recorder of the same data and kind).
+
+        The state is checked first (:func:`check_recorder_state`): a damaged one raises
+        ValueError and leaves this recorder as it was."""
+        check_recorder_state(scalars, arrays, n_points=getattr(self.dataset, "n_points", None))
         n = int(scalars["n_records"])
         self._rows = {k: list(arrays[f"row__{k}"]) for k in _SERIES}
         if any(len(v) != n for v in self._rows.values()):
