@@ -9,6 +9,12 @@ only notes the signal; the flow checks the note after each gradient evaluation
 kernels) and stops with status ``"interrupted"``, keeping its records and its last
 accepted state. The previous handlers are restored on exit.
 
+Compilation is the exception: a first run with an empty Numba cache spends minutes
+compiling kernels, where nothing of the run can be half-updated. A signal that
+arrives while Numba compiles in the main thread, or a compilation that starts after
+a signal was noted, raises :class:`Interrupted` at once (a :class:`KeyboardInterrupt`,
+so that no ``except Exception`` inside Numba's compiler swallows it).
+
 Handlers can only be installed from the main thread; elsewhere (a worker thread)
 the guard does nothing and signals keep their usual effect.
 """
@@ -18,18 +24,69 @@ import signal
 import threading
 import time
 
-__all__ = ["SignalGuard", "Interrupted", "stop_reason", "SIGNAL_EXIT_CODES"]
+from numba.core import event as _numba_event
+
+__all__ = ["SignalGuard", "Interrupted", "stop_reason", "SIGNAL_EXIT_CODES", "raise_on_signals"]
 
 #: Exit codes of the command line for a run stopped by a signal (128 + signal number).
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
-class Interrupted(Exception):
-    """Raised between kernels when a signal asked the run to stop."""
+class Interrupted(KeyboardInterrupt):
+    """Raised between kernels (or during a compilation) when a signal asked the run to stop.
+
+    A :class:`KeyboardInterrupt`: code that catches ``Exception`` lets it through.
+    ``signal_name`` is "SIGINT" or "SIGTERM".
+    """
 
     def __init__(self, signal_name: str):
         super().__init__(signal_name)
         self.signal_name = signal_name
+
+
+class _CompileWatch(_numba_event.Listener):
+    """Counts the Numba compilations running in the main thread (``depth``); one that starts
+    while a :class:`SignalGuard` holds a noted signal raises :class:`Interrupted` there."""
+
+    depth = 0
+
+    def on_start(self, event):
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self.depth += 1         # on_end runs even when this raises (numba's trigger_event)
+        guard = SignalGuard._active
+        if guard is not None and guard.received is not None:
+            raise Interrupted(guard.received)
+
+    def on_end(self, event):
+        if threading.current_thread() is threading.main_thread():
+            self.depth -= 1
+
+
+_COMPILING = _CompileWatch()
+_numba_event.register("numba:compile", _COMPILING)
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+class raise_on_signals:
+    """Context manager for a command line's whole run: SIGINT and SIGTERM raise
+    :class:`Interrupted` wherever they arrive (a :class:`SignalGuard` inside defers them
+    while it is active). Without it SIGTERM ends the process with no word. Main thread only."""
+
+    def __enter__(self):
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, _raise_interrupted)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
 
 
 class SignalGuard:
@@ -73,6 +130,8 @@ class SignalGuard:
         while guard is not None:
             guard._note(signum, frame)
             guard = guard._outer
+        if _COMPILING.depth > 0:        # Numba compiles: nothing of the run is half-updated
+            raise Interrupted(signal.Signals(signum).name)
 
     def __exit__(self, *exc) -> bool:
         if not self._registered:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -70,14 +71,14 @@ class _Evaluator:
             self.failure = (t, str(exc))
             self.y, self.cost, self.grad_norm = y, math.nan, math.nan
             self.rhs = np.full_like(y, np.nan)
-            return self.rhs
-        if not (math.isfinite(c) and math.isfinite(gn)):
-            self.failure = (t, f"non-finite cost {c} or gradient norm {gn}")
-        self.y, self.cost, self.grad_norm, self.rhs = y, c, gn, -g
+        else:
+            if not (math.isfinite(c) and math.isfinite(gn)):
+                self.failure = (t, f"non-finite cost {c} or gradient norm {gn}")
+            self.y, self.cost, self.grad_norm, self.rhs = y, c, gn, -g
         guard = self.guard
         if guard is not None and guard.armed and guard.received is not None:
-            guard.check()     # a signal stops the run here, between kernels
-        return self.rhs
+            guard.check()     # a signal stops the run here, between kernels (a failed evaluation too:
+        return self.rhs       # SciPy retries a NaN derivative with ever smaller steps)
 
     def restore_last(self, y, cost, grad_norm, rhs):
         """Remember an evaluation made in compiled code (``CompiledRK45``): its arrays are kept."""
@@ -115,7 +116,7 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
              grad_tol: float | None = None, max_evals: int | None = None, max_time: float | None = None,
              callback=None, config: dict | None = None, record_truncation_times: bool = False,
              checkpoint=None, checkpoint_every: float = 60.0, resume: bool = False,
-             precision: str = "float64") -> Result:
+             keep_checkpoint: bool = False, precision: str = "float64") -> Result:
     """Integrate the gradient flow ``d/ds theta = -grad C(theta)`` (MODEL.md section 8).
 
     Args:
@@ -153,11 +154,16 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
         checkpoint: optional path of a checkpoint file (rk45 and gd): the run's whole
             state is written there after the first record, then at most every
             ``checkpoint_every`` wall-clock seconds after an accepted step, and when the
-            run is interrupted; it is deleted when the run succeeds.
+            run is interrupted; it is deleted when the run succeeds, unless
+            ``keep_checkpoint``.
         resume: continue the run saved in ``checkpoint`` (which must exist and belong to
             the same parameters, data and options; the stopping rules ``cost_tol``,
             ``grad_tol``, ``max_evals``, ``max_time`` may differ). The
             resumed run gives the same records, bit for bit, as one never stopped.
+            Resuming the checkpoint of a run that finished returns its Result at once.
+        keep_checkpoint: when the run succeeds, leave a last checkpoint holding the
+            finished run instead of deleting it (the command line deletes it only once
+            result.npz and the plots are written, so a kill while it saves loses nothing).
         precision: "float64" (default) or "float32": the arithmetic of the per-point sweep
             of every gradient evaluation (:func:`truncflow.gradient`); "rk45" and "gd" only.
             The state, the stepper and the records stay float64.
@@ -169,7 +175,10 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
 
     SIGINT (Ctrl-C) and SIGTERM during the run stop it cleanly, between two gradient
     evaluations, with status "interrupted" (the message names the signal), keeping
-    every record and the last accepted state.
+    every record and the last accepted state. A signal while Numba compiles (the
+    first run with an empty cache), or before the first record is complete, raises
+    :class:`truncflow.engine.control.Interrupted` (a ``KeyboardInterrupt``): there is
+    nothing to return yet.
 
     Returns:
         :class:`Result`; ``result.status`` says what stopped the run. A run that diverges,
@@ -180,14 +189,16 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
                  max_step=max_step, record_times=record_times, n_records=n_records, cost_tol=cost_tol,
                  grad_tol=grad_tol, max_evals=max_evals, max_time=max_time, callback=callback, config=config,
                  record_truncation_times=record_truncation_times, checkpoint=checkpoint,
-                 checkpoint_every=checkpoint_every, resume=resume, precision=precision)
+                 checkpoint_every=checkpoint_every, resume=resume, keep_checkpoint=keep_checkpoint,
+                 precision=precision)
     with SignalGuard() as guard:
         return _execute(plan, guard)
 
 
 def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rtol, atol, lr, first_step,
           max_step, record_times, n_records, cost_tol, grad_tol, max_evals, max_time, callback, config,
-          record_truncation_times, checkpoint, checkpoint_every, resume, precision) -> SimpleNamespace:
+          record_truncation_times, checkpoint, checkpoint_every, resume, keep_checkpoint,
+          precision) -> SimpleNamespace:
     """Check every option of :func:`simulate` and build what a run needs (no pass over the points yet)."""
     choice(method, "method", METHODS)
     t_end = positive(t_end, "t_end")
@@ -234,14 +245,18 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
         max_evals = integer(max_evals, "max_evals", low=1)
     if callback is not None and not callable(callback):
         raise ValueError("callback must be callable as callback(t, cost)")
-    if not isinstance(resume, bool):
-        raise ValueError(f"resume must be True or False, got {resume!r}")
+    for name, flag in (("resume", resume), ("keep_checkpoint", keep_checkpoint)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
     if checkpoint is not None and method not in CHECKPOINT_METHODS:
         raise ValueError(f"checkpoint applies to method {' or '.join(map(repr, CHECKPOINT_METHODS))}, "
                          f"not {method!r}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=PATH (the checkpoint to continue)")
     checkpoint_every = _non_negative(checkpoint_every, "checkpoint_every")
+    _check_finishable(method, t_end, max_step, lr, max_evals, max_time)
+    if method in ADAPTIVE_METHODS:
+        rtol = _clamped_rtol(rtol)
     schedule = _record_schedule(t_end, record_times, n_records)
 
     flow_options = dict(t_end=t_end, kind=kind, wrt=wrt, method=method, train=train,
@@ -258,7 +273,8 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
     opts = dict(rtol=rtol, atol=atol, first_step=first_step, max_step=max_step, lr=lr)
     return SimpleNamespace(problem=problem, method=method, t_end=t_end, schedule=schedule, recorder=recorder,
                            opts=opts, rules=rules, callback=callback, checkpoint=checkpoint,
-                           checkpoint_every=checkpoint_every, resume=resume, flow_options=flow_options,
+                           checkpoint_every=checkpoint_every, resume=resume, keep_checkpoint=keep_checkpoint,
+                           flow_options=flow_options,
                            record_truncation_times=record_truncation_times)
 
 
@@ -277,10 +293,47 @@ def _execute(plan, guard) -> Result:
     if plan.checkpoint is not None:
         prints = fingerprint(problem, plan.flow_options, schedule)
         if plan.resume:
-            restored = load_checkpoint(plan.checkpoint, prints, method)
+            restored = load_checkpoint(plan.checkpoint, prints, method, n_state=problem.pack(problem.params).size,
+                                       t_end=t_end, schedule=schedule)
         saver = Checkpointer(plan.checkpoint, plan.checkpoint_every, prints, method)
-    loop = _Rk45Loop if method == "rk45" else _GdLoop
-    return loop(problem, t_end, schedule, recorder, opts, rules, callback, guard, saver).run(restored)
+    loop = (_Rk45Loop if method == "rk45" else _GdLoop)(problem, t_end, schedule, recorder, opts, rules, callback,
+                                                        guard, saver)
+    loop.keep_checkpoint = plan.keep_checkpoint
+    return loop.run(restored)
+
+
+#: Adaptive methods (rtol, atol, first_step, max_step apply).
+ADAPTIVE_METHODS = ("rk45", "kinks")
+#: Steps a run may imply (t_end / lr, t_end / max_step) and flow time it may ask for, unless
+#: max_evals or max_time bounds it: beyond them a run does not finish.
+MAX_IMPLIED_STEPS = 10**9
+MAX_T_END = 1e12
+#: The smallest rtol SciPy's steppers honour (they raise a smaller one to it, warning at every step).
+MIN_RTOL = 100 * np.finfo(np.float64).eps
+
+
+def _check_finishable(method, t_end, max_step, lr, max_evals, max_time) -> None:
+    """Refuse a run that cannot reach t_end (too many steps, an astronomical t_end) unless a
+    budget (max_evals, max_time) bounds it."""
+    if max_evals is not None or max_time is not None:
+        return
+    bounded = "; give max_evals or max_time to run it for a bounded time anyway"
+    step, name = (lr, "lr") if method == "gd" else (max_step, "max_step")
+    if step is not None and t_end / step > MAX_IMPLIED_STEPS:
+        raise ValueError(f"t_end={t_end:g} with {name}={step:g} implies {t_end / step:.3g} steps, more than "
+                         f"{MAX_IMPLIED_STEPS:.0e}: the run would not finish (raise {name} or lower t_end{bounded})")
+    if t_end > MAX_T_END:
+        raise ValueError(f"t_end={t_end:g} is beyond {MAX_T_END:g}: the flow cannot be stepped that far in a "
+                         f"run that finishes (lower t_end{bounded})")
+
+
+def _clamped_rtol(rtol: float) -> float:
+    """rtol, raised to MIN_RTOL with one warning where it is below what the stepper can honour."""
+    if rtol >= MIN_RTOL:
+        return rtol
+    warnings.warn(f"rtol={rtol:g} is below {MIN_RTOL:.3g} (100 x machine epsilon), the smallest relative "
+                  f"tolerance the stepper can honour: using rtol={MIN_RTOL:.3g}", UserWarning, stacklevel=4)
+    return MIN_RTOL
 
 
 def _non_negative(value, name):
@@ -308,8 +361,8 @@ def _record_final(recorder, record, t, y, problem, status):
         return
     try:
         record(t, y)
-    except Exception:  # the final state cannot be observed: keep the records made so far
-        pass
+    except (Exception, Interrupted):  # the final state cannot be observed (or a signal stopped the
+        pass                          # compilation of its kernels): keep the records made so far
 
 
 class _Loop:
@@ -330,6 +383,8 @@ class _Loop:
         self.pending = list(schedule[1:])
         self.started = time.monotonic()
 
+    #: leave the checkpoint of a finished run in place (simulate's keep_checkpoint)
+    keep_checkpoint = False
     #: (y, its Params, its Observation) made ahead of the record of state y (an ensemble
     #: observes its members together, ``engine.ensemble``), or None
     observed = None
@@ -397,7 +452,8 @@ class _Loop:
         def first():
             if restored is not None:
                 self._resume(*restored)
-                return None, ""
+                finished = restored[0].get("finished")      # the checkpoint of a run that had ended
+                return (None, "") if finished is None else (finished["status"], finished["detail"])
             self.record(0.0, y0)
             status = self.stop_reason(self.fun.cost, self.fun.grad_norm)
             if status is None:
@@ -427,16 +483,29 @@ class _Loop:
         return status, detail
 
     def end(self, status, detail) -> Result:
-        """Checkpoint or clean up, record the last state reached, and return the Result."""
+        """Checkpoint or clean up, record the last state reached, and return the Result.
+
+        Raises :class:`Interrupted` when a signal stopped the run before its first record
+        was complete: there is no Result to return."""
         self.guard.armed = False   # the final record and the files are written whatever comes now
-        if self.saver is not None:
-            if status in _SUCCESS:
-                self.saver.remove()
-            elif status in ("interrupted", "max_evals", "max_time"):   # the loop is between two steps
-                self.checkpoint(force=True)
         t, y = self._last_accepted()
+        if self.saver is not None and y is not None and status in ("interrupted", "max_evals", "max_time"):
+            self.checkpoint(force=True)         # the loop is between two steps
         _record_final(self.recorder, self.record, t, y, self.problem, status)
+        if self.recorder.n_records == 0 and status == "interrupted":
+            raise Interrupted(self.guard.received or "SIGINT")
+        if self.saver is not None and status in _SUCCESS:
+            if self.keep_checkpoint and y is not None:
+                self.saver.offer(lambda: self._finished_state(status, detail), force=True)
+            else:
+                self.saver.remove()
         return self.recorder.result(status, detail)
+
+    def _finished_state(self, status, detail):
+        """The checkpoint of a finished run: its whole state, the final record and why it ended."""
+        scalars, arrays = self._checkpoint_state()
+        scalars["finished"] = {"status": status, "detail": detail}
+        return scalars, arrays
 
 
 _SUCCESS = ("t_end", "cost_tol", "grad_tol")
