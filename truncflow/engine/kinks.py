@@ -439,12 +439,14 @@ class _Kinks:
             ev = self.pieces.full(y)
         except ValueError as exc:
             self.failure = (t, str(exc))
-            return np.full_like(y, np.nan)
-        if not (math.isfinite(ev.cost) and math.isfinite(ev.grad_norm)):
-            self.failure = (t, f"non-finite cost {ev.cost} or gradient norm {ev.grad_norm}")
+            v = np.full_like(y, np.nan)
+        else:
+            if not (math.isfinite(ev.cost) and math.isfinite(ev.grad_norm)):
+                self.failure = (t, f"non-finite cost {ev.cost} or gradient norm {ev.grad_norm}")
+            v = ev.v
         if self.guard is not None:
-            self.guard.check()          # a signal stops the run here, between kernels
-        return ev.v
+            self.guard.check()          # a signal stops the run here, between kernels (a failed
+        return v                        # evaluation too: the stepper retries it with smaller steps)
 
     def record(self, t, y):
         armed = None
@@ -582,7 +584,7 @@ class _Kinks:
             return
         try:
             self.record(t, y)
-        except Exception:
+        except (Exception, Interrupted):   # a signal stopped the compilation of its kernels
             pass
 
     # -------------------------------------------------------- after each step
