@@ -34,7 +34,8 @@ import numpy as np
 from ._validate import require_memory
 from .data import Dataset, encode_labels, gaussian_clusters, load_points, uniform_balls
 from .engine.events import check_events_problem
-from .engine.integrate import DISTRIBUTED_METHODS, METHODS
+from .engine.methods import (DEVICE, DISTRIBUTED, METHOD_NAMES, METHOD_OPTIONS, cluster_refusal, float32_refusal,
+                             gpu_refusal, methods_taking, spec)
 from .engine.rhs import TRAIN_OPTIONS, FlowProblem
 from .compute import COST_KINDS, PARAMETRIZATIONS, PRECISIONS
 from .device import DEVICES
@@ -151,9 +152,8 @@ _INIT_ONLY = {
     "cum_weights": ("cumulative",), "cum_biases": ("cumulative",),
     "frames": ("aligned",), "scales": ("aligned",), "thresholds": ("aligned",),
 }
-_ADAPTIVE = ("rk45", "kinks")
-_METHOD_ONLY = {"rtol": _ADAPTIVE, "atol": _ADAPTIVE, "first_step": _ADAPTIVE, "max_step": _ADAPTIVE,
-                "lr": ("gd",), "record_truncation_times": ("events",), "max_evals": ("rk45", "gd", "kinks")}
+# [flow] keys that apply to some methods only (the method registry says which).
+_METHOD_ONLY = {key: methods_taking(key) for key in METHOD_OPTIONS}
 
 DEFAULT_FOLDER = "truncflow-out"
 
@@ -200,7 +200,7 @@ class RunConfig:
         """One line saying what the job does."""
         kw = self.simulate_kwargs
         ds, p = self.dataset, self.params
-        if kw["method"] in _ADAPTIVE:
+        if spec(kw["method"]).adaptive:
             how = f"{kw['method']}, rtol {kw['rtol']:g}, atol {kw['atol']:g}"
         elif kw["method"] == "gd":
             how = f"gd, lr {kw['lr']:g}"
@@ -478,10 +478,11 @@ class _Builder:
         threads = self.integer("run", run, "threads", minimum=1)
         device = self.string("run", run, "device", default="cpu", choices=DEVICES)
         kwargs["precision"] = self.string("run", run, "precision", default="float64", choices=PRECISIONS)
-        if kwargs["precision"] != "float64" and kwargs["method"] not in DISTRIBUTED_METHODS:
-            self.fail("run", "precision", f'"float32" applies to method "rk45" or "gd", not {kwargs["method"]!r}')
-        if device == "cuda" and kwargs["method"] not in DISTRIBUTED_METHODS:
-            self.fail("run", "device", f'a GPU runs method "rk45" or "gd", not {kwargs["method"]!r}')
+        method = spec(kwargs["method"])
+        if kwargs["precision"] != "float64" and not method.float32:
+            self.fail("run", "precision", f'"{kwargs["precision"]}" ' + float32_refusal(method.name, quote='"'))
+        if device == "cuda" and not method.runs_on(DEVICE):
+            self.fail("run", "device", gpu_refusal(method.name, quote='"'))
         cluster = self.build_cluster(kwargs)
         if device == "cuda" and cluster:
             self.fail("run", "device", "a run goes to a GPU or to a Dask cluster, not both: remove [cluster] or "
@@ -504,8 +505,8 @@ class _Builder:
             self.fail(sec, "threads_per_worker", "applies to local = N (a cluster this run starts)")
         if scheduler is None and local is None:
             return {}
-        if kwargs["method"] not in ("rk45", "gd"):
-            self.fail(sec, None, f"a Dask cluster runs method \"rk45\" or \"gd\", not {kwargs['method']!r}")
+        if not spec(kwargs["method"]).runs_on(DISTRIBUTED):
+            self.fail(sec, None, cluster_refusal(kwargs["method"], quote='"'))
         if scheduler is not None:
             return {"scheduler": scheduler}
         return {"local": local, "threads_per_worker": per_worker or 1}
@@ -743,7 +744,7 @@ class _Builder:
     def build_flow(self, f, kind, params, dataset):
         sec = "flow"
         wrt = self.string(sec, f, "wrt", default="cumulative", choices=PARAMETRIZATIONS)
-        method = self.string(sec, f, "method", default="rk45", choices=METHODS)
+        method = self.string(sec, f, "method", default="rk45", choices=METHOD_NAMES)
         self.only_for(sec, f, _METHOD_ONLY, "method", method)
         train = self.string(sec, f, "train", default="all", choices=TRAIN_OPTIONS)
         frozen = ()
@@ -754,7 +755,7 @@ class _Builder:
             frozen = tuple(int(x) for x in v)
         t_end = self.number(sec, f, "t_end", required=True, positive=True)
         kw = dict(t_end=t_end, kind=kind, wrt=wrt, method=method, train=train, frozen_layers=frozen)
-        if method in _ADAPTIVE:
+        if spec(method).adaptive:
             kw["rtol"] = self.number(sec, f, "rtol", default=1e-6, positive=True)
             kw["atol"] = self.number(sec, f, "atol", default=1e-9, positive=True)
             kw["first_step"] = self.number(sec, f, "first_step", positive=True)

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine.methods import Status
+
 __all__ = ["expand_sweep", "run_sweep", "write_sweep", "summary_rows", "MAX_MEMBERS", "COLLAPSED"]
 
 #: Most members a sweep may have.
@@ -189,7 +191,7 @@ def format_summary(rows, limit: int = 12) -> str:
     if len(rows) > limit:
         lines.append(f"... {len(rows) - limit} more rows in summary.csv")
     costs = np.array([row["cost"] for row in rows])
-    ok = sum(row["status"] in ("t_end", "cost_tol", "grad_tol") for row in rows)
+    ok = sum(Status(row["status"]).success for row in rows)
     lines.append(f"{len(rows)} members, {ok} succeeded; final cost min {costs.min():.3g}, median "
                  f"{np.median(costs):.3g}, max {costs.max():.3g}")
     return "\n".join(lines)

@@ -36,6 +36,7 @@ from ..observe import observe_members
 from ..params import Params
 from .control import SignalGuard
 from .integrate import _GdLoop, _next_budget, _plan, simulate
+from .methods import Status, spec
 from .record import Recorder, Result
 from .rhs import FlowProblem
 
@@ -94,7 +95,7 @@ def simulate_ensemble(params, dataset, t_end: float, *, workers: int | None = No
     plans = []
     for b, (p, d) in enumerate(zip(members, datasets)):
         try:
-            if plans and plans[0].method in ("gd", "rk45"):
+            if plans and spec(plans[0].method).ensembles in ("compiled", "shared plan"):
                 plans.append(_plan_like(plans[0], p, d, member_options[b]["config"]))
             else:
                 plans.append(_plan(p, d, t_end, **_simulate_defaults(member_options[b])))
@@ -102,7 +103,7 @@ def simulate_ensemble(params, dataset, t_end: float, *, workers: int | None = No
             raise ValueError(f"member {b}: {exc}") from None
     threads.apply()
     small = all(plan.problem.serial for plan in plans)
-    if plans[0].method == "gd" and small and len(plans) > 1:
+    if spec(plans[0].method).ensembles == "compiled" and small and len(plans) > 1:
         return _descend_together(plans)
     jobs = list(zip(members, datasets, member_options))
     started = time.perf_counter()
@@ -217,7 +218,7 @@ def _descend_together(plans) -> list[Result]:
                 break
             if guard.received is not None:
                 for b in active:
-                    outcome[b] = ("interrupted", f"signal {guard.received}")
+                    outcome[b] = (Status.INTERRUPTED.value, f"signal {guard.received}")
                 break
             lr, n_steps, _, cost_tol, grad_tol, max_evals, _ = loops[active[0]].compiled_arguments()
             for b in active:

@@ -35,6 +35,8 @@ from ..data import Dataset
 from ..params import Params
 from .checkpoint import Checkpointer, fingerprint, load_checkpoint
 from .control import Interrupted, SignalGuard, stop_reason
+from .methods import (METHOD_NAMES, Status, checkpoint_refusal, placement_refusal,
+                      precision_refusal, spec, supporting)
 from .record import Recorder, Result, check_storable
 from .events import check_events_problem, run_events
 from .rhs import FlowProblem
@@ -42,11 +44,12 @@ from .stepper import CompiledRK45
 
 __all__ = ["simulate", "METHODS"]
 
-METHODS = ("rk45", "gd", "events", "kinks")
-CHECKPOINT_METHODS = ("rk45", "gd")
-#: Methods that run on a DistributedDataset or a DeviceDataset (the others need the points here),
-#: and the methods that take precision="float32".
-DISTRIBUTED_METHODS = ("rk45", "gd")
+#: The methods and what each supports: :mod:`truncflow.engine.methods` (its registry). These
+#: names are derived from it, for code that has not moved to the registry yet.
+METHODS = METHOD_NAMES
+CHECKPOINT_METHODS = supporting("checkpoints")
+#: Methods that run on a DistributedDataset (the others need the points here).
+DISTRIBUTED_METHODS = supporting("DistributedDataset")
 _RK45_EVALS_PER_ATTEMPT = 6  # Dormand-Prince: 5 stages + the derivative at the new point (FSAL)
 
 
@@ -210,15 +213,13 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
                           precision=precision)
     distributed = not isinstance(problem.dataset, Dataset)      # on a Dask cluster or a GPU
     where = type(problem.dataset).__name__
-    if distributed and method not in DISTRIBUTED_METHODS:
-        raise ValueError(f"method={method!r} needs the points here, in a truncflow.Dataset: for a {where} "
-                         f"use method {' or '.join(map(repr, DISTRIBUTED_METHODS))}")
+    if distributed and spec(method).needs_points_here:
+        raise ValueError(placement_refusal(method, where))
     if distributed and checkpoint is not None:
         raise ValueError(f"checkpoint does not apply to a {where} (its per-point state stays where its points "
                          f"are): run without checkpoint")
-    if precision != "float64" and method not in DISTRIBUTED_METHODS:
-        raise ValueError(f"precision={precision!r} applies to method {' or '.join(map(repr, DISTRIBUTED_METHODS))}; "
-                         f"method={method!r} decides every kink exactly and runs in float64")
+    if precision != "float64" and not spec(method).float32:
+        raise ValueError(precision_refusal(method, precision))
     threads.apply()                     # this thread runs the kernels on truncflow's thread count
     # every value given is checked, whichever method uses it
     rtol, atol = positive(rtol, "rtol"), positive(atol, "atol")
@@ -248,14 +249,13 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
     for name, flag in (("resume", resume), ("keep_checkpoint", keep_checkpoint)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
-    if checkpoint is not None and method not in CHECKPOINT_METHODS:
-        raise ValueError(f"checkpoint applies to method {' or '.join(map(repr, CHECKPOINT_METHODS))}, "
-                         f"not {method!r}")
+    if checkpoint is not None and not spec(method).checkpoints:
+        raise ValueError(checkpoint_refusal(method))
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=PATH (the checkpoint to continue)")
     checkpoint_every = _non_negative(checkpoint_every, "checkpoint_every")
     _check_finishable(method, t_end, max_step, lr, max_evals, max_time)
-    if method in ADAPTIVE_METHODS:
+    if spec(method).adaptive:
         rtol = _clamped_rtol(rtol)
     schedule = _record_schedule(t_end, record_times, n_records)
 
@@ -302,8 +302,8 @@ def _execute(plan, guard) -> Result:
     return loop.run(restored)
 
 
-#: Adaptive methods (rtol, atol, first_step, max_step apply).
-ADAPTIVE_METHODS = ("rk45", "kinks")
+#: Adaptive methods (rtol, atol, first_step, max_step apply), from the registry.
+ADAPTIVE_METHODS = supporting("adaptive")
 #: Steps a run may imply (t_end / lr, t_end / max_step) and flow time it may ask for, unless
 #: max_evals or max_time bounds it: beyond them a run does not finish.
 MAX_IMPLIED_STEPS = 10**9
@@ -350,7 +350,7 @@ def _record_final(recorder, record, t, y, problem, status):
     """Record the last valid state reached (t, y), unless it is already the last record."""
     if y is None:
         return
-    if status in ("diverged", "failed", "interrupted"):
+    if Status(status).abnormal:
         if not np.all(np.isfinite(y)):
             return
         try:
@@ -489,12 +489,12 @@ class _Loop:
         was complete: there is no Result to return."""
         self.guard.armed = False   # the final record and the files are written whatever comes now
         t, y = self._last_accepted()
-        if self.saver is not None and y is not None and status in ("interrupted", "max_evals", "max_time"):
+        if self.saver is not None and y is not None and Status(status).ended_early:
             self.checkpoint(force=True)         # the loop is between two steps
         _record_final(self.recorder, self.record, t, y, self.problem, status)
         if self.recorder.n_records == 0 and status == "interrupted":
             raise Interrupted(self.guard.received or "SIGINT")
-        if self.saver is not None and status in _SUCCESS:
+        if self.saver is not None and Status(status).success:
             if self.keep_checkpoint and y is not None:
                 self.saver.offer(lambda: self._finished_state(status, detail), force=True)
             else:
@@ -506,9 +506,6 @@ class _Loop:
         scalars, arrays = self._checkpoint_state()
         scalars["finished"] = {"status": status, "detail": detail}
         return scalars, arrays
-
-
-_SUCCESS = ("t_end", "cost_tol", "grad_tol")
 
 
 class _Rk45Loop(_Loop):

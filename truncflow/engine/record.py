@@ -18,6 +18,7 @@ import numpy as np
 from .._files import atomic_savez
 from ..observe import Observation, cluster_means, observe_checked, pattern_changes
 from ..params import Params
+from .methods import SUCCESS_STATUSES, Status
 
 __all__ = ["Result", "Recorder", "load_result", "package_versions", "check_recorder_state"]
 
@@ -55,18 +56,10 @@ _PARAM_SERIES = ("weights", "biases", "cum_weights", "cum_biases", "out_weight",
 #: Relative slack of the check that no record lies past t_end.
 _T_END_SLACK = 1e-9
 
-#: Status codes: why a run stopped. The first three are successes.
-STATUS_MESSAGES = {
-    "t_end": "reached t_end",
-    "cost_tol": "cost fell below cost_tol",
-    "grad_tol": "gradient norm fell below grad_tol",
-    "max_evals": "reached the maximum number of gradient evaluations",
-    "max_time": "reached the wall-clock budget",
-    "diverged": "diverged",
-    "failed": "failed",
-    "interrupted": "interrupted",
-}
-SUCCESS = ("t_end", "cost_tol", "grad_tol")
+#: Status codes: why a run stopped (:class:`truncflow.engine.methods.Status`, stored as its
+#: value), with their messages, and those of a successful run.
+STATUS_MESSAGES = {s.value: s.message for s in Status}
+SUCCESS = SUCCESS_STATUSES
 
 
 def package_versions() -> dict:
@@ -508,5 +501,6 @@ class Recorder:
 
     def result(self, status: str, detail: str = "") -> Result:
         series = {k: np.array(v) for k, v in self._rows.items()}
-        message = STATUS_MESSAGES[status] + (f": {detail}" if detail else "")
-        return Result(series, status, message, dict(self.config), package_versions(), dict(self.arrays))
+        status = Status(status)             # stored as its plain string: files keep it
+        message = status.message + (f": {detail}" if detail else "")
+        return Result(series, status.value, message, dict(self.config), package_versions(), dict(self.arrays))
