@@ -426,6 +426,30 @@ def test_random_damage_is_refused_or_harmless(checkpoints, tmp_path_factory, dat
         return
     event("unchanged" if unchanged else "loaded, changed")
     _assert_resumable(ck, state, loaded)
+    # ... and a run resumes from it: it ends (within the alarm) with a Result, never a hang or a traceback
+    result = _resume_under_alarm(ck, path, seconds=60)
+    assert result.n_records >= state["recorder"]["n_records"]
+    assert np.all(np.diff(result.t) > 0) and result.t[-1] <= T_END * (1 + 1e-12)
+
+
+class _Hung(BaseException):
+    pass
+
+
+def _resume_under_alarm(ck, path, seconds):
+    """``simulate(resume=True)`` from the checkpoint at ``path``, raising _Hung after ``seconds``."""
+    import signal
+
+    def alarm(signum, frame):
+        raise _Hung(f"resuming {path} did not end in {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        return tf.simulate(ck.params, ck.dataset, T_END, checkpoint=path, resume=True, **ck.kw)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # ------------------------------------------------------------ a real process
