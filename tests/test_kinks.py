@@ -333,11 +333,8 @@ def test_bulk_correction_matches_locating_every_crossing():
 
 def _every_crossing(p, ds, T, **kw):
     import truncflow.engine.kinks as kinks
-    kinks.BULK = False
-    try:
+    with kinks.using(kinks.KinkOptions(bulk=False)):
         return tf.simulate(p, ds, T, wrt="layers", method="kinks", record_times=[T], **kw)
-    finally:
-        kinks.BULK = True
 
 
 def test_small_problems_with_sliding_do_not_stall():

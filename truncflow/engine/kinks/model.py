@@ -1,0 +1,311 @@
+"""The frozen-pattern model: the one owner of the activation pattern and the sliding set.
+
+The stepper integrates the *frozen-pattern* flow: every point keeps the activation pattern it had
+at the start of the step (``kernels.crossing.frozen_gradient_kernel``: the gradient pass with the
+pattern as input, bit-identical to the ordinary pass where the pattern is the true one), a smooth
+ODE. :class:`FrozenModel` holds that pattern and the sliding set (coordinates held at ``a = 0``,
+their bit cleared in the pattern, MODEL.md section 5) and evaluates the flow and its pieces
+(subset gradients, jumps, pre-activations and their tangents) under them.
+
+Only its methods change the pattern or the sliding set (:meth:`FrozenModel.set_patterns`,
+:meth:`~FrozenModel.apply_crossings`, :meth:`~FrozenModel.set_sides`,
+:meth:`~FrozenModel.release`), and each keeps the caches right: ``version`` changes and the cached
+evaluations are dropped. Outside, ``pat`` is a read-only view and ``sliding`` a tuple.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...compute import Gradient, aligned_scale_gradient, cumulative_to_layer_gradient, kernel_arrays, tile_arrays
+from ...kernels import config
+from ...kernels.crossing import (frozen_gradient_kernel, hermite_dips_kernel, preacts_jvp_kernel,
+                                 subset_gradient_kernel, subset_jvp_kernel, subset_preacts_kernel)
+from ...kernels.forward import patterns_kernel
+from .bits import set_bit
+from .filippov import least_squares
+from .options import DEFAULT
+
+__all__ = ["FrozenModel"]
+
+
+class _At:
+    """Parameters at one state and the kernels' arrays."""
+    __slots__ = ("params", "tiles", "kern")
+
+    def __init__(self, params, dataset, kind):
+        self.params = params
+        self.tiles = tile_arrays(params, dataset.targets, kind)
+        self.kern = kernel_arrays(params)
+
+
+class _Eval:
+    __slots__ = ("cost", "g0", "v", "mismatch", "s", "D", "grad_norm")
+
+
+class FrozenModel:
+    """Frozen-pattern evaluations of one FlowProblem, with the current pattern and sliding set."""
+
+    def __init__(self, problem, options=DEFAULT):
+        self.problem = problem
+        self.options = options
+        ds = problem.dataset
+        self.ds = ds
+        self.kind = problem.kind
+        self.output = problem.kind == "output"
+        self.N = ds.n_points
+        p = problem.params
+        self.L, self.M = p.n_layers, p.width
+        Mp = problem.params.width
+        arr = tile_arrays(p, ds.targets, self.kind)
+        Mp, P = arr[1].shape[1], arr[5].shape[0]
+        self.chunk = config.chunk_size(self.N, 8 * (1 + self.L * Mp * (Mp + 1) + P * (Mp + 1)))
+        self._pat = patterns_kernel(ds.points, *kernel_arrays(p), config.chunk_size(self.N))
+        self._sliding = []         # (i, l, k) held at a = 0, bit cleared in self._pat
+        self.version = 0           # changes with pattern or sliding set: keys the caches
+        self._at_cache = {}
+        self._ev_cache = {}
+        self.last_ev = None
+        self.n_full = 0
+
+    # ---------------------------------------------------------------- states
+    def at(self, y):
+        key = y.tobytes()
+        hit = self._at_cache.get(key)
+        if hit is None:
+            hit = _At(self.problem.unpack(y), self.ds, self.kind)
+            if len(self._at_cache) > 64:
+                self._at_cache.clear()
+            self._at_cache[key] = hit
+        return hit
+
+    # ------------------------------------------------- pattern and sliding set
+    @property
+    def pat(self):
+        """(N, L, W) uint64, read-only: every point's pattern (sliding coordinates truncated)."""
+        view = self._pat.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def sliding(self):
+        """The sliding set: (i, l, k) coordinates held at a = 0, in order (their weights' order)."""
+        return tuple(self._sliding)
+
+    def _changed(self):
+        self.version += 1
+        self._ev_cache.clear()
+
+    def set_patterns(self, idx, pats):
+        """Set the patterns of points idx (crossings found by the locator, or true patterns)."""
+        self._pat[idx] = pats
+        self._changed()
+
+    def apply_crossings(self, crossings):
+        """Give each crossing's point its pattern after it, in the order given (time order: a point's
+        last crossing sets its pattern)."""
+        for c in crossings:
+            self._pat[c.point] = c.pattern
+        self._changed()
+
+    def set_sides(self, group, sliding, free):
+        """Put each coordinate (i, l, k) of ``group`` into the sliding set (``sliding[j]``: truncated in
+        the pattern) or on its side (``free[j]``); the sliding set becomes the sliding ones of
+        ``group``, in group order. Returns (entered, left): coordinates that joined the sliding set
+        and coordinates that left it."""
+        was = set(self._sliding)
+        self._sliding = []
+        entered, left = [], []
+        for j, (i, l, k) in enumerate(group):
+            if sliding[j]:
+                self._pat[i] = set_bit(self._pat[i], l, k, False)
+                self._sliding.append((i, l, k))
+                if (i, l, k) not in was:
+                    entered.append((i, l, k))
+            else:
+                self._pat[i] = set_bit(self._pat[i], l, k, bool(free[j]))
+                if (i, l, k) in was:
+                    left.append((i, l, k))
+        self._changed()
+        return entered, left
+
+    def release(self, releases):
+        """Release sliding coordinates: ``releases`` (index in the sliding set, free) pairs; each goes to
+        its side. Returns the released coordinates, in the order released."""
+        out = []
+        for e, free in sorted(releases, reverse=True):
+            i, l, k = self._sliding.pop(e)
+            self._pat[i] = set_bit(self._pat[i], l, k, free)
+            out.append((i, l, k))
+        self._changed()
+        return out
+
+    def resync(self, cand, y):
+        """Set the listed points' patterns (cand sorted) to their true patterns at y, sliding
+        coordinates kept truncated. Returns how many differed (0: nothing changed, caches kept)."""
+        at = self.at(y)
+        true = patterns_kernel(np.ascontiguousarray(self.ds.points[cand]), *at.kern, config.chunk_size(cand.size))
+        for (i, l, k) in self._sliding:
+            w = np.flatnonzero(cand == i)
+            if w.size:
+                true[w[0]] = set_bit(true[w[0]], l, k, False)
+        diff = np.any(true != self._pat[cand], axis=(1, 2))
+        if diff.any():
+            self._pat[cand] = true
+            self._changed()
+        return int(diff.sum())
+
+    def dip_flags(self, a0, da0, a1, da1, h, margin):
+        """Per point: whether a coordinate's cubic Hermite path between the step's ends comes within
+        ``margin`` of its end distances (``hermite_dips_kernel``); sliding points are not flagged."""
+        flags = hermite_dips_kernel(self._pat, a0, da0, a1, da1, h, margin, config.chunk_size(self.N))
+        if self._sliding:
+            flags[[c[0] for c in self._sliding]] = 0
+        return flags
+
+    # ----------------------------------------------------------- gradients
+    def _vector(self, params, gw, gb, gow, gob):
+        """Masked flat gradient (problem's parametrization) from unscaled padded cumulative sums."""
+        N, M = self.N, self.M
+        g = Gradient(gw[:, :M, :M] / N, gb[:, :M] / N, gow[:, :M] / N if self.output else None,
+                     gob / N if self.output else None, "cumulative")
+        wrt = self.problem.wrt
+        if wrt == "layers":
+            g = cumulative_to_layer_gradient(params, g)
+        elif wrt == "aligned":
+            g = Gradient(aligned_scale_gradient(params, g.weights), g.biases, g.out_weight, g.out_bias, "aligned")
+        return self.problem.gradient_vector(g)
+
+    def full(self, y):
+        """Evaluation of the current mode at y (cached): cost, g0, velocity, mismatch flags, s."""
+        key = y.tobytes()
+        hit = self._ev_cache.get(key)
+        if hit is not None:
+            self.last_ev = hit
+            return hit
+        at = self.at(y)
+        self.problem.n_evaluations += 1
+        self.n_full += 1
+        sq, gw, gb, gow, gob, mm = frozen_gradient_kernel(self.ds.points, self.ds.labels, self._pat, *at.tiles,
+                                                          self.output, 1, self.chunk)
+        ev = _Eval()
+        ev.cost = float(sq.sum() / (2 * self.N))
+        ev.g0 = self._vector(at.params, gw.sum(0)[0], gb.sum(0)[0], gow.sum(0)[0], gob.sum(0)[0])
+        ev.mismatch = mm
+        ev.s, ev.D = None, None
+        if self._sliding:
+            ev.D = self.jumps(at, self._sliding)
+            ev.s = least_squares(ev.D, ev.g0, self.options.slide_reg)
+            ev.v = -(ev.g0 + ev.D @ ev.s)
+        else:
+            ev.v = -ev.g0
+        ev.grad_norm = float(np.sqrt(ev.v @ ev.v))
+        if len(self._ev_cache) > 32:
+            self._ev_cache.clear()
+        self._ev_cache[key] = ev
+        self.last_ev = ev
+        return ev
+
+    def subset(self, at, idx, pats, weights, slots, n_slots):
+        """(n_slots, size) masked gradient vectors: sum over entries of weight * contribution."""
+        gw, gb, gow, gob = subset_gradient_kernel(self.ds.points, self.ds.labels, np.asarray(idx, np.int64),
+                                                  np.ascontiguousarray(pats), np.asarray(weights, np.float64),
+                                                  np.asarray(slots, np.int64), *at.tiles, self.output, n_slots)
+        if n_slots == 1:
+            return self._vector(at.params, gw[0], gb[0], gow[0], gob[0])[None]
+        return self._vectors(at.params, gw, gb, gow, gob)
+
+    def _vectors(self, params, gw, gb, gow, gob):
+        """``_vector`` for a stack of S slots at once, (S, size): the same linear maps, batched."""
+        N, M, L = self.N, self.M, self.L
+        S = gw.shape[0]
+        w = gw[:, :, :M, :M] / N
+        b = gb[:, :, :M] / N
+        wrt = self.problem.wrt
+        if wrt == "layers":
+            # compute.cumulative_to_layer_gradient on every slot
+            gwl = np.empty((S, L, M, M))
+            gbl = np.empty((S, L, M))
+            G_bar, B_bar = w[:, L - 1].copy(), b[:, L - 1].copy()
+            for l in range(L - 1, -1, -1):
+                if l > 0:
+                    gwl[:, l] = (G_bar @ params.cum_weights[l - 1].T
+                                 + B_bar[:, :, None] * params.cum_biases[l - 1][None, None, :])
+                else:
+                    gwl[:, l] = G_bar
+                gbl[:, l] = B_bar
+                if l > 0:
+                    Wt = params.weights[l].T
+                    G_bar = w[:, l - 1] + Wt[None] @ G_bar
+                    B_bar = b[:, l - 1] + B_bar @ params.weights[l]
+            w, b = gwl, gbl
+        elif wrt == "aligned":
+            w = aligned_scale_gradient(params, w)
+        parts = [w.reshape(S, -1), b.reshape(S, -1)]
+        if self.output:
+            parts += [(gow[:, :, :M] / N).reshape(S, -1), (gob / N).reshape(S, -1)]
+        return np.concatenate(parts, axis=1) * self.problem.mask[None, :]
+
+    def jumps(self, at, coords):
+        """(size, n) columns d_j = contribution with coordinate j free minus truncated (others as now)."""
+        n = len(coords)
+        idx = np.empty(2 * n, np.int64)
+        pats = np.empty((2 * n,) + self._pat.shape[1:], np.uint64)
+        for j, (i, l, k) in enumerate(coords):
+            base = self._pat[i].copy()
+            idx[2 * j] = idx[2 * j + 1] = i
+            pats[2 * j] = set_bit(base, l, k, True)
+            pats[2 * j + 1] = set_bit(base, l, k, False)
+        weights = np.tile([1.0, -1.0], n)
+        return self.subset(at, idx, pats, weights, np.repeat(np.arange(n), 2), n).T
+
+    def all_jvp(self, at, v):
+        """(a, da) (N, L, M): every point's frozen-pattern pre-activations and their rate along velocity v."""
+        dcw, dcb, dedges_t = self._tangents(at.params, v[None])
+        return preacts_jvp_kernel(self.ds.points, self._pat, *at.kern, dcw[0], dcb[0], dedges_t[0],
+                                  config.chunk_size(self.N))
+
+    def preacts(self, at, idx, pats):
+        return subset_preacts_kernel(self.ds.points, np.asarray(idx, np.int64), np.ascontiguousarray(pats),
+                                     *at.kern)
+
+    def jvp(self, at, idx, pats, dirs):
+        """Frozen-pattern pre-activations of entries and their derivatives along dirs[e] (y-space)."""
+        return subset_jvp_kernel(self.ds.points, np.asarray(idx, np.int64), np.ascontiguousarray(pats),
+                                 *at.kern, *self._tangents(at.params, dirs))
+
+    def _tangents(self, params, dirs):
+        """The kernels' tangent arrays along y-directions dirs (n, size): (dcw, dcb, dedges_t),
+        contiguous, of shapes (n, L, M, M), (n, L, M), (n, L, M, M), with dedges_t = (dA)^T for
+        dA = -A dW A (A the inverse of the cumulative weight)."""
+        dcw, dcb = self._cum_tangent(params, dirs)
+        A = params.inverses
+        dA = -np.einsum("lij,eljk,lkm->elim", A, dcw, A)
+        return (np.ascontiguousarray(dcw), np.ascontiguousarray(dcb),
+                np.ascontiguousarray(np.swapaxes(dA, 2, 3)))
+
+    def _cum_tangent(self, params, dirs):
+        """Tangents (n, L, M, M), (n, L, M) of the cumulative parameters along y-directions dirs (n, size)."""
+        pr = self.problem
+        L, M = self.L, self.M
+        n = dirs.shape[0]
+        o = pr._offsets
+        w = dirs[:, o[0]:o[1]]
+        b = dirs[:, o[1]:o[2]].reshape(n, L, M)
+        if pr.wrt == "cumulative":
+            return w.reshape(n, L, M, M), b
+        if pr.wrt == "aligned":
+            return w.reshape(n, L, M)[..., None] * params.frames[None], b
+        w = w.reshape(n, L, M, M)
+        dcw = np.empty((n, L, M, M))
+        dcb = np.empty((n, L, M))
+        for l in range(L):
+            if l == 0:
+                dcw[:, 0], dcb[:, 0] = w[:, 0], b[:, 0]
+            else:
+                Wl = params.weights[l]
+                dcw[:, l] = w[:, l] @ params.cum_weights[l - 1] + np.einsum("ij,ejk->eik", Wl, dcw[:, l - 1])
+                dcb[:, l] = (np.einsum("eij,j->ei", w[:, l], params.cum_biases[l - 1])
+                             + np.einsum("ij,ej->ei", Wl, dcb[:, l - 1]) + b[:, l])
+        return dcw, dcb
+
+
