@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import truncflow as tf
+import truncflow.backends.local as local
 import truncflow.compute as compute
 from truncflow.threads import cpu_quota
 
@@ -28,7 +29,7 @@ def threads_in_fresh_process(env_changes, affinity=None, first="truncflow"):
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS")}
     env.update(env_changes)
     code = (f"import {first}\n"
-            "import numba, numpy as np, truncflow as tf, truncflow.compute as c\n"
+            "import numba, numpy as np, truncflow as tf, truncflow.backends.local as c\n"
             "seen = []\n"
             "for name in ('gradient_kernel', 'gradient_kernel_serial'):\n"
             "    k = getattr(c, name)\n"
@@ -83,8 +84,8 @@ def _kernel_threads(monkeypatch):
     """Record Numba's thread count at each call of the gradient kernel."""
     seen = []
     for name in ("gradient_kernel", "gradient_kernel_serial"):
-        kernel = getattr(compute, name)
-        monkeypatch.setattr(compute, name, lambda *a, k=kernel: (seen.append(numba.get_num_threads()), k(*a))[1])
+        kernel = getattr(local, name)            # the local backend runs the gradient kernels
+        monkeypatch.setattr(local, name, lambda *a, k=kernel: (seen.append(numba.get_num_threads()), k(*a))[1])
     return seen
 
 
@@ -142,7 +143,7 @@ def test_serial_gradient_kernel_equals_parallel(kind):
 def test_one_chunk_never_enters_a_parallel_region(monkeypatch):
     def refuse(*a):
         raise AssertionError("parallel kernel called for a single chunk")
-    monkeypatch.setattr(compute, "gradient_kernel", refuse)
+    monkeypatch.setattr(local, "gradient_kernel", refuse)
     pr = make_problem(1, N=16)
     c, g = tf.gradient(pr.params, pr.dataset())
     assert np.isfinite(c) and np.isfinite(g.weights).all()

@@ -11,19 +11,20 @@ import numpy as np
 
 from . import threads
 from ._validate import choice, integer, require_memory
+from .backends import capabilities_of
 from .data import Dataset, check_points
-from .device import DeviceDataset, is_device_array, patterns_on_device, truncate_on_device
-from .distributed import DistributedDataset
+from .device import is_device_array, patterns_on_device, truncate_on_device
 from .kernels import config
 from .kernels.forward import patterns_kernel, truncate_kernel
 from .kernels.flow import sum_chunks
-from .kernels.gradient import BLOCK, gradient_kernel, gradient_kernel_serial
 from .kernels.network import layer_gradient, scale_gradient
 from .params import Params
+from .tiles import kernel_arrays, pad_to_width, padded_width, sweep_arrays, tile_arrays
 
 __all__ = ["Gradient", "truncate", "activation_patterns", "cost", "gradient",
            "cumulative_to_layer_gradient", "aligned_scale_gradient", "require_finite_outputs",
-           "require_partials_fit", "sweep_arrays", "COST_KINDS", "PARAMETRIZATIONS", "PRECISIONS"]
+           "require_partials_fit", "sweep_arrays", "tile_arrays", "kernel_arrays", "padded_width",
+           "pad_to_width", "COST_KINDS", "PARAMETRIZATIONS", "PRECISIONS"]
 
 COST_KINDS = ("input", "output")
 PARAMETRIZATIONS = ("cumulative", "layers", "aligned")
@@ -67,60 +68,7 @@ class Gradient:
 
 
 # ------------------------------------------------------------------ helpers
-def kernel_arrays(params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(cw, cb, edges_t) as C-contiguous writable float64, the kernels' parameter layout."""
-    edges_t = np.ascontiguousarray(np.swapaxes(params.inverses, 1, 2))
-    return np.array(params.cum_weights), np.array(params.cum_biases), edges_t
-
-
-def padded_width(width: int) -> int:
-    """M rounded up to a multiple of ``kernels.gradient.BLOCK``: the tiled kernels' width."""
-    return -(-int(width) // BLOCK) * BLOCK
-
-
-def pad_to_width(a, width: int, axes: tuple) -> np.ndarray:
-    """A new C-contiguous float64 copy of ``a`` whose ``axes`` are zero-padded to ``width``."""
-    a = np.asarray(a, dtype=np.float64)
-    out = np.zeros([width if ax in axes else n for ax, n in enumerate(a.shape)])
-    out[tuple(slice(0, n) for n in a.shape)] = a
-    return out
-
-
-def tile_arrays(params: Params, targets: np.ndarray, kind: str) -> tuple[np.ndarray, ...]:
-    """The tiled kernels' arrays (``kernels.gradient``), zero-padded to width Mp.
-
-    Mp is M rounded up to a multiple of ``kernels.gradient.BLOCK``. Returns float64
-    C-contiguous (targets, cw, cb, inv, back, out_w, out_b): targets (Q, Mp) for the
-    input cost or (Q, P) unchanged for the output cost; cw, inv (L, Mp, Mp) = W^(l),
-    A^(l) = (W^(l))^-1; cb (L, Mp); back (L, Mp, Mp) the reverse sweep's matrices,
-    W_(l+1)^T (layer matrices) for l < L - 1 and A^(L)^T last; out_w (P, Mp) and
-    out_b (P,) (P = 0 for the input cost). Padded entries are zero, so padded
-    coordinates of every image stay zero.
-    """
-    L, M = params.n_layers, params.width
-    Mp = padded_width(M)
-    pad = lambda a, axes: pad_to_width(a, Mp, axes)
-
-    cw = pad(params.cum_weights, (1, 2))
-    inv = pad(params.inverses, (1, 2))
-    if kind == "output":
-        out_w, out_b, targets = pad(params.out_weight, (1,)), np.array(params.out_bias), np.array(targets)
-    else:
-        out_w, out_b, targets = np.zeros((0, Mp)), np.zeros(0), pad(targets, (1,))
-    back = np.concatenate([pad(params.weights[1:], (1, 2)), inv[-1:]]).swapaxes(1, 2)
-    return (targets, cw, pad(params.cum_biases, (1,)), inv, np.ascontiguousarray(back), out_w, out_b)
-
-
-def sweep_arrays(arrays: tuple, precision: str) -> tuple:
-    """The tiled kernels' float arrays (``tile_arrays``) in the precision of the per-point
-    sweep: unchanged for "float64", cast (rounded to nearest) for "float32". The kernels
-    compile one version per dtype and run the sweep in the dtype of these arrays."""
-    if precision == "float64":
-        return arrays
-    return tuple(np.ascontiguousarray(a, dtype=np.float32) if isinstance(a, np.ndarray) and a.dtype == np.float64
-                 else a for a in arrays)
-
-
+# kernel_arrays, padded_width, pad_to_width, tile_arrays, sweep_arrays: truncflow.tiles (re-exported here)
 def require_partials_fit(n_points: int, partial_bytes: int, what: str) -> int:
     """Chunk size for a pass whose chunks each keep ``partial_bytes`` of partial sums;
     refuses (ValueError, before the kernel allocates them) partial sums that do not fit
@@ -188,17 +136,13 @@ def _require_params(params) -> Params:
 
 def _require_dataset(dataset, params: Params, kind: str | None, *, distributed: bool = False) -> Dataset:
     """The dataset, checked against the network; its targets too unless ``kind`` is None.
-    ``distributed``: a :class:`truncflow.distributed.DistributedDataset` or a
-    :class:`truncflow.device.DeviceDataset` is accepted too."""
-    if isinstance(dataset, DistributedDataset):
-        if not distributed:
-            raise ValueError("this function needs the points here, not on a Dask cluster: use a local "
-                             "truncflow.Dataset (DistributedDataset.gather() makes one, if it fits)")
-    elif isinstance(dataset, DeviceDataset):
-        if not distributed:
-            raise ValueError("this function needs the points here, not on a GPU: use dataset.to('cpu')")
-    elif not isinstance(dataset, Dataset):
+    ``distributed``: a dataset whose points are elsewhere (a :class:`truncflow.DistributedDataset`,
+    a :class:`truncflow.DeviceDataset`: its backend's capabilities say so) is accepted too."""
+    caps = capabilities_of(dataset)
+    if caps is None:
         raise ValueError(f"dataset must be a truncflow.Dataset, got {type(dataset).__name__}")
+    if not caps.points_here and not distributed:
+        raise ValueError(f"this function needs the points here, not {caps.where}: {caps.bring_here}")
     M = params.width
     if dataset.width != M:
         raise ValueError(f"dataset points have width {dataset.width} but the network has width M={M}")
@@ -274,8 +218,7 @@ def _run_gradient_kernel(params: Params, dataset: Dataset, kind: str, per_cluste
     chunk = require_partials_fit(N, partial_bytes, f"the gradient's partial sums ({n_slots} cluster slot(s) of "
                                                    f"{L} layers of width {M})")
     # one chunk: no parallel region
-    parts = dataset.chunk_pass(gradient_kernel, gradient_kernel_serial, (*arrays, kind == "output", n_slots, chunk),
-                               chunk)
+    parts = dataset.gradient_sums(arrays, kind == "output", n_slots, chunk)
     # Merge chunks in a fixed order, scale, drop the padding (the same code as the flow's
     # per-evaluation path, kernels.flow): the result does not depend on threads.
     sq, gw, gb, gow, gob = sum_chunks(*parts, N, M)

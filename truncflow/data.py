@@ -10,6 +10,7 @@ import numpy as np
 
 from ._scratch import per_point_array
 from ._validate import as_float_array, format_bytes, integer, require_finite, require_memory
+from .backends.local import LocalBackend
 
 __all__ = ["Dataset", "EmptyClusterWarning", "check_points", "check_labels", "encode_labels",
            "gaussian_clusters", "uniform_balls", "load_points"]
@@ -175,8 +176,11 @@ def _id_list(ids: np.ndarray, limit: int = 8) -> str:
 
 
 @dataclass(frozen=True, eq=False)
-class Dataset:
+class Dataset(LocalBackend):
     """Training points with cluster labels and one target per cluster.
+
+    The local backend (``truncflow.backends.local``): every pass over the points runs on
+    this process's threads.
 
     Args:
         points:  (N, M) float32 or float64, any memory layout (kept without copying).
@@ -271,16 +275,6 @@ class Dataset:
     def counts(self) -> np.ndarray:
         """(Q,) int64: number of points in each cluster."""
         return self._counts
-
-    def chunk_pass(self, kernel, serial_kernel, args: tuple, chunk: int) -> tuple:
-        """The per-chunk results of a pass over the points: ``kernel(points, labels, *args)``,
-        or ``serial_kernel`` (the same results without a parallel region) when the points fit
-        one chunk of ``chunk`` points. Every output has a leading axis of chunks, which the
-        caller adds in order. (A :class:`truncflow.distributed.DistributedDataset` runs the
-        serial kernel on each of its partitions and concatenates the chunks.)"""
-        from . import threads
-        threads.apply()
-        return (kernel if self.n_points > chunk else serial_kernel)(self.points, self.labels, *args)
 
     def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(points[idx] as float64, labels[idx]) for row indices idx (a data sample)."""

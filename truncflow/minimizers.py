@@ -40,6 +40,7 @@ import numbers
 import numpy as np
 from scipy.optimize import linprog
 
+from .backends import capabilities_of
 from .data import Dataset
 from .params import MAX_CONDITION, Params, check_network_size
 
@@ -197,7 +198,7 @@ def cone_minimizer(dataset: Dataset, collapse=None) -> Params:
 # ------------------------------------------------------------------ helpers
 def _require_input_dataset(dataset) -> Dataset:
     """The dataset, checked to carry input-space targets of shape (Q, M)."""
-    if not isinstance(dataset, Dataset):
+    if not getattr(capabilities_of(dataset), "points_here", False):
         raise ValueError(f"dataset must be a truncflow.Dataset, got {type(dataset).__name__}")
     if dataset.targets.shape[1] != dataset.width:
         raise ValueError(f"cone minimizers need input-space targets of shape (Q, {dataset.width}) to match "

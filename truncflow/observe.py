@@ -6,15 +6,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import threads
-from ._scratch import per_point_array
 from ._validate import as_float_array, choice, require_finite
 from .compute import (COST_KINDS, _require_dataset, _require_params, kernel_arrays, require_finite_outputs,
                       require_partials_fit)
 from .data import Dataset, by_identity
-from .device import DeviceDataset
-from .distributed import DistributedDataset, PartitionedHashes
 from .kernels import config
-from .kernels.observe import cluster_sums_kernel, observe_kernel, observe_kernel_serial, observe_many, summarize
+from .kernels.observe import observe_many, summarize
 from .params import Params
 
 __all__ = ["Observation", "observe", "cluster_means"]
@@ -59,7 +56,7 @@ class Observation:
 def pattern_changes(new, old) -> int:
     """Points whose pattern hash differs between two observations of one dataset (counted
     on the workers for hashes kept on a Dask cluster; else in blocks, no N booleans)."""
-    if isinstance(new, PartitionedHashes):
+    if hasattr(new, "count_changes"):         # hashes kept where the points are (a Dask cluster)
         return new.count_changes(old)
     step = 1 << 22
     return sum(int(np.count_nonzero(new[a:a + step] != old[a:a + step])) for a in range(0, new.size, step))
@@ -69,7 +66,7 @@ def cluster_means(dataset: Dataset) -> np.ndarray:
     """(Q, M) mean of each cluster's points (zeros for an empty cluster), summed chunk by chunk
     (``kernels.config``) and the chunks in order: the same bits for a distributed dataset."""
     chunk = config.chunk_size(dataset.n_points)
-    per_chunk = dataset.chunk_pass(cluster_sums_kernel, cluster_sums_kernel, (dataset.n_clusters, chunk), chunk)
+    per_chunk = dataset.cluster_sums(dataset.n_clusters, chunk)
     sums = per_chunk[0].copy()
     for c in range(1, per_chunk.shape[0]):
         sums += per_chunk[c]
@@ -106,20 +103,9 @@ def observe_checked(params: Params, dataset: Dataset, kind: str, shift: np.ndarr
         ow, ob = np.zeros((0, M)), np.zeros(0)
     partial_bytes = 8 * (Q + L * Q * (3 * M + 2))
     chunk = require_partials_fit(N, partial_bytes, "the observables' per-chunk sums")
-    args = (dataset.targets, shift, cw, cb, et, ow, ob, kind == "output", Q, chunk)
-    if isinstance(dataset, (DistributedDataset, DeviceDataset)):
-        # on a cluster the hashes stay on the workers, their distinct values per partition
-        # come back; on a GPU the hashes come back (8 bytes a point), sorted
-        parts, distinct, hashes = dataset.observe_pass(args, chunk)
-        distinct = np.sort(distinct)
-    else:
-        hashes = per_point_array(N, np.uint64)
-        threads.apply()
-        kernel = observe_kernel if N > chunk else observe_kernel_serial     # one chunk: no parallel region
-        parts = kernel(dataset.points, dataset.labels, *args, hashes)
-        distinct = per_point_array(N, np.uint64)
-        distinct[:] = hashes
-        distinct.sort()                 # in place: no second copy of N hashes
+    # the hashes: here (N,) uint64; on a cluster they stay on the workers, their distinct values
+    # per partition come back; on a GPU they come back (8 bytes a point). distinct: sorted.
+    parts, distinct, hashes = dataset.observe(dataset.targets, shift, cw, cb, et, ow, ob, kind == "output", Q, chunk)
     sq, coord_frac, spread, ratio, truncated_fraction, collapsed_fraction, n_patterns = summarize(
         *parts, dataset.counts, shift, distinct)
     require_finite_outputs(params, dataset.points, sq, spread=spread[:, dataset.counts > 0])

@@ -15,7 +15,6 @@ from ._validate import choice
 from .compute import (COST_KINDS, Gradient, _require_dataset, _require_params, require_finite_outputs,
                       require_partials_fit, tile_arrays)
 from .data import Dataset
-from .kernels.statistics import statistics_kernel, statistics_kernel_serial
 from .params import Params
 
 __all__ = ["ClusterStatistics", "cluster_statistics"]
@@ -132,8 +131,7 @@ def cluster_statistics(params: Params, dataset: Dataset, kind: str = "input", *,
     arrays = tile_arrays(params, dataset.targets, kind)
     Mp, P = arrays[1].shape[1], arrays[5].shape[0]
     chunk = require_partials_fit(N, _partial_bytes(L, M, Mp, Q, P, second_moments), "the statistics' per-chunk sums")
-    parts = dataset.chunk_pass(statistics_kernel, statistics_kernel_serial,
-                               (*arrays, kind == "output", Q, second_moments, chunk), chunk)
+    parts = dataset.statistics_sums(arrays, kind == "output", Q, second_moments, chunk)
     # Merge chunks in a fixed order (axis 0): the result does not depend on threads.
     with np.errstate(over="ignore", invalid="ignore"):
         sq, gw, gb, gow, gob, truncated, free1, con1, free2, con2 = (p.sum(axis=0) for p in parts)

@@ -1,4 +1,4 @@
-"""Datasets on a Dask cluster: the same flows, bit for bit, over data no one machine holds (issue 14).
+"""The Dask backend: datasets on a Dask cluster, the same flows, bit for bit, over data no one machine holds (issue 14).
 
 :func:`distribute` splits the points into *partitions* of whole chunks of truncflow's
 fixed chunking (``kernels.config.chunk_size``: the chunking depends on N only) and
@@ -34,14 +34,23 @@ import warnings
 
 import numpy as np
 
-from ._validate import format_bytes
-from .data import (DatasetElsewhere, EmptyClusterWarning, _check_class_ids, _require_in_range, check_labels,
-                   check_points, check_targets, warn_empty_clusters)
-from .kernels import config
+from .._validate import format_bytes
+from ..data import (Dataset, DatasetElsewhere, EmptyClusterWarning, _check_class_ids, _require_in_range,
+                    check_labels, check_points, check_targets, warn_empty_clusters)
+from ..kernels import config
+from ..kernels.gradient import gradient_kernel_serial
+from ..kernels.observe import cluster_sums_kernel, observe_kernel_serial
+from ..kernels.statistics import statistics_kernel_serial
+from .base import OPERATIONS, Backend, Capabilities
 
-__all__ = ["distribute", "DistributedDataset", "ClusterError", "require_dask"]
+__all__ = ["distribute", "DistributedDataset", "ClusterError", "require_dask", "describe_cluster", "DASK"]
 
 INSTALL = 'pip install "truncflow[distributed]"'
+
+DASK = Capabilities(
+    name="Dask", where="on a Dask cluster", points_here=False, serial_steps=False, checkpoints=False,
+    methods=frozenset({"rk45", "gd"}), float32=True, ensembles=False, operations=frozenset(OPERATIONS),
+    bring_here="use a local truncflow.Dataset (DistributedDataset.gather() makes one, if it fits)")
 
 
 class ClusterError(RuntimeError):
@@ -92,7 +101,6 @@ def _partition_pass(part, kernel, args):
 def _observe_partition(part, args):
     """The observation kernel on one partition: (per-chunk sums, pattern hashes (n,) uint64,
     the distinct hashes)."""
-    from .kernels.observe import observe_kernel_serial
     hashes = np.empty(part[0].shape[0], dtype=np.uint64)
     sums = observe_kernel_serial(part[0], part[1], *args, hashes)
     return sums, hashes, np.unique(hashes)
@@ -107,7 +115,7 @@ def _count_changes(new, old):
 
 
 # ------------------------------------------------------------------ client side
-class DistributedDataset(DatasetElsewhere):
+class DistributedDataset(DatasetElsewhere, Backend):
     """A :class:`truncflow.Dataset` whose points live on the workers of a Dask cluster.
 
     Made by :func:`distribute`. It has the Dataset's read-only attributes (``targets``,
@@ -116,7 +124,13 @@ class DistributedDataset(DatasetElsewhere):
     :meth:`gather` for a local :class:`truncflow.Dataset`, if it fits). Accepted by
     ``cost``, ``gradient``, ``cluster_statistics``, ``observe`` and ``simulate``
     (``method`` "rk45" or "gd").
+
+    The Dask backend: each named operation (``truncflow.backends.base``) sends the same serial
+    kernel, by name, to every partition and concatenates the per-chunk results in partition
+    (= chunk) order.
     """
+
+    capabilities = DASK
 
     def __init__(self, client, parts, bounds, n_points, width, dtype, targets, class_ids, counts, chunk, timeout):
         self.client = client
@@ -178,9 +192,9 @@ class DistributedDataset(DatasetElsewhere):
                              f"large), which straddle the dataset's partitions (made of chunks of {self.chunk}): "
                              f"distribute the points again with partition_rows a multiple of {chunk}")
 
-    def chunk_pass(self, kernel, serial_kernel, args: tuple, chunk: int) -> tuple:
-        """:meth:`truncflow.Dataset.chunk_pass` on the cluster: the serial kernel on each
-        partition, the per-chunk results concatenated in partition (= chunk) order."""
+    def _serial_pass(self, serial_kernel, args: tuple, chunk: int) -> tuple:
+        """The serial kernel on each partition, the per-chunk results concatenated in
+        partition (= chunk) order: :meth:`truncflow.Dataset`'s pass, on the cluster."""
         self._require_chunking(chunk)
         ref = (serial_kernel.py_func.__module__, serial_kernel.py_func.__name__)
         futures = [self.client.submit(_partition_pass, part, ref, args, pure=False) for part in self._parts]
@@ -189,11 +203,20 @@ class DistributedDataset(DatasetElsewhere):
             return np.concatenate(results)
         return tuple(np.concatenate([r[i] for r in results]) for i in range(len(results[0])))
 
-    def observe_pass(self, args: tuple, chunk: int):
-        """The observation pass (``observe_kernel`` without its hashes argument): (per-chunk
-        sums, the distinct pattern hashes of every partition concatenated, the per-point
-        hashes as a :class:`PartitionedHashes` that stays on the workers)."""
+    def gradient_sums(self, arrays: tuple, output_cost: bool, n_slots: int, chunk: int) -> tuple:
+        return self._serial_pass(gradient_kernel_serial, (*arrays, output_cost, n_slots, chunk), chunk)
+
+    def statistics_sums(self, arrays: tuple, output_cost: bool, n_clusters: int, second: bool, chunk: int) -> tuple:
+        return self._serial_pass(statistics_kernel_serial, (*arrays, output_cost, n_clusters, second, chunk), chunk)
+
+    def cluster_sums(self, n_clusters: int, chunk: int):
+        return self._serial_pass(cluster_sums_kernel, (n_clusters, chunk), chunk)
+
+    def observe(self, targets, shift, cw, cb, edges_t, out_w, out_b, output_cost: bool, n_clusters: int, chunk: int):
+        """The observation pass: (per-chunk sums, the distinct pattern hashes of every partition,
+        sorted, the per-point hashes as a :class:`PartitionedHashes` that stays on the workers)."""
         self._require_chunking(chunk)
+        args = (targets, shift, cw, cb, edges_t, out_w, out_b, output_cost, n_clusters, chunk)
         results = [self.client.submit(_observe_partition, part, args, pure=False) for part in self._parts]
         sums = [self.client.submit(operator.getitem, r, 0) for r in results]
         distinct = [self.client.submit(operator.getitem, r, 2) for r in results]
@@ -201,7 +224,7 @@ class DistributedDataset(DatasetElsewhere):
         got = self._gather(sums + distinct, "the observation pass")
         sums, distinct = got[:len(results)], got[len(results):]
         parts = tuple(np.concatenate([s[i] for s in sums]) for i in range(len(sums[0])))
-        return parts, np.concatenate(distinct), PartitionedHashes(self, hashes)
+        return parts, np.sort(np.concatenate(distinct)), PartitionedHashes(self, hashes)
 
     def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`truncflow.Dataset.rows` for sorted row indices idx, gathered from the workers."""
@@ -228,7 +251,6 @@ class DistributedDataset(DatasetElsewhere):
 
     def gather(self):
         """A local :class:`truncflow.Dataset` of the same points, labels and targets (it must fit here)."""
-        from .data import Dataset
         got = self._gather(list(self._parts), "gathering the points")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", EmptyClusterWarning)

@@ -28,9 +28,8 @@ import numpy as np
 
 from .. import threads
 from .._validate import integer
-from ..data import Dataset, by_identity
-from ..device import DeviceDataset
-from ..distributed import DistributedDataset
+from ..backends import capabilities_of
+from ..data import by_identity
 from ..kernels import descent
 from ..observe import observe_members
 from ..params import Params
@@ -156,10 +155,11 @@ def _members(params, dataset):
         if (p.n_layers, p.width, p.out_dim) != (members[0].n_layers, members[0].width, members[0].out_dim):
             raise ValueError(f"params[{b}] is {p!r} but params[0] is {members[0]!r}: every member needs the same "
                              "L, M (and output dimension)")
-    if isinstance(dataset, (DistributedDataset, DeviceDataset)):
+    caps = capabilities_of(dataset)
+    if caps is not None and not caps.ensembles:
         raise ValueError(f"simulate_ensemble runs its members on the points here: for a {type(dataset).__name__} "
                          f"run each member with simulate")
-    if isinstance(dataset, Dataset):
+    if caps is not None:
         datasets = [dataset] * len(members)
     else:
         try:
@@ -171,7 +171,7 @@ def _members(params, dataset):
                              "per member")
         first = datasets[0]
         for b, d in enumerate(datasets):
-            if not isinstance(d, Dataset):
+            if not getattr(capabilities_of(d), "ensembles", False):
                 raise ValueError(f"dataset[{b}] must be a truncflow.Dataset, got {type(d).__name__}")
             if (d.points.shape, d.targets.shape, d.points.dtype) != (first.points.shape, first.targets.shape,
                                                                       first.points.dtype):

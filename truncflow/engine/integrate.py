@@ -211,7 +211,7 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
         raise ValueError(f"frozen_layers must be a sequence of layer numbers, got {frozen_layers!r}") from None
     problem = FlowProblem(params, dataset, kind=kind, wrt=wrt, train=train, frozen_layers=frozen_layers,
                           precision=precision)
-    distributed = not isinstance(problem.dataset, Dataset)      # on a Dask cluster or a GPU
+    distributed = not problem.dataset.capabilities.points_here      # on a Dask cluster or a GPU
     where = type(problem.dataset).__name__
     if distributed and spec(method).needs_points_here:
         raise ValueError(placement_refusal(method, where))

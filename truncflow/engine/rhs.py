@@ -18,7 +18,6 @@ from ..compute import (COST_KINDS, PARAMETRIZATIONS, PRECISIONS, Gradient, _requ
                        gradient, padded_width, require_partials_fit, sweep_arrays)
 from ..data import Dataset
 from ..kernels import flow
-from ..kernels.gradient import gradient_kernel, gradient_kernel_serial
 from ..params import MAX_CONDITION, Params
 
 TRAIN_OPTIONS = ("all", "weights", "biases")
@@ -107,7 +106,7 @@ class FlowProblem:
         #: evaluation is one compiled call without a parallel region
         #: (``kernels.flow.evaluate_serial``) and gradient descent can run its steps in
         #: compiled code (``kernels.descent``).
-        self.serial = isinstance(ds, Dataset) and ds.n_points <= self._chunk and self.precision == "float64"
+        self.serial = ds.capabilities.serial_steps and ds.n_points <= self._chunk and self.precision == "float64"
         #: the arguments of ``kernels.flow.evaluate_serial`` after the state (None unless serial)
         self.serial_args = (*self._network_args, ds.points, ds.labels, targets, self.mask, self.kind == "output",
                             self._chunk) if self.serial else None
@@ -205,8 +204,7 @@ class FlowProblem:
             status, w, cw, cb, *arrays = flow.prepare(y, *self._network_args)
             if status == flow.STATUS_OK:
                 swept = (self._targets, *sweep_arrays(tuple(arrays), self.precision))
-                parts = self.dataset.chunk_pass(gradient_kernel, gradient_kernel_serial,
-                                                (*swept, self.kind == "output", 1, self._chunk), self._chunk)
+                parts = self.dataset.gradient_sums(swept, self.kind == "output", 1, self._chunk)
                 status, c, g, gn = flow.finish(*parts, self.dataset.n_points, mode, w, cw, cb, frames, self.mask)
         if status != flow.STATUS_OK:
             c, grad = gradient(self.unpack(y), self.dataset, self.kind, self.wrt, precision=self.precision)
