@@ -1,7 +1,7 @@
 """The ``truncflow`` command line.
 
     truncflow run [CONFIG.toml] [--out FOLDER] [--overwrite] [--checkpoint-every S] [--quiet]
-                  [--threads N] [--check]
+                  [--threads N] [--check] [--scheduler ADDRESS [--connect-timeout S]]
     truncflow run --resume FOLDER
     truncflow plot RESULT.npz [--out FOLDER] [--snapshots K]
     truncflow info
@@ -9,9 +9,12 @@
 ``run`` without a file runs the built-in default job (truncflow/defaults/default.toml).
 The output folder is checked before the run: it must be writable, and a folder that
 is not empty is refused unless ``--overwrite`` is given; while a run writes into a
-folder it holds a lock file there, so a second run into the same folder is refused.
-The configuration is copied there first, and the run's state is checkpointed there
-(``checkpoint.npz``) so that ``--resume FOLDER`` continues a run that was killed.
+folder it holds a lock file there (its process id and start time), so a second run
+into the same folder is refused while the first is alive. The configuration is copied
+there first, and the run's state is checkpointed there (``checkpoint.npz``) so that
+``--resume FOLDER`` continues a run that was killed; the checkpoint is removed once a
+finished run's result and plots are written. A run that stops before its flow starts
+leaves the folder as it found it.
 Exit codes: 0 success; 1 the run stopped without success (diverged, failed, budget
 reached) -- what was recorded is still saved and plotted; 2 a usage or configuration
 error (one line on stderr, no traceback); 130 interrupted by SIGINT (Ctrl-C), 143 by
@@ -21,9 +24,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
+import json
 import logging
+import math
 import os
+import re
+import secrets
 import shutil
+import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -43,6 +53,8 @@ LOCK_FILE = ".truncflow.lock"
 OUTPUT_FILES = (RESULT_FILE, PLOT_FILE, SNAPSHOTS_FILE, CONFIG_FILE, CHECKPOINT_FILE)
 SWEEP_FILES = ("summary.csv", "summary.png")     # a sweep's (truncflow/sweep.py), with SWEEP_MEMBERS/
 SWEEP_MEMBERS = "members"
+#: Seconds to wait for a Dask scheduler (--connect-timeout, [cluster] connect_timeout).
+DEFAULT_CONNECT_TIMEOUT = 5.0
 
 
 class _UsageError(Exception):
@@ -96,6 +108,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scheduler", metavar="ADDRESS",
                      help="run on the Dask cluster of this scheduler, e.g. tcp://host:8786 (overrides [cluster]; "
                           'needs pip install "truncflow[distributed]")')
+    run.add_argument("--connect-timeout", type=float, metavar="SECONDS",
+                     help="give up on a Dask scheduler that does not answer within this many seconds "
+                          f"(overrides [cluster] connect_timeout; default {DEFAULT_CONNECT_TIMEOUT:g})")
     plot = sub.add_parser("plot", help="draw the plots of a saved result",
                           description=f"Draw {PLOT_FILE} (cost, truncated fractions, thresholds or apexes "
                                       f"against time) and {SNAPSHOTS_FILE} (data and cones at a few records) "
@@ -108,6 +123,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                       "and the GPUs the CUDA kernels can use.")
     info.add_argument("--scheduler", metavar="ADDRESS",
                       help="also list the workers of this Dask scheduler: their threads and memory")
+    info.add_argument("--connect-timeout", type=float, metavar="SECONDS",
+                      help=f"seconds to wait for the scheduler (default {DEFAULT_CONNECT_TIMEOUT:g})")
     return parser
 
 
@@ -120,7 +137,8 @@ def main(argv=None) -> int:
             parser.print_help(sys.stderr)
             return 2
         if args.command == "info":
-            return _info(args.scheduler)
+            timeout = _connect_timeout(args.connect_timeout, {})
+            return _info(args.scheduler, timeout)
         if args.command == "plot":
             return _plot(args)
         return _run(args)
@@ -176,6 +194,7 @@ def _run(args) -> int:
                           "give no CONFIG.toml, --out or --overwrite with it")
     if not (args.checkpoint_every >= 0):
         raise _UsageError(f"--checkpoint-every must be a number of seconds >= 0, got {args.checkpoint_every}")
+    _connect_timeout(args.connect_timeout, {})          # a bad --connect-timeout is a usage error, at once
     if args.resume is not None:
         folder = Path(args.resume)
         if not (folder / CONFIG_FILE).is_file():
@@ -211,11 +230,22 @@ def _run(args) -> int:
             raise ValueError(f"{cfg.source}: a sweep runs its members on the CPU (remove device = \"cuda\" or "
                              "--device cuda)")
         return _run_sweep(cfg, folder, args, say)
-    with SignalGuard() as guard, _OutputFolder(folder, overwrite=args.overwrite, resume=args.resume is not None):
-        if args.resume is None:
-            _write_text(folder / CONFIG_FILE, cfg.text)
-        result, elapsed = _simulate(cfg, folder, args)
-        written = _write_outputs(result, cfg, folder)   # a signal now is noted, not raised
+    try:
+        with SignalGuard() as guard, _OutputFolder(folder, overwrite=args.overwrite,
+                                                   resume=args.resume is not None) as out:
+            if args.resume is None:
+                out.write_config(cfg.text)
+            result, elapsed = _simulate(cfg, folder, args, guard=guard, out=out)
+            if len(result.t) == 0:      # stopped before its first record: nothing to save, the folder as it was
+                raise ValueError(f"the run could not start: {result.message}")
+            out.flow_started()                              # (the run may have stopped before its first step)
+            written = _write_outputs(result, cfg, folder)   # a signal now is noted, not raised
+            out.finish(result, written)                     # the checkpoint goes once the outputs are whole
+    except _StoppedBeforeStart as stop:
+        from .engine.control import SIGNAL_EXIT_CODES
+        print(f"{PROG}: interrupted ({stop.signal_name}) before the run started; nothing was written to "
+              f"{folder}", file=sys.stderr)
+        return SIGNAL_EXIT_CODES.get(stop.signal_name, 130)
     if not args.quiet:
         print(result.summary())
         print(f"wall time {elapsed:.1f} s")
@@ -243,11 +273,12 @@ def _run_sweep(cfg, folder: Path, args, say) -> int:
     from .engine.control import SIGNAL_EXIT_CODES, SignalGuard
     from .sweep import format_summary, run_sweep, summary_rows, write_sweep
 
-    with SignalGuard() as guard, _OutputFolder(folder, overwrite=args.overwrite, resume=False):
-        _write_text(folder / CONFIG_FILE, cfg.text)
+    with SignalGuard() as guard, _OutputFolder(folder, overwrite=args.overwrite, resume=False) as out:
+        out.write_config(cfg.text)
         started = time.perf_counter()
         results = run_sweep(cfg, say)
         elapsed = time.perf_counter() - started
+        out.flow_started()          # an earlier run's files go now, not before the members ran
         written = write_sweep(cfg, results, folder)
     say(format_summary(summary_rows(cfg, results)))
     say(f"wall time {elapsed:.1f} s")
@@ -269,15 +300,25 @@ def _ids(items, limit=8) -> str:
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-def _simulate(cfg, folder: Path, args):
-    """Run the configured flow with a progress bar; (Result, wall seconds)."""
+def _simulate(cfg, folder: Path, args, guard=None, out=None):
+    """Run the configured flow with a progress bar; (Result, wall seconds).
+
+    ``out`` (the :class:`_OutputFolder`) is told when the flow has started (its first
+    step); a signal noted by ``guard`` before the flow is started stops here, with
+    :class:`_StoppedBeforeStart`, so that the folder is left as it was.
+    """
     from . import simulate
 
     if not args.quiet and not _kernels_cached():
         print("compiling the Numba kernels for the first time (takes a while; they are cached for "
               "later runs)", file=sys.stderr)
     kwargs = dict(cfg.simulate_kwargs)
-    cluster = {"scheduler": args.scheduler} if args.scheduler else cfg.cluster
+    spec = dict(cfg.cluster or {})
+    timeout = _connect_timeout(getattr(args, "connect_timeout", None), spec)
+    spec.pop("connect_timeout", None)
+    if args.scheduler:
+        spec = {"scheduler": args.scheduler}
+    cluster = spec if ("scheduler" in spec or "local" in spec) else {}
     if cluster and cfg.device != "cpu":
         raise ValueError("a run goes to a GPU or to a Dask cluster, not both: drop --device cuda or --scheduler")
     if cfg.device != "cpu":
@@ -291,6 +332,8 @@ def _simulate(cfg, folder: Path, args):
     elif kwargs["method"] in ("rk45", "gd"):
         kwargs.update(checkpoint=folder / CHECKPOINT_FILE, checkpoint_every=args.checkpoint_every,
                       resume=args.resume is not None)
+        if _keeps_checkpoint(simulate):
+            kwargs["keep_checkpoint"] = True    # removed here once result.npz and the plots are written
     elif args.resume is not None:
         raise ValueError(f"cannot resume {folder}: method={kwargs['method']!r} runs are not checkpointed")
     started = time.perf_counter()
@@ -298,7 +341,7 @@ def _simulate(cfg, folder: Path, args):
         dataset = cfg.dataset
         if cluster:
             from .distributed import distribute
-            client = stack.enter_context(_dask_client(cluster))
+            client = stack.enter_context(_dask_client(cluster, timeout))
             d = cfg.dataset
             dataset = distribute(d.points, d.labels, d.targets, client, class_ids=d.class_ids)
             if not args.quiet:
@@ -307,12 +350,58 @@ def _simulate(cfg, folder: Path, args):
             dataset = cfg.dataset.to(cfg.device)
             if not args.quiet:
                 print(f"on the GPU: {dataset}", file=sys.stderr)
+        if guard is not None and guard.received is not None:
+            raise _StoppedBeforeStart(guard.received)      # Ctrl-C while connecting, uploading, ...
         bar = _ProgressBar(kwargs["t_end"], disable=args.quiet)
+
+        def progress(t, cost):
+            if out is not None:
+                out.flow_started()
+            bar.update(t, cost)
+
         try:
-            result = simulate(cfg.params, dataset, callback=bar.update, config=cfg.result_config(), **kwargs)
+            result = simulate(cfg.params, dataset, callback=progress, config=cfg.result_config(), **kwargs)
         finally:
             bar.close()
     return result, time.perf_counter() - started
+
+
+class _StoppedBeforeStart(Exception):
+    """A signal arrived before the flow started: the run stops with its folder as it was."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def _keeps_checkpoint(simulate) -> bool:
+    """Whether ``simulate`` takes ``keep_checkpoint`` (leave the checkpoint of a finished run in
+    place, for the command line to remove once the outputs are written)."""
+    try:
+        params = inspect.signature(simulate).parameters
+    except (TypeError, ValueError):
+        return False
+    if "keep_checkpoint" in params:
+        return True
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):   # a wrapper (tests)
+        from .engine import integrate
+        return "keep_checkpoint" in inspect.signature(integrate.simulate).parameters
+    return False
+
+
+def _connect_timeout(flag, cluster: dict) -> float:
+    """Seconds to wait for a Dask scheduler: --connect-timeout, else [cluster] connect_timeout, else
+    DEFAULT_CONNECT_TIMEOUT."""
+    if flag is not None:
+        if not (isinstance(flag, (int, float)) and math.isfinite(flag) and flag > 0):
+            raise _UsageError(f"--connect-timeout must be a number of seconds > 0, got {flag}")
+        return float(flag)
+    value = (cluster or {}).get("connect_timeout")
+    if value is None:
+        return DEFAULT_CONNECT_TIMEOUT
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"[cluster] connect_timeout must be a number of seconds > 0, got {value!r}")
+    return float(value)
 
 
 class _OutputFolder:
@@ -320,78 +409,426 @@ class _OutputFolder:
 
     Refuses a path that is not a folder, a folder that cannot be written, a folder
     another live run holds, and (unless ``overwrite`` or ``resume``) a folder that is
-    not empty. The lock is a file created exclusively, holding the process id; one
-    left by a killed process is taken over.
+    not empty. The lock file holds the process id, the process's start time and a
+    random token (JSON): it is live while a process of that id *and* that start time
+    runs; one left by a killed process (even if its id was given to another process
+    since), or one that cannot be read as a lock, is taken over.
+
+    A run that stops before its flow has started (an error, a signal) leaves the folder
+    as it found it: a folder it created is removed, a config.toml it wrote is removed
+    (or the earlier one put back), nothing that was there is removed -- ``--overwrite``
+    removes an earlier run's files only once the new flow has started
+    (:meth:`flow_started`). Temporary files of truncflow's own outputs that a killed
+    process left (``.result.npz.*.tmp`` ...) are removed when the folder is taken and
+    when the run ends.
     """
 
     def __init__(self, folder: Path, overwrite: bool, resume: bool):
         self.folder, self.overwrite, self.resume = folder, overwrite, resume
         self.lock = folder / LOCK_FILE
+        self.token = None
+        self.created: list[Path] = []      # folders this run created, deepest first
+        self.snapshot: dict = {}           # the outputs that were there: name -> identity
+        self.wrote_config = False
+        self.old_config: bytes | None = None
+        self.started = False
 
+    # ------------------------------------------------------------ taking the folder
     def __enter__(self):
         folder = self.folder
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"output folder {folder} exists and is not a folder")
+        missing = []
+        parent = folder
+        while not os.path.lexists(parent) and parent != parent.parent:
+            missing.append(parent)
+            parent = parent.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ValueError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from None
-        self._take_lock()
+        self.created = missing
         try:
-            others = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
+            self._take_lock()
+        except BaseException:
+            self._remove_created()
+            raise
+        try:
+            others = sorted(name for name in _names(folder) if not _own_transient(name))
             if others and not (self.overwrite or self.resume):
                 raise ValueError(f"output folder {folder} is not empty ({', '.join(others[:3])}"
                                  f"{', ...' if len(others) > 3 else ''}): pass --overwrite to replace an earlier "
                                  "run's results, --resume to continue it, or choose another --out")
-            if self.overwrite:
-                for name in OUTPUT_FILES + SWEEP_FILES:
-                    (folder / name).unlink(missing_ok=True)
-                shutil.rmtree(folder / SWEEP_MEMBERS, ignore_errors=True)
+            self.snapshot = {name: _identity(folder / name) for name in OUTPUT_FILES + SWEEP_FILES + (SWEEP_MEMBERS,)}
+            _remove_strays(folder)
         except BaseException:
-            self.lock.unlink(missing_ok=True)
+            self._release()
+            self._remove_created()
             raise
         return self
 
     def _take_lock(self):
-        for _ in range(2):
-            try:
-                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                pid = _lock_owner(self.lock)
-                if pid is not None and _alive(pid):
-                    raise ValueError(f"output folder {self.folder} is in use by another truncflow run "
-                                     f"(process {pid}); wait for it or choose another --out") from None
-                self.lock.unlink(missing_ok=True)      # left by a process that is gone
+        me = {"pid": os.getpid(), "started": _process_start(os.getpid()), "token": secrets.token_hex(8),
+              "host": socket.gethostname(), "program": PROG}
+        if me["started"] is _UNKNOWN:
+            me["started"] = None
+        self.token = me["token"]
+        text = json.dumps(me) + "\n"
+        deadline = time.monotonic() + 15.0
+        warned = set()
+        while time.monotonic() < deadline:
+            if self._create_lock(text):
+                return
+            seen = self._read_lock()
+            if seen is None:                   # gone meanwhile: try again
                 continue
-            except OSError as exc:
-                raise ValueError(f"output folder {self.folder} is not writable: {exc.strerror or exc}") from None
+            st, data = seen
+            holder = _parse_lock(data)
+            if holder is None:
+                warning = f"{self.lock} is not a lock truncflow can read: replacing it"
+            elif holder["host"] not in (None, me["host"]):
+                warning = (f"{self.lock} was left by process {holder['pid']} on host {holder['host']!r}, "
+                           "which cannot be checked from here: taking the folder over")
+            elif _holder_alive(holder, st.st_mtime):
+                raise ValueError(f"output folder {self.folder} is in use by another truncflow run "
+                                 f"(process {holder['pid']}); wait for it or choose another --out")
+            else:
+                warning = None          # left by a run that is gone: say nothing
+            if warning is not None and warning not in warned:
+                warned.add(warning)
+                print(f"{PROG}: warning: {_one_line(warning)}", file=sys.stderr)
+            self._set_aside(st, data)
+        raise ValueError(f"could not lock the output folder {self.folder} (other runs keep taking it)")
+
+    def _create_lock(self, text: str) -> bool:
+        """Create the lock holding ``text`` if there is none (True), atomically: a whole file is
+        linked to the lock's name, so no reader ever sees a lock half-written."""
+        new = self.folder / f"{LOCK_FILE}.{self.token}.new"
+        try:
+            fd = os.open(new, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise ValueError(f"output folder {self.folder} is not writable: {exc.strerror or exc}") from None
+        try:
             with os.fdopen(fd, "w") as handle:
-                handle.write(f"{os.getpid()}\n")
+                handle.write(text)
+            try:
+                os.link(new, self.lock)
+                return True
+            except FileExistsError:
+                return False
+            except OSError:                    # no hard links here: create the lock itself exclusively
+                try:
+                    fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                except OSError as exc:
+                    raise ValueError(f"output folder {self.folder} is not writable: {exc.strerror or exc}") from None
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(text)
+                return True
+        except OSError as exc:
+            raise ValueError(f"cannot write the lock file {self.lock}: {exc.strerror or exc}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(new)
+
+    def _read_lock(self, path=None):
+        """(lstat, first bytes or None when unreadable) of the lock there, None if there is none."""
+        path = self.lock if path is None else path
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ValueError(f"cannot read the lock file {path}: {exc.strerror or exc}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise ValueError(f"output folder {self.folder} holds a folder named {LOCK_FILE} where truncflow "
+                             "keeps its lock file: remove it or choose another --out")
+        return st, (_read_head(path) if stat.S_ISREG(st.st_mode) else None)
+
+    def _set_aside(self, st, data) -> None:
+        """Remove the stale lock judged from (st, data) -- and nothing else.
+
+        One run at a time takes a folder over (it holds ``.truncflow.lock.takeover``, created
+        exclusively; others wait for it to go); the lock is renamed away first, and put back if
+        what was renamed is not the lock judged stale (another run took the folder since).
+        """
+        guard = self.folder / f"{LOCK_FILE}.takeover"
+        try:
+            os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:        # another run is taking the folder over: look again shortly
+            with contextlib.suppress(OSError):
+                if time.time() - os.lstat(guard).st_mtime > 10.0:     # left by a run killed meanwhile
+                    os.unlink(guard)
+            time.sleep(0.02)
             return
-        raise ValueError(f"could not lock the output folder {self.folder}")
+        except OSError as exc:
+            raise ValueError(f"output folder {self.folder} is not writable: {exc.strerror or exc}") from None
+        try:
+            self._rename_aside(st, data)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(guard)
 
-    def __exit__(self, *exc):
-        self.lock.unlink(missing_ok=True)
+    def _rename_aside(self, st, data) -> None:
+        aside = self.folder / f"{LOCK_FILE}.{self.token}.stale"
+        try:
+            os.rename(self.lock, aside)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ValueError(f"cannot remove the stale lock file {self.lock}: {exc.strerror or exc}") from None
+        try:
+            moved = self._read_lock(aside)
+            if moved is not None and ((moved[0].st_dev, moved[0].st_ino) != (st.st_dev, st.st_ino)
+                                      or moved[1] != data):
+                try:                           # a newer lock: put it back where it was
+                    os.link(aside, self.lock)
+                except FileExistsError:
+                    pass
+                except OSError:
+                    if not os.path.lexists(self.lock):
+                        os.rename(aside, self.lock)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(aside)
+
+    def _release(self) -> None:
+        """Remove the lock if it is still this run's."""
+        try:
+            seen = self._read_lock()
+        except ValueError:
+            return
+        if seen is None or seen[1] is None:
+            return
+        holder = _parse_lock(seen[1])
+        if holder is not None and holder["token"] == self.token:
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock)
+
+    # ------------------------------------------------------------ the run's files
+    def write_config(self, text: str) -> None:
+        """Write config.toml (remembering the one there, to put it back if the run does not start)."""
+        path = self.folder / CONFIG_FILE
+        if self.old_config is None and not self.wrote_config:
+            try:
+                self.old_config = path.read_bytes() if path.is_file() else None
+            except OSError:
+                self.old_config = None
+        self.wrote_config = True
+        _write_text(path, text)
+
+    def flow_started(self) -> None:
+        """The flow has started: with --overwrite, an earlier run's files are removed now (those
+        this run has not written over)."""
+        if self.started:
+            return
+        self.started = True
+        if not self.overwrite:
+            return
+        for name in (RESULT_FILE, PLOT_FILE, SNAPSHOTS_FILE, CHECKPOINT_FILE) + SWEEP_FILES:
+            old = self.snapshot.get(name)
+            if old is not None and _identity(self.folder / name) == old:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.folder / name).unlink()
+        if self.snapshot.get(SWEEP_MEMBERS) is not None:
+            shutil.rmtree(self.folder / SWEEP_MEMBERS, ignore_errors=True)
+
+    def finish(self, result, written) -> None:
+        """The run's outputs are written: a finished run's checkpoint is no longer needed once
+        result.npz and both plots are whole (an interrupted run keeps it, to be resumed)."""
+        labels = {label for label, _ in written}
+        if result.success and {"result", "plot", "snapshots"} <= labels:
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / CHECKPOINT_FILE).unlink()
+
+    def _progress_made(self) -> bool:
+        return self.started or any(_identity(self.folder / name) != self.snapshot.get(name)
+                                   for name in (CHECKPOINT_FILE, RESULT_FILE))
+
+    def _restore(self) -> None:
+        """Put the folder back as it was found (the run stopped before its flow started)."""
+        if not self.wrote_config:
+            return
+        path = self.folder / CONFIG_FILE
+        with contextlib.suppress(OSError):
+            if self.old_config is None:
+                path.unlink()
+            else:
+                from ._files import atomic_write
+                with atomic_write(path) as handle:
+                    handle.write(self.old_config)
+
+    def _remove_created(self) -> None:
+        for path in self.created:          # deepest first; only while empty
+            try:
+                os.rmdir(path)
+            except OSError:
+                break
+
+    def __exit__(self, exc_type, exc, tb):
+        undo = exc_type is not None and not self._progress_made()     # stopped before the flow started
+        try:
+            if undo:
+                self._restore()
+            _remove_strays(self.folder)
+        finally:
+            self._release()
+            if undo:
+                self._remove_created()
         return False
 
 
-def _lock_owner(path: Path):
+#: "the process exists, but its start time cannot be read"
+_UNKNOWN = object()
+_LOCK_MAX_BYTES = 4096
+_PID_MAX = 2**31 - 1
+_OWN_TRANSIENT = re.compile(r"^" + re.escape(LOCK_FILE) + r"\.(?:[0-9a-f]+\.(?:new|stale)|takeover)$")
+
+
+def _names(folder: Path) -> list[str]:
     try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
+        return [entry.name for entry in os.scandir(folder)]
+    except OSError as exc:
+        raise ValueError(f"cannot read the output folder {folder}: {exc.strerror or exc}") from None
+
+
+def _own_transient(name: str) -> bool:
+    """The lock, a lock being taken or set aside, or a stray temporary of one of truncflow's files."""
+    return (name == LOCK_FILE or bool(_OWN_TRANSIENT.match(name))
+            or any(name.startswith(f".{out}.") and name.endswith(".tmp") and len(name) > len(out) + 6
+                   for out in OUTPUT_FILES + SWEEP_FILES))
+
+
+def _remove_strays(folder: Path) -> None:
+    """Remove what a killed process left of truncflow's own files: ``.<output>.*.tmp`` files, and
+    a lock being taken or set aside more than a minute ago."""
+    from ._files import stray_temporaries
+    for path in stray_temporaries(folder, OUTPUT_FILES + SWEEP_FILES):
+        with contextlib.suppress(OSError):
+            path.unlink()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if _OWN_TRANSIENT.match(entry.name) and time.time() - entry.stat(follow_symlinks=False).st_mtime > 60:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _identity(path: Path):
+    """(device, inode, size, mtime) of a file or folder, None if there is none: whether it changed."""
+    try:
+        st = os.lstat(path)
+    except OSError:
         return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def _read_head(path: Path):
+    """The first bytes of a lock file (never blocking: a FIFO there reads as nothing), None if unreadable."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks, size = [], 0
+        while size <= _LOCK_MAX_BYTES:
+            chunk = os.read(fd, _LOCK_MAX_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _parse_lock(data):
+    """The lock's holder, {"pid", "started", "token", "host"}, or None if ``data`` is not a lock.
+
+    ``started`` is the process's start (see :func:`_process_start`), None if it could not
+    be read, or ``"legacy"`` for a lock of an earlier truncflow that held the process id only.
+    """
+    if data is None or len(data) > _LOCK_MAX_BYTES:
+        return None
+    try:
+        text = data.decode("utf-8").strip()
+        if text.isascii() and text.isdigit() and len(text) <= 10:        # an earlier truncflow's: "PID\n"
+            pid = int(text)
+            return {"pid": pid, "started": "legacy", "token": None, "host": None} if 1 <= pid <= _PID_MAX else None
+        info = json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(info, dict):
+        return None
+    pid, started, token, host = (info.get(k) for k in ("pid", "started", "token", "host"))
+    if type(pid) is not int or not 1 <= pid <= _PID_MAX:
+        return None
+    if started is not None and (type(started) not in (int, float) or not math.isfinite(started)):
+        return None
+    if not isinstance(token, str) or not isinstance(host, (str, type(None))):
+        return None
+    return {"pid": pid, "started": started, "token": token, "host": host}
+
+
+def _holder_alive(holder: dict, lock_mtime: float) -> bool:
+    """Whether the process that wrote the lock still runs: its id exists and its start time is the one
+    in the lock (an id given to another process since is not the holder)."""
+    pid, started = holder["pid"], holder["started"]
+    now = _process_start(pid)
+    if now is None:
         return False
-    except PermissionError:
+    if started == "legacy":      # no start time: a process started after the lock was written did not write it
+        if pid == 1:
+            return False
+        created = _create_time(pid)
+        return created is _UNKNOWN or created <= lock_mtime + 1.0
+    if now is _UNKNOWN or started is None:
         return True
-    return True
+    return now == started
+
+
+def _process_start(pid: int):
+    """What identifies the run of process ``pid``: its start in clock ticks since boot (Linux,
+    /proc/PID/stat field 22: exact, read the same by every process), else psutil's create
+    time. None if there is no such process (or only a zombie), _UNKNOWN if it cannot be read."""
+    if not 1 <= pid <= _PID_MAX:
+        return None
+    if os.path.isdir("/proc/self"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                data = handle.read()
+            fields = data[data.rindex(b")") + 2:].split()
+            if fields[0] in (b"Z", b"X"):
+                return None
+            return int(fields[19])
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        except (OSError, ValueError, IndexError):
+            pass
+    created = _create_time(pid)
+    return created
+
+
+def _create_time(pid: int):
+    """psutil's create time of process ``pid`` (wall-clock seconds), None if there is none, _UNKNOWN."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover (a dependency)
+        return _UNKNOWN
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
+    except psutil.NoSuchProcess:
+        return None
+    except (psutil.AccessDenied, OSError, ValueError, OverflowError):
+        return _UNKNOWN
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -479,7 +916,7 @@ def _plot(args) -> int:
 
 
 # -------------------------------------------------------------------- info
-def _info(scheduler=None) -> int:
+def _info(scheduler=None, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> int:
     import platform
 
     import numba
@@ -514,39 +951,63 @@ def _info(scheduler=None) -> int:
         print(line)
     if scheduler is not None:
         from .distributed import describe_cluster
-        with _dask_client({"scheduler": scheduler}) as client:
+        with _dask_client({"scheduler": scheduler}, timeout) as client:
             for line in describe_cluster(client):
                 print(line)
     return 0
 
 
 class _dask_client:
-    """A ``distributed.Client`` for a run: connected to ``cluster["scheduler"]``, or to a
-    LocalCluster of ``cluster["local"]`` worker processes started (and stopped) here."""
+    """A ``distributed.Client`` for a run: connected to ``cluster["scheduler"]`` (giving up after
+    ``timeout`` seconds), or to a LocalCluster of ``cluster["local"]`` worker processes started
+    (and stopped) here."""
 
-    def __init__(self, cluster: dict):
-        self.spec, self.local = cluster, None
+    def __init__(self, cluster: dict, timeout: float = DEFAULT_CONNECT_TIMEOUT):
+        self.spec, self.local, self.timeout = cluster, None, timeout
 
     def __enter__(self):
         from .distributed import require_dask
         _, distributed = require_dask()
-        try:
-            if "scheduler" in self.spec:
-                self.client = distributed.Client(self.spec["scheduler"], timeout=30)
-            else:
+        if "scheduler" in self.spec:
+            address = self.spec["scheduler"]
+            _check_scheduler_address(address)
+            try:
+                self.client = distributed.Client(address, timeout=self.timeout)
+            except (OSError, ValueError, TypeError, AssertionError) as exc:   # no scheduler there, a timeout
+                if isinstance(exc, OSError) and "timed out" in str(exc).lower():
+                    raise OSError(f"cannot reach the Dask scheduler {address}: no answer within "
+                                  f"{self.timeout:g} s (--connect-timeout SECONDS to wait longer)") from None
+                raise OSError(f"cannot reach the Dask scheduler {address} (connect timeout {self.timeout:g} s): "
+                              f"{_one_line(exc) or type(exc).__name__}") from None
+        else:
+            try:
                 self.local = distributed.LocalCluster(n_workers=self.spec["local"], processes=True,
                                                       threads_per_worker=self.spec["threads_per_worker"],
                                                       dashboard_address=None, silence_logs=logging.ERROR)
                 self.client = distributed.Client(self.local)
-        except OSError as exc:        # no scheduler there, a timeout
-            where = self.spec.get("scheduler", "a LocalCluster")
-            raise OSError(f"cannot reach the Dask scheduler {where}: {exc}") from None
+            except OSError as exc:
+                raise OSError(f"cannot start a Dask LocalCluster: {exc}") from None
         return self.client
 
     def __exit__(self, *exc):
         self.client.close()
         if self.local is not None:
             self.local.close()
+
+
+def _check_scheduler_address(address) -> None:
+    """Refuse at once an address of a protocol Dask does not know (it would fail only after a while)."""
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError(f"--scheduler: not a scheduler address: {address!r} (e.g. tcp://host:8786)")
+    try:
+        from distributed.comm.addressing import parse_address
+        from distributed.comm.registry import get_backend
+    except ImportError:       # Dask's internals moved: let the Client say
+        return
+    try:
+        get_backend(parse_address(address)[0])
+    except ValueError as exc:
+        raise ValueError(f"cannot use the Dask scheduler address {address}: {exc}") from None
 
 
 def _threading_layer() -> str:
