@@ -142,7 +142,7 @@ class BulkCorrector:
         feedback; then J q1 is evaluated (one evaluation), points that cross on the
         corrected path though not on the frozen one join the candidates (one pass over all
         points: pre-activations at y1 and their change towards the corrected end, to first
-        order), and ``BULK_REFINE - 1`` more passes follow on the path with feedback. Each
+        order), and ``options.bulk_refine - 1`` more passes follow on the path with feedback. Each
         pass contracts the crossing-time error by about |moved| / |delta|. Subset work only
         apart from the two passes named. Returns (segs, final_pats, cand, nodes, delta, q1,
         J q1, shift, n_late) with ``shift`` (size,) what one more pass would still move and

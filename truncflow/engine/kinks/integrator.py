@@ -21,7 +21,7 @@ from .controller import StepController, Verdict
 from .filippov import exit_time, exits, newton_projection, switch_decision
 from .locate import Quadrature, candidates, crossing_paths, past_planes, polish_crossing
 from .model import FrozenModel
-from .options import current as _current_options
+from .options import KinkOptions, current as _current_options
 
 __all__ = ["KinkIntegrator", "run_kinks"]
 
@@ -66,6 +66,8 @@ class KinkIntegrator:
     def __init__(self, problem, t_end, schedule, recorder, opts, rules, callback, guard=None, options=None):
         if options is None:
             options = opts.get("kinks") or _current_options()
+        if not isinstance(options, KinkOptions):
+            raise TypeError(f"options must be a KinkOptions, got {type(options).__name__}")
         self.options = options
         self.problem = problem
         self.t_end = t_end

@@ -39,6 +39,9 @@ class _At:
 
 
 class _Eval:
+    """One evaluation under the pattern and sliding set of its time: cost, g0 (the gradient with the
+    sliding coordinates truncated), v (the velocity, -(g0 + D s)), mismatch (per point: pattern and
+    signs differ), s and D (the sliding weights and jumps; None without sliding), grad_norm (|v|)."""
     __slots__ = ("cost", "g0", "v", "mismatch", "s", "D", "grad_norm")
 
 

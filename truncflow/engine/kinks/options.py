@@ -55,6 +55,19 @@ class KinkOptions:
     max_redos: int = 3
     max_stuck: int = 200
 
+    def __post_init__(self):
+        for name in ("nodes", "scan", "event_max", "bulk_refine", "max_redos", "max_stuck"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "nodes" else 0):
+                raise ValueError(f"KinkOptions.{name} must be an integer >= {2 if name == 'nodes' else 0}, "
+                                 f"got {value!r}")
+        for name in ("dip_margin", "dop853_below", "slide_reg", "slide_margin", "bulk_budget"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"KinkOptions.{name} must be a number >= 0, got {value!r}")
+        if not isinstance(self.bulk, bool):
+            raise ValueError(f"KinkOptions.bulk must be True or False, got {self.bulk!r}")
+
 
 DEFAULT = KinkOptions()
 
