@@ -49,7 +49,7 @@ from .engine.record import Result, load_result
 from .distributed import ClusterError, DistributedDataset, distribute
 from .device import CudaUnavailableError, DeviceDataset
 
-__version__ = "0.2.0"
+from ._version import __version__  # noqa: E402
 
 __all__ = [
     "MAX_CONDITION", "Params", "Dataset", "EmptyClusterWarning", "encode_labels", "gaussian_clusters", "uniform_balls", "load_points",

@@ -10,6 +10,7 @@ import numpy as np
 
 from ._scratch import per_point_array
 from ._validate import as_float_array, format_bytes, integer, require_finite, require_memory
+from .backends.base import placement
 from .backends.local import LocalBackend
 
 __all__ = ["Dataset", "EmptyClusterWarning", "check_points", "check_labels", "encode_labels",
@@ -288,14 +289,12 @@ class Dataset(LocalBackend):
         given, are streamed from pinned host memory in batches of that many points. Needs
         ``pip install "truncflow[cuda]"`` and a GPU (or NUMBA_ENABLE_CUDASIM=1): otherwise
         :class:`truncflow.device.CudaUnavailableError` says what is missing."""
-        from .device import to_device
-        return to_device(self, device, batch_points=batch_points)
+        return placement("to_device")(self, device, batch_points=batch_points)     # truncflow.device.to_device
 
     def distribute(self, client, **options):
         """This dataset on a Dask cluster: ``truncflow.distribute(points, labels, targets, client,
         class_ids=..., **options)`` (a memory-mapped points array is read by the workers)."""
-        from .distributed import distribute
-        return distribute(self.points, self.labels, self.targets, client, class_ids=self.class_ids, **options)
+        return placement("distribute")(self.points, self.labels, self.targets, client, class_ids=self.class_ids, **options)
 
     def with_targets(self, targets) -> "Dataset":
         """The same points, labels and class IDs with other targets (a different number of

@@ -25,7 +25,7 @@ import importlib.util
 import numpy as np
 
 from ._validate import choice, format_bytes, integer
-from .backends import capabilities_of
+from .backends import capabilities_of, register_placement
 from .backends.cuda import DEFAULT_BATCH, DEVICES, RESIDENT_FRACTION, DeviceDataset
 from .tiles import tile_arrays
 
@@ -119,6 +119,9 @@ def to_device(dataset, device: str = "cuda", *, batch_points: int | None = None)
     if batch_points is not None:
         batch_points = integer(batch_points, "batch_points", low=1)
     return DeviceDataset(cuda, dataset, batch_points)
+
+
+register_placement("to_device", to_device)
 
 
 # ---------------------------------------------------------------- device arrays

@@ -12,8 +12,13 @@ The science layer (``compute``, ``statistics``, ``observe``, ``minimizers``, ``e
 the operations by name on a dataset and reads its capabilities; only modules here ask what
 type a dataset is. Importing this package imports neither Dask nor ``numba.cuda``: ``dask.py``
 imports Dask when a dataset is distributed, ``cuda.py`` is handed ``numba.cuda`` by
-``truncflow.device.to_device``.
+``truncflow.device.to_device``. ``Dataset.to`` and ``Dataset.distribute`` find the placements
+(``truncflow.device.to_device``, ``dask.distribute``) in a registry those modules fill when
+``import truncflow`` imports them: nothing in the package imports in a circle, even inside
+a function.
 """
-from .base import FROZEN_PASSES, OPERATIONS, Backend, BackendLacks, Capabilities, capabilities_of
+from .base import (FROZEN_PASSES, OPERATIONS, Backend, BackendLacks, Capabilities, capabilities_of, placement,
+                   register_placement)
 
-__all__ = ["Backend", "BackendLacks", "Capabilities", "OPERATIONS", "FROZEN_PASSES", "capabilities_of"]
+__all__ = ["Backend", "BackendLacks", "Capabilities", "OPERATIONS", "FROZEN_PASSES", "capabilities_of",
+           "placement", "register_placement"]

@@ -32,6 +32,7 @@ The frozen-pattern passes of the kink integrator (``engine.kinks``; ``kernels.cr
 each the kernel of that name with the dataset's points (and labels) first:
 
   patterns(cw, cb, edges_t, chunk)                       ``kernels.forward.patterns_kernel``
+  subset_patterns(idx, cw, cb, edges_t, chunk)           the same for the points idx only
   frozen_gradient(patterns, *tiles, ...)                 gradient with JVP and mismatch flags
   subset_gradient(idx, ...), subset_preacts(idx, ...),   passes over the flagged points only
   subset_jvp(idx, ...), preacts_jvp(patterns, ...)
@@ -45,12 +46,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Backend", "BackendLacks", "Capabilities", "OPERATIONS", "FROZEN_PASSES", "capabilities_of"]
+__all__ = ["Backend", "BackendLacks", "Capabilities", "OPERATIONS", "FROZEN_PASSES", "capabilities_of",
+           "register_placement", "placement"]
 
 #: The named operations every placement is asked for.
 OPERATIONS = ("gradient_sums", "statistics_sums", "observe", "cluster_sums", "rows", "with_targets")
 #: The kink integrator's frozen-pattern passes (the local backend only, today).
-FROZEN_PASSES = ("patterns", "frozen_gradient", "subset_gradient", "preacts_jvp", "subset_preacts", "subset_jvp")
+FROZEN_PASSES = ("patterns", "subset_patterns", "frozen_gradient", "subset_gradient", "preacts_jvp", "subset_preacts",
+                 "subset_jvp")
 
 
 class BackendLacks(ValueError):
@@ -129,6 +132,9 @@ class Backend:
     def patterns(self, cw, cb, edges_t, chunk: int):
         self._lacks("patterns")
 
+    def subset_patterns(self, idx, cw, cb, edges_t, chunk: int):
+        self._lacks("subset_patterns")
+
     def frozen_gradient(self, patterns, *args):
         self._lacks("frozen_gradient")
 
@@ -148,3 +154,24 @@ class Backend:
 def capabilities_of(dataset) -> Capabilities | None:
     """The :class:`Capabilities` of a dataset's backend, or None for an object that is no dataset."""
     return dataset.capabilities if isinstance(dataset, Backend) else None
+
+
+# ------------------------------------------------------------------ placements
+#: How a local dataset moves to another backend: "to_device" (``truncflow.device.to_device``)
+#: and "distribute" (``truncflow.backends.dask.distribute``), registered by those modules
+#: when ``import truncflow`` imports them, so that ``Dataset.to`` and ``Dataset.distribute``
+#: reach them without an import of the other backends (and no import circle).
+_PLACEMENTS = {}
+
+
+def register_placement(name: str, function) -> None:
+    """Make ``function`` the placement called ``name`` (see :func:`placement`)."""
+    _PLACEMENTS[name] = function
+
+
+def placement(name: str):
+    """The registered placement ``name`` ("to_device", "distribute")."""
+    try:
+        return _PLACEMENTS[name]
+    except KeyError:
+        raise RuntimeError(f"no placement {name!r} is registered: import truncflow first") from None

@@ -41,7 +41,7 @@ from ..kernels import config
 from ..kernels.gradient import gradient_kernel_serial
 from ..kernels.observe import cluster_sums_kernel, observe_kernel_serial
 from ..kernels.statistics import statistics_kernel_serial
-from .base import OPERATIONS, Backend, Capabilities
+from .base import OPERATIONS, Backend, Capabilities, register_placement
 
 __all__ = ["distribute", "DistributedDataset", "ClusterError", "require_dask", "describe_cluster", "DASK"]
 
@@ -386,6 +386,9 @@ def distribute(points, labels, targets, client, *, class_ids=None, partition_row
     warn_empty_clusters(counts, stacklevel=3)
     dataset._counts = counts
     return dataset
+
+
+register_placement("distribute", distribute)
 
 
 def describe_cluster(client) -> list[str]:

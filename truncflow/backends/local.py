@@ -60,6 +60,9 @@ class LocalBackend(Backend):
     def patterns(self, cw, cb, edges_t, chunk: int):
         return patterns_kernel(self.points, cw, cb, edges_t, chunk)
 
+    def subset_patterns(self, idx, cw, cb, edges_t, chunk: int):
+        return patterns_kernel(np.ascontiguousarray(self.points[idx]), cw, cb, edges_t, chunk)
+
     def frozen_gradient(self, patterns, *args):
         from ..kernels.crossing import frozen_gradient_kernel
         return frozen_gradient_kernel(self.points, self.labels, patterns, *args)

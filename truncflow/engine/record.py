@@ -66,7 +66,7 @@ def package_versions() -> dict:
     import numba
     import scipy
 
-    from .. import __version__
+    from .._version import __version__
     return {"truncflow": __version__, "numpy": np.__version__, "scipy": scipy.__version__,
             "numba": numba.__version__, "python": platform.python_version()}
 
