@@ -36,7 +36,7 @@ max-abs difference of the final parameters, flat as ``final(r)`` in bench/work_p
 reference ``reference_final`` of ``bench/work_precision/work_precision_<case>.json``. When that
 file has no ``reference_final`` (files written before it was added), the reference is recomputed
 exactly as work_precision.py computes it (method="kinks" at the stored reference rtol, atol =
-rtol/100, ``kinks.BULK`` as stored), its evaluation count is compared with the stored one, and it
+rtol/100, ``KinkOptions.bulk`` as stored), its evaluation count is compared with the stored one, and it
 is cached in this script's output file (``reference_source`` says which).
 
 Caps per run: ``--max-time`` seconds (a SIGALRM timer: status ``max_time``), and a stall detector:
@@ -155,11 +155,11 @@ def reference(case, params, ds, sim_kw, out_file, how="recompute"):
     rtol = float(stored["reference_rtol"])
     print(f"{case}: no reference_final stored; recomputing the reference (kinks rtol {rtol:g}, "
           f"bulk {ref['bulk']}), stored run: {ref['evaluations']} evals, {ref['wall']:.0f} s", flush=True)
-    kinks.BULK = bool(ref["bulk"])
     t0 = time.perf_counter()
-    r = tf.simulate(params, ds, t_end, record_times=[t_end], method="kinks", rtol=rtol, atol=rtol * 1e-2, **sim_kw)
+    with kinks.using(kinks.KinkOptions(bulk=bool(ref["bulk"]))):
+        r = tf.simulate(params, ds, t_end, record_times=[t_end], method="kinks", rtol=rtol, atol=rtol * 1e-2,
+                        **sim_kw)
     wall = time.perf_counter() - t0
-    kinks.BULK = True
     evals = int(r.evaluations[-1])
     if r.status != "t_end":
         raise SystemExit(f"recomputed reference did not reach t_end: {r.status}")
@@ -436,14 +436,13 @@ def verify(a, methods):
     kind = sim_kw.get("kind", "input")
     check_gradients(p, ds, kind)
     times = 3.0 * np.logspace(-6, 0, 601)
-    kinks.BULK = False
-    r = tf.simulate(p, ds, 3.0, record_times=np.concatenate([[0.0], times]), method="kinks", rtol=1e-12,
-                    atol=1e-14, **sim_kw)
-    first = int(np.argmax(np.asarray(r.pattern_changes) > 0))
-    t_kink_lo, t_kink_hi = float(r.t[first - 1]), float(r.t[first])
-    t_v = 0.5 * t_kink_lo
-    ref = tf.simulate(p, ds, t_v, record_times=[t_v], method="kinks", rtol=1e-12, atol=1e-14, **sim_kw)
-    kinks.BULK = True
+    with kinks.using(kinks.KinkOptions(bulk=False)):
+        r = tf.simulate(p, ds, 3.0, record_times=np.concatenate([[0.0], times]), method="kinks", rtol=1e-12,
+                        atol=1e-14, **sim_kw)
+        first = int(np.argmax(np.asarray(r.pattern_changes) > 0))
+        t_kink_lo, t_kink_hi = float(r.t[first - 1]), float(r.t[first])
+        t_v = 0.5 * t_kink_lo
+        ref = tf.simulate(p, ds, t_v, record_times=[t_v], method="kinks", rtol=1e-12, atol=1e-14, **sim_kw)
     print(f"{case}: first activation-pattern change in ({t_kink_lo:.4g}, {t_kink_hi:.4g}]; "
           f"verification horizon t_v = {t_v:.4g} (reference kinks rtol 1e-12, {ref.config['kinks']['events_located']} events)")
     rows = sweep(p, ds, kind, t_v, final(ref), methods, [1e-2, 1e-3, 1e-4, 1e-5, 1e-6], [1e-2, 1e-3, 1e-4],

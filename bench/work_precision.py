@@ -19,7 +19,7 @@
 
 Methods: method="kinks" at several tolerances, method="rk45" at several tolerances,
 gradient descent at several step sizes. Reference: method="kinks" locating every
-crossing (``kinks.BULK = False``) at the tightest tolerance (with ``--ref-bulk``: bulk
+crossing (``KinkOptions(bulk=False)``) at the tightest tolerance (with ``--ref-bulk``: bulk
 correction allowed, for large N where locating ~1e5 crossings one by one is unaffordable), cross-checked by gradient
 descent converging to it at first order as the step halves (the GD errors and their
 observed order are printed). Error: max-abs over the final parameters (layer form).
@@ -28,6 +28,7 @@ Writes DIR/work_precision_<case>.json and .png.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -79,9 +80,8 @@ def case(name, params, ds, t_end, rtols, rk_rtols, lrs, ref_rtol, max_time, sim_
     print(f"== {name}: N = {ds.n_points}, t_end = {t_end}, load average {load0[0]:.2f}", flush=True)
     ref_row, yref = None, None
     if ref_rtol is not None:
-        kinks.BULK = ref_bulk
-        ref, wall = run(params, ds, t_end, None, method="kinks", rtol=ref_rtol, atol=ref_rtol * 1e-2, **sim_kw)
-        kinks.BULK = True
+        with kinks.using(dataclasses.replace(kinks.current(), bulk=ref_bulk)):
+            ref, wall = run(params, ds, t_end, None, method="kinks", rtol=ref_rtol, atol=ref_rtol * 1e-2, **sim_kw)
         ref_row = dict(method="kinks", knob=ref_rtol, status=ref.status, evaluations=int(ref.evaluations[-1]),
                        wall=wall, bulk=ref_bulk, kinks=ref.config.get("kinks"))
         print(f"reference: kinks, {'bulk correction' if ref_bulk else 'every crossing located'}, rtol {ref_rtol}: "
@@ -217,8 +217,14 @@ def main(argv=None):
     a = ap.parse_args(argv)
     global MAX_EVALS
     MAX_EVALS = a.max_evals
-    if a.stepper != "auto":                 # kinks picks DOP853 for rtol <= _DOP853_BELOW
-        kinks._DOP853_BELOW = 1.0 if a.stepper == "DOP853" else 0.0
+    # kinks picks DOP853 for rtol <= KinkOptions.dop853_below
+    below = {"auto": kinks.KinkOptions().dop853_below, "DOP853": 1.0, "RK45": 0.0}[a.stepper]
+    with kinks.using(kinks.KinkOptions(dop853_below=below)):
+        run_cases(a)
+
+
+def run_cases(a):
+    """The case ``a.case`` with the parsed options ``a``."""
     out = Path(a.out)
     parse = lambda s, d: d if s is None else [float(v) for v in s.split(",") if v not in ("", "none")]
     suffix = f"_{a.name}" if a.name and a.case != "merge" else ""
