@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import logging
 import math
@@ -130,23 +129,27 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of the ``truncflow`` script; returns the exit code."""
+    from .engine.control import SIGNAL_EXIT_CODES, raise_on_signals
+
     parser = _build_parser()
     try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help(sys.stderr)
-            return 2
-        if args.command == "info":
-            timeout = _connect_timeout(args.connect_timeout, {})
-            return _info(args.scheduler, timeout)
-        if args.command == "plot":
-            return _plot(args)
-        return _run(args)
+        with raise_on_signals():    # SIGINT and SIGTERM raise (a run's guard defers them inside the flow)
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.print_help(sys.stderr)
+                return 2
+            if args.command == "info":
+                timeout = _connect_timeout(args.connect_timeout, {})
+                return _info(args.scheduler, timeout)
+            if args.command == "plot":
+                return _plot(args)
+            return _run(args)
     except _UsageError as exc:
         return _error(exc)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:    # before anything was recorded (or outside a run)
+        name = getattr(exc, "signal_name", "SIGINT")
+        print(f"{PROG}: interrupted ({name}) before anything was recorded", file=sys.stderr)
+        return SIGNAL_EXIT_CODES.get(name, 130)
     except BrokenPipeError:  # the reader went away (`truncflow info | head`): stop quietly
         sys.stdout = None
         return 0
@@ -160,15 +163,15 @@ def main(argv=None) -> int:
 def _apply_device_options(cfg, args) -> None:
     """--device and --precision over [run] device and precision (the file's own keys were
     checked by the configuration); a GPU run first checks that the GPU can be used."""
-    from .engine.integrate import DISTRIBUTED_METHODS
+    from .engine.methods import DEVICE, float32_refusal, gpu_refusal, spec
     method = cfg.simulate_kwargs["method"]
     if getattr(args, "device", None) is not None:
-        if args.device != "cpu" and method not in DISTRIBUTED_METHODS:
-            raise ValueError(f"--device {args.device}: a GPU runs method 'rk45' or 'gd', not {method!r}")
+        if args.device != "cpu" and not spec(method).runs_on(DEVICE):
+            raise ValueError(f"--device {args.device}: " + gpu_refusal(method))
         cfg.device = args.device
     if getattr(args, "precision", None) is not None:
-        if args.precision != "float64" and method not in DISTRIBUTED_METHODS:
-            raise ValueError(f"--precision {args.precision} applies to method 'rk45' or 'gd', not {method!r}")
+        if args.precision != "float64" and not spec(method).float32:
+            raise ValueError(f"--precision {args.precision} " + float32_refusal(method))
         cfg.simulate_kwargs["precision"] = args.precision
     if cfg.device == "cuda" and not args.check:
         from .device import require_cuda
@@ -308,6 +311,8 @@ def _simulate(cfg, folder: Path, args, guard=None, out=None):
     :class:`_StoppedBeforeStart`, so that the folder is left as it was.
     """
     from . import simulate
+    from .engine.methods import DISTRIBUTED, cluster_refusal
+    from .engine.methods import spec as method_spec
 
     if not args.quiet and not _kernels_cached():
         print("compiling the Numba kernels for the first time (takes a while; they are cached for "
@@ -327,13 +332,12 @@ def _simulate(cfg, folder: Path, args, guard=None, out=None):
     elif cluster:
         if args.resume is not None:
             raise ValueError(f"cannot resume {folder}: a run on a Dask cluster is not checkpointed")
-        if kwargs["method"] not in ("rk45", "gd"):
-            raise ValueError(f"a Dask cluster runs method 'rk45' or 'gd', not {kwargs['method']!r}")
-    elif kwargs["method"] in ("rk45", "gd"):
+        if not method_spec(kwargs["method"]).runs_on(DISTRIBUTED):
+            raise ValueError(cluster_refusal(kwargs["method"]))
+    elif method_spec(kwargs["method"]).checkpoints:
+        # keep_checkpoint: the checkpoint is removed here once result.npz and the plots are written
         kwargs.update(checkpoint=folder / CHECKPOINT_FILE, checkpoint_every=args.checkpoint_every,
-                      resume=args.resume is not None)
-        if _keeps_checkpoint(simulate):
-            kwargs["keep_checkpoint"] = True    # removed here once result.npz and the plots are written
+                      resume=args.resume is not None, keep_checkpoint=True)
     elif args.resume is not None:
         raise ValueError(f"cannot resume {folder}: method={kwargs['method']!r} runs are not checkpointed")
     started = time.perf_counter()
@@ -372,21 +376,6 @@ class _StoppedBeforeStart(Exception):
     def __init__(self, signal_name: str):
         super().__init__(signal_name)
         self.signal_name = signal_name
-
-
-def _keeps_checkpoint(simulate) -> bool:
-    """Whether ``simulate`` takes ``keep_checkpoint`` (leave the checkpoint of a finished run in
-    place, for the command line to remove once the outputs are written)."""
-    try:
-        params = inspect.signature(simulate).parameters
-    except (TypeError, ValueError):
-        return False
-    if "keep_checkpoint" in params:
-        return True
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):   # a wrapper (tests)
-        from .engine import integrate
-        return "keep_checkpoint" in inspect.signature(integrate.simulate).parameters
-    return False
 
 
 def _connect_timeout(flag, cluster: dict) -> float:

@@ -11,9 +11,11 @@ accepted state. The previous handlers are restored on exit.
 
 Compilation is the exception: a first run with an empty Numba cache spends minutes
 compiling kernels, where nothing of the run can be half-updated. A signal that
-arrives while Numba compiles in the main thread, or a compilation that starts after
-a signal was noted, raises :class:`Interrupted` at once (a :class:`KeyboardInterrupt`,
-so that no ``except Exception`` inside Numba's compiler swallows it).
+arrives while Numba compiles in the main thread raises :class:`Interrupted` at the
+compiler's next step (the start or end of a compiler pass: not in the handler, which
+may run inside LLVM's ctypes callbacks, where an exception is printed and lost), and
+so does a compilation that starts after a signal was noted. It is a
+:class:`KeyboardInterrupt`, so that no ``except Exception`` inside Numba swallows it.
 
 Handlers can only be installed from the main thread; elsewhere (a worker thread)
 the guard does nothing and signals keep their usual effect.
@@ -45,30 +47,44 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _CompileWatch(_numba_event.Listener):
-    """Counts the Numba compilations running in the main thread (``depth``); one that starts
-    while a :class:`SignalGuard` holds a noted signal raises :class:`Interrupted` there."""
+    """Counts the Numba compilations running in the main thread (``depth``) and, at every
+    compiler event there (a compilation or a pass starting or ending), raises
+    :class:`Interrupted` if a signal was noted: by the active :class:`SignalGuard`, or
+    by :class:`raise_on_signals` while a compilation ran (``noted``)."""
 
     depth = 0
+    noted: str | None = None
 
     def on_start(self, event):
-        if threading.current_thread() is not threading.main_thread():
-            return
-        self.depth += 1         # on_end runs even when this raises (numba's trigger_event)
-        guard = SignalGuard._active
-        if guard is not None and guard.received is not None:
-            raise Interrupted(guard.received)
+        if threading.current_thread() is threading.main_thread():
+            if event.kind == "numba:compile":
+                self.depth += 1     # on_end runs even when this raises (numba's trigger_event)
+            self._raise_if_signalled()
 
     def on_end(self, event):
         if threading.current_thread() is threading.main_thread():
-            self.depth -= 1
+            if event.kind == "numba:compile":
+                self.depth -= 1
+            self._raise_if_signalled()
+
+    def _raise_if_signalled(self):
+        guard = SignalGuard._active
+        name = guard.received if guard is not None and guard.received is not None else self.noted
+        if name is not None:
+            raise Interrupted(name)
 
 
 _COMPILING = _CompileWatch()
-_numba_event.register("numba:compile", _COMPILING)
+for _kind in ("numba:compile", "numba:run_pass"):
+    _numba_event.register(_kind, _COMPILING)
 
 
 def _raise_interrupted(signum, frame):
-    raise Interrupted(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    if _COMPILING.depth > 0:        # maybe inside an LLVM callback: raised at the compiler's next step
+        _COMPILING.noted = name
+        return
+    raise Interrupted(name)
 
 
 class raise_on_signals:
@@ -86,6 +102,7 @@ class raise_on_signals:
     def __exit__(self, *exc) -> bool:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        _COMPILING.noted = None
         return False
 
 
@@ -130,8 +147,6 @@ class SignalGuard:
         while guard is not None:
             guard._note(signum, frame)
             guard = guard._outer
-        if _COMPILING.depth > 0:        # Numba compiles: nothing of the run is half-updated
-            raise Interrupted(signal.Signals(signum).name)
 
     def __exit__(self, *exc) -> bool:
         if not self._registered:

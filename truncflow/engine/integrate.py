@@ -492,8 +492,10 @@ class _Loop:
         if self.saver is not None and y is not None and Status(status).ended_early:
             self.checkpoint(force=True)         # the loop is between two steps
         _record_final(self.recorder, self.record, t, y, self.problem, status)
-        if self.recorder.n_records == 0 and status == "interrupted":
-            raise Interrupted(self.guard.received or "SIGINT")
+        if self.recorder.n_records == 0:        # the initial state could not even be recorded
+            if status == "interrupted":
+                raise Interrupted(self.guard.received or "SIGINT")
+            raise ValueError(f"the initial state cannot be flowed: {detail or status}")
         if self.saver is not None and Status(status).success:
             if self.keep_checkpoint and y is not None:
                 self.saver.offer(lambda: self._finished_state(status, detail), force=True)
