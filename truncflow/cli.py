@@ -147,8 +147,8 @@ def main(argv=None) -> int:
     except _UsageError as exc:
         return _error(exc)
     except KeyboardInterrupt as exc:    # before anything was recorded (or outside a run)
-        name = getattr(exc, "signal_name", "SIGINT")
-        print(f"{PROG}: interrupted ({name}) before anything was recorded", file=sys.stderr)
+        name = getattr(exc, "signal_name", None)
+        print(f"{PROG}: interrupted" + (f" ({name}) before anything was recorded" if name else ""), file=sys.stderr)
         return SIGNAL_EXIT_CODES.get(name, 130)
     except BrokenPipeError:  # the reader went away (`truncflow info | head`): stop quietly
         sys.stdout = None
