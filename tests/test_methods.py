@@ -27,7 +27,7 @@ ALL = list(REGISTRY.values())
 
 def method_options(m):
     """Options under which each method plans on the aligned one-layer problem."""
-    extra = {"gd": dict(lr=0.01), "events": dict(wrt="aligned")}
+    extra = {"gd": dict(lr=0.01), "sgd": dict(lr=0.01, batch_size=10), "events": dict(wrt="aligned")}
     return dict(method=m.name, **extra.get(m.name, {}))
 
 
@@ -37,18 +37,18 @@ def plan(m, **options):
 
 
 def test_registry_entries_are_the_methods_and_the_old_names_are_derived():
-    assert METHOD_NAMES == METHODS == ("rk45", "gd", "events", "kinks")
-    assert CHECKPOINT_METHODS == tuple(m.name for m in ALL if m.checkpoints) == ("rk45", "gd")
-    assert DISTRIBUTED_METHODS == tuple(m.name for m in ALL if not m.needs_points_here) == ("rk45", "gd")
+    assert METHOD_NAMES == METHODS == ("rk45", "gd", "sgd", "events", "kinks")
+    assert CHECKPOINT_METHODS == tuple(m.name for m in ALL if m.checkpoints) == ("rk45", "gd", "sgd")
+    assert DISTRIBUTED_METHODS == tuple(m.name for m in ALL if not m.needs_points_here) == ("rk45", "gd", "sgd")
     assert ADAPTIVE_METHODS == tuple(m.name for m in ALL if m.adaptive) == ("rk45", "kinks")
     assert supporting(HERE) == METHOD_NAMES
-    assert supporting(DEVICE) == supporting(DISTRIBUTED) == ("rk45", "gd")
+    assert supporting(DEVICE) == supporting(DISTRIBUTED) == ("rk45", "gd", "sgd")
     for m in ALL:
         assert spec(m.name) is m and m.description and "\n" not in m.description
         assert dataclasses.is_dataclass(m)
         with pytest.raises(dataclasses.FrozenInstanceError):
             m.adaptive = not m.adaptive
-    with pytest.raises(ValueError, match="unknown method 'rk4'.*'rk45', 'gd', 'events', 'kinks'"):
+    with pytest.raises(ValueError, match="unknown method 'rk4'.*'rk45', 'gd', 'sgd', 'events', 'kinks'"):
         spec("rk4")
 
 
@@ -73,7 +73,7 @@ def test_float32_as_declared(m):
         with pytest.raises(ValueError) as info:
             tf.simulate(*one_layer_problem(), 1.0, precision="float32", **method_options(m))
         assert str(info.value) == precision_refusal(m.name, "float32")
-        assert str(info.value).startswith("precision='float32' applies to method 'rk45' or 'gd'; ")
+        assert str(info.value).startswith("precision='float32' applies to method 'rk45' or 'gd' or 'sgd'; ")
 
 
 @pytest.mark.parametrize("m", ALL, ids=lambda m: m.name)
@@ -105,7 +105,8 @@ def test_ensembles_as_declared(m, monkeypatch):
 
 
 def config_text(method, flow="", run="", cluster=""):
-    flow_lines = {"gd": "lr = 0.01\n", "events": 'wrt = "aligned"\n'}.get(method, "") + flow
+    flow_lines = {"gd": "lr = 0.01\n", "sgd": "lr = 0.01\nbatch_size = 10\n",
+                  "events": 'wrt = "aligned"\n'}.get(method, "") + flow
     text = f"""
 [data]
 source = "gaussian"

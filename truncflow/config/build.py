@@ -87,7 +87,7 @@ def build(r: Reader, text: str) -> RunConfig:
     data = build_data(r, seed)
     params, init = build_network(r, seed, data.dataset.width, kind)
     dataset = finish_targets(r, data, params, kind)
-    kwargs = build_flow(r, flow, kind, params, dataset)
+    kwargs = build_flow(r, flow, kind, params, dataset, seed)
     kwargs.update(build_record(r, kwargs["t_end"]))
     check_record_size(r, kwargs, params, dataset)
 

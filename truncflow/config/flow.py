@@ -11,12 +11,14 @@ from ..compute import PARAMETRIZATIONS
 from ..engine.events import check_events_problem
 from ..engine.methods import METHOD_NAMES, spec
 from ..engine.rhs import TRAIN_OPTIONS, FlowProblem
+from ..engine.sgd import check_sgd_options
 from .reader import Reader, short
 from .schema import MAX_RECORDS, METHOD_ONLY
 
 
-def build_flow(r: Reader, f: dict, kind, params, dataset) -> dict:
-    """simulate's keyword arguments from [flow] (``f``), checked against the data and network."""
+def build_flow(r: Reader, f: dict, kind, params, dataset, seed: int | None = None) -> dict:
+    """simulate's keyword arguments from [flow] (``f``), checked against the data and network.
+    ``seed``: the job's top-level seed, the default of [flow] seed (method = "sgd")."""
     sec = "flow"
     wrt = r.string(sec, f, "wrt", default="cumulative", choices=PARAMETRIZATIONS)
     method = r.string(sec, f, "method", default="rk45", choices=METHOD_NAMES)
@@ -35,10 +37,12 @@ def build_flow(r: Reader, f: dict, kind, params, dataset) -> dict:
         kw["atol"] = r.number(sec, f, "atol", default=1e-9, positive=True)
         kw["first_step"] = r.number(sec, f, "first_step", positive=True)
         kw["max_step"] = r.number(sec, f, "max_step", positive=True)
-    elif method == "gd":
+    elif method in ("gd", "sgd"):
         if "lr" not in f:
-            r.fail(sec, "lr", 'is required for method = "gd" (the learning rate, > 0)')
+            r.fail(sec, "lr", f'is required for method = "{method}" (the learning rate, > 0)')
         kw["lr"] = r.number(sec, f, "lr", positive=True)
+        if method == "sgd":
+            kw.update(_sgd_options(r, f, dataset, seed))
     else:
         v = f.get("record_truncation_times", False)
         if not isinstance(v, bool):
@@ -53,6 +57,24 @@ def build_flow(r: Reader, f: dict, kind, params, dataset) -> dict:
     if method == "events":
         r.api(sec, "method", check_events_problem, problem)
     return kw
+
+
+def _sgd_options(r: Reader, f: dict, dataset, seed) -> dict:
+    """batch_size (required), replacement, seed (default: the job's seed, else 0), momentum of
+    method = "sgd", checked by the engine (:func:`truncflow.engine.sgd.check_sgd_options`)."""
+    sec = "flow"
+    if "batch_size" not in f:
+        r.fail(sec, "batch_size", 'is required for method = "sgd" (points per minibatch, a whole number >= 1)')
+    batch_size = r.integer(sec, f, "batch_size", minimum=1)
+    replacement = f.get("replacement", False)
+    if not isinstance(replacement, bool):
+        r.fail(sec, "replacement", f"must be true or false, got {short(replacement)}")
+    batch_seed = r.integer(sec, f, "seed", minimum=0, default=0 if seed is None else seed)
+    momentum = r.number(sec, f, "momentum", default=0.0, nonneg=True)
+    if momentum >= 1:
+        r.fail(sec, "momentum", f"must be below 1 (heavy-ball momentum in [0, 1)), got {short(f['momentum'])}")
+    return r.api(sec, "batch_size", check_sgd_options, dataset.n_points, batch_size, replacement, batch_seed,
+                 momentum)
 
 
 def build_record(r: Reader, t_end: float) -> dict:

@@ -48,6 +48,10 @@ class RunConfig:
             how = f"{kw['method']}, rtol {kw['rtol']:g}, atol {kw['atol']:g}"
         elif kw["method"] == "gd":
             how = f"gd, lr {kw['lr']:g}"
+        elif kw["method"] == "sgd":
+            how = (f"sgd, lr {kw['lr']:g}, batch_size {kw['batch_size']}"
+                   f"{' with replacement' if kw['replacement'] else ''}, seed {kw['seed']}"
+                   + (f", momentum {kw['momentum']:g}" if kw["momentum"] else ""))
         else:
             how = "exact event-driven solution"
         if kw.get("precision", "float64") != "float64":

@@ -14,7 +14,7 @@ DEFAULT_CONFIG_NAME = "<built-in default>"
 SCHEMA: dict[str, dict[str, str]] = {
     "": {
         "description": "text printed when the job starts",
-        "seed": "default seed (integer) of [data] and [network]",
+        "seed": "default seed (integer) of [data], [network] and the minibatches of [flow] method = \"sgd\"",
     },
     "data": {
         "source": '"gaussian", "balls" or "file"',
@@ -52,8 +52,8 @@ SCHEMA: dict[str, dict[str, str]] = {
     "flow": {
         "kind": '"input" or "output" cost',
         "wrt": '"cumulative", "layers" or "aligned" (init = "aligned"): the parameters that flow',
-        "method": '"rk45", "gd", "events" (exact, aligned model, input cost) or "kinks" (experimental: '
-                  'locates pattern changes, follows sliding modes)',
+        "method": '"rk45", "gd", "sgd" (stochastic gradient descent on minibatches), "events" (exact, aligned '
+                  'model, input cost) or "kinks" (experimental: locates pattern changes, follows sliding modes)',
         "train": '"all", "weights" or "biases"',
         "frozen_layers": "list of 1-based hidden layers that stay fixed",
         "t_end": "flow time to reach (> 0)",
@@ -61,7 +61,12 @@ SCHEMA: dict[str, dict[str, str]] = {
         "atol": "rk45: absolute tolerance",
         "first_step": "rk45: first step",
         "max_step": "rk45: largest step",
-        "lr": "gd: learning rate (step in flow time)",
+        "lr": "gd, sgd: learning rate (step in flow time)",
+        "batch_size": "sgd: points per minibatch (at most N unless replacement; N without replacement is gd)",
+        "replacement": "sgd: draw each batch with replacement (true) or visit every point once per epoch "
+                       "(false, default)",
+        "seed": "sgd: seed of the minibatches (integer >= 0; default: the job's seed, else 0)",
+        "momentum": "sgd: heavy-ball momentum in [0, 1) (default 0)",
         "record_truncation_times": "events: keep every point's first truncation time (true or false)",
         "cost_tol": "stop when the cost falls below",
         "grad_tol": "stop when the gradient norm falls below",

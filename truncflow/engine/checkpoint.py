@@ -2,10 +2,11 @@
 
 A checkpoint holds everything the stepping loop needs to continue *bit for bit* as if
 it had never stopped: the state vector, the stepper's derivative and step size
-(rk45), the iteration count (gd), the counters, the record schedule still pending,
-the records made so far, and the wall time spent. It is written after an accepted
-step (never in the middle of one) to a temporary file renamed over the old one, so a
-kill at any moment leaves the previous checkpoint or the new one.
+(rk45), the iteration count (gd; sgd: and its velocity), the counters, the record
+schedule still pending, the records made so far, and the wall time spent. It is
+written after an accepted step (never in the middle of one) to a temporary file
+renamed over the old one, so a kill at any moment leaves the previous checkpoint or
+the new one.
 
 It also holds a fingerprint of the run (its options, the initial parameters and a
 digest of the data): resuming with other data or options is refused, not silently
@@ -114,7 +115,7 @@ def load_checkpoint(path, expected: dict, method: str, *, n_state: int | None = 
     and is whole, before anything of it is used.
 
     Args:
-        expected: this run's :func:`fingerprint`; method: "rk45" or "gd";
+        expected: this run's :func:`fingerprint`; method: "rk45", "gd" or "sgd";
         n_state: the length of this run's state vector (``problem.pack(params).size``);
         t_end: the run's end time; schedule: its record times (0 first, increasing).
         Pass all three. (Left out, as by callers written before they existed: t_end is
@@ -127,13 +128,16 @@ def load_checkpoint(path, expected: dict, method: str, *, n_state: int | None = 
       (options, initial parameters, data, record times) that differs from ``expected``;
     * the state's scalars: rk45 ``t`` a number in [0, t_end], ``h_abs`` finite > 0,
       ``status`` "running" or "finished" (then t = t_end; "failed" too when the run
-      finished); gd ``k`` a whole number with k steps of lr not past the last step (before
-      it unless the run finished); ``counters`` a table of whole numbers >= 0 with
+      finished); gd and sgd ``k`` a whole number with k steps of lr not past the last step
+      (before it unless the run finished; sgd's batches are a function of k and of the
+      options in the fingerprint: batch_size, replacement, seed, momentum); ``counters``
+      a table of whole numbers >= 0 with
       accepted, rejected and evaluations; ``evaluations`` a whole number >= the counted
       one; ``elapsed`` finite >= 0; ``cost`` and ``grad_norm`` numbers; ``pending`` the
       record times of ``schedule`` after t, in order; ``finished`` (optional) a table of a
       known status and a detail string;
-    * the arrays: ``y`` (and ``f`` for rk45) float64 of shape (n_state,), finite;
+    * the arrays: ``y`` (and ``f`` for rk45, the velocity ``v`` for sgd) float64 of shape
+      (n_state,), finite;
       ``eval_y`` and ``eval_rhs`` float64 of shape (n_state,), and when ``eval_y`` is the
       state ``y`` of a run that goes on (the evaluation is used again) ``eval_rhs``,
       ``cost`` and ``grad_norm`` finite;
@@ -298,6 +302,8 @@ def check_state(state: dict, arrays: dict, method: str, *, n_state: int, t_end: 
     y = _float64_vector(arrays, "y", n_state)
     if method == "rk45":
         _float64_vector(arrays, "f", n_state)
+    if method == "sgd":
+        _float64_vector(arrays, "v", n_state)          # the momentum's velocity
     eval_y = _float64_vector(arrays, "eval_y", n_state, finite=False)
     # The loop's last evaluation (cost, grad_norm, eval_rhs at eval_y) is used again only when it
     # is of the state y and the run goes on: then it must be valid. Another one (of the last

@@ -40,6 +40,7 @@ from .methods import (METHOD_NAMES, Status, checkpoint_refusal, placement_refusa
 from .record import Recorder, Result, check_storable
 from .events import check_events_problem, run_events
 from .rhs import FlowProblem
+from .sgd import SgdSteps, check_sgd_options
 from .stepper import CompiledRK45
 
 __all__ = ["simulate", "METHODS"]
@@ -119,7 +120,8 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
              grad_tol: float | None = None, max_evals: int | None = None, max_time: float | None = None,
              callback=None, config: dict | None = None, record_truncation_times: bool = False,
              checkpoint=None, checkpoint_every: float = 60.0, resume: bool = False,
-             keep_checkpoint: bool = False, precision: str = "float64") -> Result:
+             keep_checkpoint: bool = False, precision: str = "float64", batch_size: int | None = None,
+             replacement: bool = False, seed: int | None = None, momentum: float = 0.0) -> Result:
     """Integrate the gradient flow ``d/ds theta = -grad C(theta)`` (MODEL.md section 8).
 
     Args:
@@ -142,7 +144,9 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
             change, follows sliding modes (Filippov), and corrects many crossings per
             step in bulk; :mod:`truncflow.engine.kinks`; counts in
             ``result.config["kinks"]``, sliding intervals in
-            ``result.arrays["sliding_intervals"]``).
+            ``result.arrays["sliding_intervals"]``), or "sgd" (stochastic gradient
+            descent: steps of length ``lr`` along the gradient of a minibatch of
+            ``batch_size`` points; :mod:`truncflow.engine.sgd`).
         train: "all", "weights" or "biases": which parameters move (the output layer's
             weight follows "weights", its bias "biases"; for "aligned", "weights" are
             the scales); ``frozen_layers``: 1-based hidden layers that stay fixed.
@@ -168,8 +172,25 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
             finished run instead of deleting it (the command line deletes it only once
             result.npz and the plots are written, so a kill while it saves loses nothing).
         precision: "float64" (default) or "float32": the arithmetic of the per-point sweep
-            of every gradient evaluation (:func:`truncflow.gradient`); "rk45" and "gd" only.
-            The state, the stepper and the records stay float64.
+            of every gradient evaluation (:func:`truncflow.gradient`); "rk45", "gd" and "sgd"
+            only. The state, the stepper and the records stay float64.
+        batch_size, replacement, seed, momentum: "sgd" only (ValueError for another
+            method). Step k moves along the gradient of the minibatch cost
+            ``C_B = 1/(2|B|) sum_{i in B} |error_i|^2``, the mean over batch k's points (the
+            full cost is the mean over all N: an unbiased estimate), with heavy-ball
+            momentum ``v <- momentum v + g_B``, ``y <- y - lr v`` (``momentum`` in [0, 1),
+            default 0). ``batch_size`` (required): points per batch, at most N unless
+            ``replacement``. ``replacement=False`` (default): epochs, each visiting every
+            point once in the order of a pseudo-random permutation of [0, N) (the last
+            batch of an epoch is smaller when batch_size does not divide N);
+            ``replacement=True``: each batch drawn uniformly with replacement. The batches
+            are a function of ``seed`` (an integer >= 0, default 0) and the step alone,
+            the same on one process, a Dask cluster and a GPU, and each step runs on the
+            batch's rows gathered here (``dataset.rows``), so the iterates are the same
+            bits on all three; ``batch_size = N`` without replacement gives gd's iterates
+            and records bit for bit. Records are full passes at the record times;
+            ``cost_tol`` and ``grad_tol`` are checked there; ``max_evals`` counts batch
+            passes and record passes.
 
     Where the passes over the points run follows the dataset: here, on a GPU
     (``dataset.to("cuda")``: the points stay on the device for the whole run, each
@@ -193,7 +214,7 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
                  grad_tol=grad_tol, max_evals=max_evals, max_time=max_time, callback=callback, config=config,
                  record_truncation_times=record_truncation_times, checkpoint=checkpoint,
                  checkpoint_every=checkpoint_every, resume=resume, keep_checkpoint=keep_checkpoint,
-                 precision=precision)
+                 precision=precision, batch_size=batch_size, replacement=replacement, seed=seed, momentum=momentum)
     with SignalGuard() as guard:
         return _execute(plan, guard)
 
@@ -201,7 +222,7 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
 def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rtol, atol, lr, first_step,
           max_step, record_times, n_records, cost_tol, grad_tol, max_evals, max_time, callback, config,
           record_truncation_times, checkpoint, checkpoint_every, resume, keep_checkpoint,
-          precision) -> SimpleNamespace:
+          precision, batch_size=None, replacement=False, seed=None, momentum=0.0) -> SimpleNamespace:
     """Check every option of :func:`simulate` and build what a run needs (no pass over the points yet)."""
     choice(method, "method", METHODS)
     t_end = positive(t_end, "t_end")
@@ -228,8 +249,18 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
     lr = positive(lr, "lr", allow_none=True)
     if first_step is not None and first_step > t_end:
         raise ValueError(f"first_step={first_step} exceeds t_end={t_end}")
-    if method == "gd" and lr is None:
-        raise ValueError("method='gd' needs a learning rate: pass lr > 0")
+    if method in ("gd", "sgd") and lr is None:
+        raise ValueError(f"method={method!r} needs a learning rate: pass lr > 0")
+    sgd = None
+    if method == "sgd":
+        sgd = check_sgd_options(dataset.n_points, batch_size, replacement, seed, momentum)
+    else:
+        given = [name for name, value, default in (("batch_size", batch_size, None), ("replacement", replacement, False),
+                                                   ("seed", seed, None), ("momentum", momentum, 0.0))
+                 if value is not default and value != default]
+        if given:
+            raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to method='sgd' only, "
+                             f"not {method!r}")
     if not isinstance(record_truncation_times, bool):
         raise ValueError(f"record_truncation_times must be True or False, got {record_truncation_times!r}")
     if record_truncation_times and method != "events":
@@ -266,11 +297,15 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
                         n_points=dataset.n_points, n_clusters=dataset.n_clusters, width=dataset.width,
                         n_layers=params.n_layers, precision=precision,
                         points_dtype=str(problem.dataset.dtype if distributed else problem.dataset.points.dtype))
+    if sgd is not None:
+        flow_options.update(sgd)
     run_config = {**(config or {}), **flow_options}
     check_storable(run_config)
     rules = dict(cost_tol=cost_tol, grad_tol=grad_tol, max_evals=max_evals, max_time=max_time)
     recorder = Recorder(problem.dataset, kind, run_config)
     opts = dict(rtol=rtol, atol=atol, first_step=first_step, max_step=max_step, lr=lr)
+    if sgd is not None:
+        opts["sgd"] = sgd
     return SimpleNamespace(problem=problem, method=method, t_end=t_end, schedule=schedule, recorder=recorder,
                            opts=opts, rules=rules, callback=callback, checkpoint=checkpoint,
                            checkpoint_every=checkpoint_every, resume=resume, keep_checkpoint=keep_checkpoint,
@@ -296,8 +331,8 @@ def _execute(plan, guard) -> Result:
             restored = load_checkpoint(plan.checkpoint, prints, method, n_state=problem.pack(problem.params).size,
                                        t_end=t_end, schedule=schedule)
         saver = Checkpointer(plan.checkpoint, plan.checkpoint_every, prints, method)
-    loop = (_Rk45Loop if method == "rk45" else _GdLoop)(problem, t_end, schedule, recorder, opts, rules, callback,
-                                                        guard, saver)
+    loop = {"rk45": _Rk45Loop, "sgd": _SgdLoop}.get(method, _GdLoop)(problem, t_end, schedule, recorder, opts,
+                                                                      rules, callback, guard, saver)
     loop.keep_checkpoint = plan.keep_checkpoint
     return loop.run(restored)
 
@@ -318,7 +353,7 @@ def _check_finishable(method, t_end, max_step, lr, max_evals, max_time) -> None:
     if max_evals is not None or max_time is not None:
         return
     bounded = "; give max_evals or max_time to run it for a bounded time anyway"
-    step, name = (lr, "lr") if method == "gd" else (max_step, "max_step")
+    step, name = (lr, "lr") if method in ("gd", "sgd") else (max_step, "max_step")
     if step is not None and t_end / step > MAX_IMPLIED_STEPS:
         raise ValueError(f"t_end={t_end:g} with {name}={step:g} implies {t_end / step:.3g} steps, more than "
                          f"{MAX_IMPLIED_STEPS:.0e}: the run would not finish (raise {name} or lower t_end{bounded})")
@@ -679,6 +714,11 @@ class _GdLoop(_Loop):
         if due or status == "t_end":
             self.record(t, self.y)     # any other stop is recorded by the loop, after its checkpoint
         return status, ""
+
+
+class _SgdLoop(SgdSteps, _Loop):
+    """Stochastic gradient descent: the steps of :class:`truncflow.engine.sgd.SgdSteps`, the
+    records, stopping rules, signals and checkpoints of :class:`_Loop`."""
 
 
 #: Wall-clock seconds a compiled call of gradient-descent steps aims at: signals,

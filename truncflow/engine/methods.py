@@ -17,7 +17,7 @@ import enum
 from dataclasses import dataclass
 
 __all__ = ["Method", "REGISTRY", "METHOD_NAMES", "Status", "SUCCESS_STATUSES", "spec", "supporting",
-           "either", "ADAPTIVE_OPTIONS", "METHOD_OPTIONS", "methods_taking", "placement_refusal",
+           "either", "ADAPTIVE_OPTIONS", "SGD_OPTIONS", "METHOD_OPTIONS", "methods_taking", "placement_refusal",
            "checkpoint_refusal", "precision_refusal", "float32_refusal", "gpu_refusal", "cluster_refusal"]
 
 #: Where the points of a dataset live: here (a :class:`truncflow.Dataset`), on a Dask
@@ -26,9 +26,11 @@ HERE, DISTRIBUTED, DEVICE = "Dataset", "DistributedDataset", "DeviceDataset"
 
 #: Options of an adaptive (error-controlled) method: they apply to no other.
 ADAPTIVE_OPTIONS = ("rtol", "atol", "first_step", "max_step")
+#: Options of stochastic gradient descent alone (``method="sgd"``, :mod:`truncflow.engine.sgd`).
+SGD_OPTIONS = ("batch_size", "replacement", "seed", "momentum")
 #: Options of :func:`truncflow.simulate` that apply to some methods only, in the order
 #: the configuration checks them.
-METHOD_OPTIONS = ADAPTIVE_OPTIONS + ("lr", "record_truncation_times", "max_evals")
+METHOD_OPTIONS = ADAPTIVE_OPTIONS + ("lr", "record_truncation_times", "max_evals") + SGD_OPTIONS
 
 #: How :func:`truncflow.simulate_ensemble` runs a method's members: "compiled" (their
 #: options checked once; on points that fit one chunk every member's steps run together
@@ -77,6 +79,9 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            options=ADAPTIVE_OPTIONS + ("max_evals",)),
     Method("gd", "gradient descent: Euler steps of length lr", adaptive=False, checkpoints=True,
            placements=_EVERYWHERE, float32=True, ensembles="compiled", options=("lr", "max_evals")),
+    Method("sgd", "stochastic gradient descent: minibatch steps of length lr", adaptive=False, checkpoints=True,
+           placements=_EVERYWHERE, float32=True, ensembles="one by one",
+           options=("lr", "max_evals") + SGD_OPTIONS),
     Method("events", "exact, event to event (aligned model, input cost)", adaptive=False, checkpoints=False,
            placements=(HERE,), float32=False, ensembles="one by one", options=("record_truncation_times",),
            why_float64="decides every kink exactly"),

@@ -302,7 +302,7 @@ def _t_end_bound(config) -> float | None:
     if isinstance(t_end, bool) or not isinstance(t_end, (int, float)) or not 0 < t_end < math.inf:
         return None
     bound = float(t_end)
-    if config.get("method") == "gd" and not isinstance(lr, bool) and isinstance(lr, (int, float)) \
+    if config.get("method") in ("gd", "sgd") and not isinstance(lr, bool) and isinstance(lr, (int, float)) \
             and 0 < lr < math.inf:
         bound = max(bound, max(1, math.ceil(t_end / lr * (1 - 1e-12))) * float(lr))
     return bound
