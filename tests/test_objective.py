@@ -149,10 +149,17 @@ def test_bad_x_is_refused():
     with pytest.raises(ValueError, match=rf"shape \({obj.size},\)"):
         obj.value_and_grad(x.reshape(1, -1))
     for bad in (np.nan, np.inf, -np.inf):
-        y = x.copy()
-        y[3] = bad
-        with pytest.raises(ValueError, match="finite.*index 3"):
-            obj.value_and_grad(y)
+        for i in (0, 3, obj.size - 1):
+            y = x.copy()
+            y[i] = bad
+            with pytest.raises(ValueError, match=f"finite.*index {i}"):
+                obj.value_and_grad(y)
+    big = Objective(make_problem(1, L=2, M=70, N=3).params, make_problem(1, L=2, M=70, N=3).dataset("input"))
+    for i in range(0, big.size, 997):
+        y = big.pack(big.params)
+        y[i] = np.nan if i % 2 else -np.inf
+        with pytest.raises(ValueError, match=f"finite.*index {i}"):
+            big.value(y)
     with pytest.raises(ValueError, match="real"):
         obj.value(x.astype(complex))
     with pytest.raises(ValueError, match="real"):

@@ -36,20 +36,30 @@ this class does not read.
 """
 from __future__ import annotations
 
-import math
 import threading
 
 import numpy as np
+from numba import njit
 
 from ._validate import choice
 from .compute import COST_KINDS, PARAMETRIZATIONS, PRECISIONS, _require_params
 from .engine.rhs import TRAIN_OPTIONS, FlowProblem
+from .kernels.config import JIT_OPTIONS
 from .params import Params
 
 __all__ = ["Objective"]
 
 #: Held during an evaluation that is not one self-contained compiled call (see the module docstring).
 _SHARED_PASS_LOCK = threading.Lock()
+
+
+@njit(**JIT_OPTIONS)
+def _all_finite(x):
+    """True when every entry of the 1-D array x is finite (no temporary, no warning, ~0.2 us)."""
+    for v in x:
+        if not np.isfinite(v):
+            return False
+    return True
 
 
 class Objective:
@@ -169,8 +179,7 @@ class Objective:
             x = np.ascontiguousarray(arr, dtype=np.float64)
         if x.shape != (self.size,):
             raise ValueError(f"x must have shape ({self.size},) (this objective's size), got {x.shape}")
-        # two reductions, no temporary: min and max propagate NaN and meet every infinity
-        if x.size and not (math.isfinite(x.min()) and math.isfinite(x.max())):
+        if not _all_finite(x):
             bad = np.flatnonzero(~np.isfinite(x))
             raise ValueError(f"x must be finite: {bad.size} entr{'y is' if bad.size == 1 else 'ies are'} not "
                              f"(first at index {bad[0]}: {x[bad[0]]})")
