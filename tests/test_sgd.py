@@ -145,6 +145,14 @@ def test_same_seed_same_run_other_seed_other_run_and_replacement_differs():
     assert a.evaluations[-1] == 20 + a.n_records
 
 
+def test_a_last_step_past_t_end_saves_and_loads(tmp_path):
+    params, ds = problem()
+    r = tf.simulate(params, ds, 1.0, method="sgd", lr=0.3, batch_size=50, n_records=3)
+    assert r.status == "t_end" and r.t[-1] == 4 * 0.3 > 1.0          # as gd: ceil(t_end / lr) steps
+    back = tf.load_result(r.save(tmp_path / "r.npz"))
+    assert np.array_equal(back.t, r.t) and back.config["batch_size"] == 50 and back.config["seed"] == 0
+
+
 def test_heavy_ball_momentum_replayed_by_hand():
     params, ds = problem(N=120)
     lr, mu, b = 0.05, 0.6, 10

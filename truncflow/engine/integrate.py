@@ -255,9 +255,9 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
     if method == "sgd":
         sgd = check_sgd_options(dataset.n_points, batch_size, replacement, seed, momentum)
     else:
-        given = [name for name, value, default in (("batch_size", batch_size, None), ("replacement", replacement, False),
-                                                   ("seed", seed, None), ("momentum", momentum, 0.0))
-                 if value is not default and value != default]
+        defaults = (("batch_size", batch_size, None), ("replacement", replacement, False), ("seed", seed, None),
+                    ("momentum", momentum, 0.0))
+        given = [name for name, value, default in defaults if value is not default and value != default]
         if given:
             raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to method='sgd' only, "
                              f"not {method!r}")
