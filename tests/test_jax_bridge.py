@@ -202,6 +202,29 @@ def test_float32_points():
     assert_same(c, g, c0, g0)
 
 
+def test_dtypes():
+    """Each cotangent has its leaf's dtype, the cost the common one; without jax_enable_x64
+    (a fresh process) everything is float32, rounded from truncflow's float64 numbers."""
+    pr = make_problem(8, L=2, M=3, N=30, Q=2)
+    ds = pr.dataset("input")
+    w32 = np.asarray(pr.params.cum_weights, dtype=np.float32)
+    b64 = jnp.asarray(pr.params.cum_biases)
+    c, (gw, gb) = jax.value_and_grad(lambda w, b: tfj.cost(w, b, ds), (0, 1))(w32, b64)
+    assert c.dtype == jnp.float64 and gw.dtype == jnp.float32 and gb.dtype == jnp.float64
+    code = """if True:
+        import warnings; warnings.simplefilter("error")
+        import numpy as np, jax, truncflow as tf, truncflow.jax as tfj
+        rng = np.random.default_rng(0)
+        ds = tf.Dataset(rng.standard_normal((20, 2)), np.arange(20) % 2, rng.standard_normal((2, 2)))
+        p = tf.Params.from_cumulative(np.stack([np.eye(2), 2 * np.eye(2)]), 0.3 * rng.standard_normal((2, 2)))
+        c, g = jax.value_and_grad(tfj.cost)(p.cum_weights, p.cum_biases, ds)
+        c0, g0 = tf.gradient(p, ds)
+        assert c.dtype == g.dtype == np.float32, (c.dtype, g.dtype)
+        assert abs(float(c) - c0) <= 1e-6 * c0 and np.allclose(g, g0.weights, rtol=1e-6, atol=1e-7)
+    """
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
 def test_bad_arguments():
     pr = make_problem(7, L=2, M=3, N=10, Q=2, P=2)
     w, b, ow, ob = leaves_of(pr.params, "output", "cumulative")

@@ -122,7 +122,8 @@ def cost(weights, biases, dataset, kind: str = "input", *, form: str = "cumulati
         if ob != (ow[0],):
             raise ValueError(f"out_bias must have shape ({ow[0]},) to match out_weight {ow}, got {ob}")
     objective = _objective(shapes, dataset, kind, form, precision)
-    leaf_dtypes = tuple(jnp.result_type(d) for _, d in described)      # what JAX makes of them
+    # what JAX makes of them (float64 becomes float32 unless jax_enable_x64)
+    leaf_dtypes = tuple(np.dtype(jax.dtypes.canonicalize_dtype(d)) for _, d in described)
     return _bridge(objective, tuple(shapes), leaf_dtypes)(*leaves)
 
 

@@ -29,7 +29,9 @@ at once and give the same bits as serial calls:
   buffers from pass to pass; or the float32 sweep): one process-wide lock, so one
   such evaluation runs at a time. Each already uses every core, the cluster or the
   GPU, so the lock costs no throughput, and it protects the state the dataset keeps
-  between passes (and Numba's thread pool) against concurrent use.
+  between passes (and Numba's thread pool) against concurrent use by objectives. (It
+  does not cover other truncflow calls made on the same GPU dataset from another thread
+  at the same moment.)
 
 The only per-call state of the :class:`FlowProblem` is its evaluation counter, which
 this class does not read.
