@@ -158,7 +158,7 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
             seconds at least (on a resumed run, counted since the first start).
         callback: optional ``callback(t, cost)`` after every accepted step (progress bars).
         config: optional dict stored with the result (e.g. the seed and the run's configuration).
-        checkpoint: optional path of a checkpoint file (rk45 and gd): the run's whole
+        checkpoint: optional path of a checkpoint file (rk45, gd, sgd): the run's whole
             state is written there after the first record, then at most every
             ``checkpoint_every`` wall-clock seconds after an accepted step, and when the
             run is interrupted; it is deleted when the run succeeds, unless
@@ -190,7 +190,7 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
             bits on all three; ``batch_size = N`` without replacement gives gd's iterates
             and records bit for bit. Records are full passes at the record times;
             ``cost_tol`` and ``grad_tol`` are checked there; ``max_evals`` counts batch
-            passes and record passes.
+            passes and record passes; ``callback(t, cost)`` gets the batch's cost.
 
     Where the passes over the points run follows the dataset: here, on a GPU
     (``dataset.to("cuda")``: the points stay on the device for the whole run, each

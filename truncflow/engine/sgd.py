@@ -31,7 +31,9 @@ estimator; sorted, a batch of all N points is the points in order, so that
   covering N, keyed by ``SeedSequence([seed, 0, e])``, with cycle-walking into [0, N)),
   not a shuffled array: a batch costs O(batch_size) time and memory at any N (a
   permutation array of N = 10^9 points would be 8 GB). A batch of all N points is
-  ``arange(N)`` itself.
+  ``arange(N)`` itself. The permutations are pseudo-random, not drawn uniformly from
+  all N! orders; what holds exactly, whatever the permutation, is the epoch identity
+  above (each epoch's batches partition the points).
 * ``replacement=True``: batch k is batch_size indices drawn independently and uniformly
   from [0, N) by ``numpy.random.default_rng([seed, 1, k])`` (a point may appear twice;
   batch_size may exceed N).
@@ -55,7 +57,9 @@ where they are (the recorded cost, gradient norm and observables are the full on
 Dask the same bits as here, on a GPU to its rounding, as for gd). ``cost_tol`` and
 ``grad_tol`` compare the full cost and gradient norm, known at records only: the run
 stops at the first record below them. ``max_evals`` counts every pass: one per batch,
-one per record. A checkpoint holds (k, y, v): the batches are a function of k.
+one per record. A ``callback(t, cost)`` gets the batch's cost after each step. A
+checkpoint holds (k, y, v): the batches are a function of k, so a resumed run draws the
+batches the uninterrupted run would have drawn.
 """
 from __future__ import annotations
 
