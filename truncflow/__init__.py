@@ -10,6 +10,8 @@ Public API (see README.md for a tour):
     separation_report, threshold_gradient, threshold_velocity
                                         the aligned model's effective equations (MODEL.md section 9)
     cone_minimizer, predicted_cost      minimizers built by hand (MODEL.md section 10)
+    Objective                           the cost as a function of one flat vector (SciPy, your own optimizer)
+    truncflow.torch, truncflow.jax      the cost as a PyTorch module / a JAX function (optional; imported only there)
     set_threads, get_threads            how many threads the kernels run on
     distribute, DistributedDataset      a dataset on a Dask cluster (optional: truncflow[distributed])
     Dataset.to("cuda"), DeviceDataset   a dataset on a GPU (optional: truncflow[cuda])
@@ -46,6 +48,7 @@ from .statistics import ClusterStatistics, cluster_statistics
 from .minimizers import cone_minimizer, predicted_cost
 from .aligned import SeparationReport, separation_report, threshold_gradient, threshold_velocity
 from .engine.record import Result, load_result
+from .objective import Objective
 from .distributed import ClusterError, DistributedDataset, distribute
 from .device import CudaUnavailableError, DeviceDataset
 
@@ -54,7 +57,7 @@ from ._version import __version__  # noqa: E402
 __all__ = [
     "MAX_CONDITION", "Params", "Dataset", "EmptyClusterWarning", "encode_labels", "gaussian_clusters", "uniform_balls", "load_points",
     "Gradient", "truncate", "activation_patterns", "cost", "gradient",
-    "cumulative_to_layer_gradient", "Observation", "observe", "simulate", "simulate_ensemble", "Result", "load_result",
+    "cumulative_to_layer_gradient", "Observation", "observe", "simulate", "simulate_ensemble", "Result", "load_result", "Objective",
     "ClusterStatistics", "cluster_statistics", "cone_minimizer", "predicted_cost",
     "SeparationReport", "SeparationWarning", "separation_report", "threshold_gradient", "threshold_velocity",
     "set_threads", "get_threads", "distribute", "DistributedDataset", "ClusterError",
