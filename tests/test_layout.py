@@ -135,7 +135,7 @@ def test_each_backend_implements_what_it_declares(backend):
     for name in OPERATIONS + FROZEN_PASSES:
         implemented = getattr(backend, name) is not getattr(Backend, name)
         assert implemented == (name in caps.operations), name
-    assert caps.methods <= {"rk45", "gd", "events", "kinks"}
+    assert caps.methods <= {"rk45", "gd", "sgd", "events", "kinks"}
 
 
 def test_the_public_datasets_are_the_backends():

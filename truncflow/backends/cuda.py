@@ -38,7 +38,7 @@ DEFAULT_BATCH = 1 << 22
 
 CUDA = Capabilities(
     name="CUDA", where="on a GPU", points_here=False, serial_steps=False, checkpoints=False,
-    methods=frozenset({"rk45", "gd"}), float32=True, ensembles=False, operations=frozenset(OPERATIONS),
+    methods=frozenset({"rk45", "gd", "sgd"}), float32=True, ensembles=False, operations=frozenset(OPERATIONS),
     bring_here="use dataset.to('cpu')")
 
 

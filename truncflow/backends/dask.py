@@ -49,7 +49,7 @@ INSTALL = 'pip install "truncflow[distributed]"'
 
 DASK = Capabilities(
     name="Dask", where="on a Dask cluster", points_here=False, serial_steps=False, checkpoints=False,
-    methods=frozenset({"rk45", "gd"}), float32=True, ensembles=False, operations=frozenset(OPERATIONS),
+    methods=frozenset({"rk45", "gd", "sgd"}), float32=True, ensembles=False, operations=frozenset(OPERATIONS),
     bring_here="use a local truncflow.Dataset (DistributedDataset.gather() makes one, if it fits)")
 
 

@@ -20,7 +20,7 @@ __all__ = ["LocalBackend", "LOCAL"]
 
 LOCAL = Capabilities(
     name="local", where="here", points_here=True, serial_steps=True, checkpoints=True,
-    methods=frozenset({"rk45", "gd", "events", "kinks"}), float32=True, ensembles=True,
+    methods=frozenset({"rk45", "gd", "sgd", "events", "kinks"}), float32=True, ensembles=True,
     operations=frozenset(OPERATIONS + FROZEN_PASSES))
 
 
