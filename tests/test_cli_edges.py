@@ -220,7 +220,7 @@ def test_lock_that_is_a_fifo_or_a_dangling_link_is_taken_over_without_hanging(co
 def test_unreadable_lock_is_taken_over(compiled, fast_plots, capsys, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
-    write_lock(out, os.getpid(), cli._process_start(os.getpid())).chmod(0)
+    write_lock(out, os.getpid(), cli.lock.process_start(os.getpid())).chmod(0)
     code, _, err = run_cli(capsys, "run", job(tmp_path), "--out", out, "--quiet")
     assert_clean_run(code, err, out)
 
@@ -246,7 +246,7 @@ def test_lock_that_cannot_be_removed_is_a_one_line_refusal(compiled, fast_plots,
 
 def test_lock_of_this_live_process_is_refused(compiled, fast_plots, capsys, tmp_path):
     out = tmp_path / "o"
-    lock = write_lock(out, os.getpid(), cli._process_start(os.getpid()))
+    lock = write_lock(out, os.getpid(), cli.lock.process_start(os.getpid()))
     before = lock.read_bytes()
     code, _, err = run_cli(capsys, "run", job(tmp_path), "--out", out, "--quiet", "--overwrite")
     assert_user_error(code, err, "in use by another truncflow run", f"process {os.getpid()}")
@@ -289,13 +289,13 @@ def test_lock_with_a_live_pid_but_another_start_time_is_taken_over(compiled, fas
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         out = tmp_path / "o"
-        started = cli._process_start(holder.pid)
+        started = cli.lock.process_start(holder.pid)
         assert started is not None
         write_lock(out, holder.pid, started + 1)
         code, _, err = run_cli(capsys, "run", job(tmp_path), "--out", out, "--quiet")
         assert_clean_run(code, err, out)
         assert err.strip() == ""          # a stale lock is replaced without a word
-        write_lock(out, os.getpid(), cli._process_start(os.getpid()) + 7)
+        write_lock(out, os.getpid(), cli.lock.process_start(os.getpid()) + 7)
         code, _, err = run_cli(capsys, "run", job(tmp_path), "--out", out, "--quiet", "--overwrite")
         assert_clean_run(code, err, out)
         # the holder's own lock (right start time) is live
@@ -332,7 +332,7 @@ def test_old_style_lock_of_a_pid_reused_since_is_taken_over(compiled, fast_plots
 
 def test_lock_from_another_host_is_taken_over_with_one_warning(compiled, fast_plots, capsys, tmp_path):
     out = tmp_path / "o"
-    write_lock(out, os.getpid(), cli._process_start(os.getpid()), host="some-other-node.example")
+    write_lock(out, os.getpid(), cli.lock.process_start(os.getpid()), host="some-other-node.example")
     code, _, err = run_cli(capsys, "run", job(tmp_path), "--out", out, "--quiet")
     assert_clean_run(code, err, out)
     assert "some-other-node.example" in err and err.startswith("truncflow: warning: ")
@@ -341,7 +341,7 @@ def test_lock_from_another_host_is_taken_over_with_one_warning(compiled, fast_pl
 HOLD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from truncflow.cli import _OutputFolder
+    from truncflow.cli.outputs import OutputFolder as _OutputFolder
     folder, go = Path(sys.argv[1]), Path(sys.argv[2])
     print("ready", flush=True)
     while not go.exists():
@@ -418,12 +418,12 @@ def test_take_over_never_removes_a_lock_another_run_took_meanwhile(tmp_path):
     sets that lock aside, run B took the folder (a live lock in its place). A must leave B's."""
     out = tmp_path / "o"
     write_lock(out, 2**22 + 999, 1)                       # no such process: stale
-    taker = cli._OutputFolder(out, overwrite=False, resume=False)
+    taker = cli.outputs.OutputFolder(out, overwrite=False, resume=False)
     taker.token = "aaaa1111"
     st, data = taker._read_lock()
-    assert not cli._holder_alive(cli._parse_lock(data), st.st_mtime)
+    assert not cli.lock.holder_alive(cli.lock.parse_lock(data), st.st_mtime)
     (out / LOCK).unlink()
-    live = write_lock(out, os.getpid(), cli._process_start(os.getpid()), token="bbbb2222")
+    live = write_lock(out, os.getpid(), cli.lock.process_start(os.getpid()), token="bbbb2222")
     fresh = live.read_bytes()
     taker._set_aside(st, data)
     assert live.read_bytes() == fresh
@@ -621,7 +621,7 @@ def test_signal_during_setup_leaves_the_folder_as_it_was(compiled, fast_plots, c
         os.kill(os.getpid(), signal.SIGINT)
         return True
 
-    monkeypatch.setattr(cli, "_kernels_cached", interrupt)
+    monkeypatch.setattr(cli.run, "kernels_cached", interrupt)
     out = tmp_path / "o"
     code, _, err = run_cli(capsys, "run", job(tmp_path), "--out", out)
     assert code == 130, err
@@ -661,7 +661,7 @@ def test_unreachable_scheduler_fails_fast_in_one_line_and_leaves_no_folder(compi
     code, _, err = run_cli(capsys, "run", job(tmp_path), "--out", out, "--quiet", "--scheduler",
                            "tcp://127.0.0.1:1")
     took = time.monotonic() - began
-    assert_user_error(code, err, "tcp://127.0.0.1:1", f"{cli.DEFAULT_CONNECT_TIMEOUT:g} s")
+    assert_user_error(code, err, "tcp://127.0.0.1:1", f"{cli.parser.DEFAULT_CONNECT_TIMEOUT:g} s")
     assert took < 10.0, took
     assert not out.exists()
     # the same command again is not refused as "not empty"; a shorter timeout is said
@@ -690,6 +690,35 @@ def test_connect_timeout_from_the_cluster_section(compiled, capsys, tmp_path, mo
     code, _, err = run_cli(capsys, "run", job(tmp_path), "--out", tmp_path / "o", "--quiet",
                            "--connect-timeout", "0.4")                 # the flag wins
     assert_user_error(code, err, "0.4 s")
+
+
+@pytest.mark.dask
+def test_connect_timeout_in_the_job_file(compiled, capsys, tmp_path):
+    """A job file's [cluster] connect_timeout = 2: an unreachable scheduler is given up after 2 s, not 5."""
+    pytest.importorskip("distributed")
+    text = TINY + '[cluster]\nscheduler = "tcp://127.0.0.1:1"\nconnect_timeout = 2\n'
+    out = tmp_path / "o"
+    began = time.monotonic()
+    code, _, err = run_cli(capsys, "run", job(tmp_path, text), "--out", out, "--quiet")
+    took = time.monotonic() - began
+    assert_user_error(code, err, "tcp://127.0.0.1:1")
+    assert "within 2 s" in err or "timeout 2 s" in err, err
+    assert took < 6.0, took
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("cluster, words", [
+    ("connect_timeout = 2", ["connect_timeout", "scheduler"]),
+    ("local = 2\nconnect_timeout = 2", ["connect_timeout", "scheduler"]),
+    ('scheduler = "tcp://127.0.0.1:1"\nconnect_timeout = 0', ["connect_timeout", "> 0"]),
+    ('scheduler = "tcp://127.0.0.1:1"\nconnect_timeout = true', ["connect_timeout", "number"]),
+    ('scheduler = "tcp://127.0.0.1:1"\nconnect_timeout = "5"', ["connect_timeout", "number"]),
+])
+def test_connect_timeout_in_the_job_file_is_checked(capsys, tmp_path, cluster, words):
+    """[cluster] connect_timeout is a number of seconds > 0, and only with scheduler (a cluster the
+    run connects to): refused in one line by --check, before anything is connected or written."""
+    code, _, err = run_cli(capsys, "run", job(tmp_path, TINY + "[cluster]\n" + cluster + "\n"), "--check", "--quiet")
+    assert_user_error(code, err, "[cluster]", *words)
 
 
 @pytest.mark.dask
@@ -722,7 +751,7 @@ def test_unreachable_scheduler_in_a_real_process(compiled, tmp_path):
 def test_checkpoint_goes_only_after_result_and_plots_are_written(compiled, fast_plots, capsys, tmp_path,
                                                                  monkeypatch):
     present = []
-    real = cli._write_outputs
+    real = cli.run.write_outputs
 
     def watching(result, cfg, folder):
         present.append((folder / "checkpoint.npz").is_file())
@@ -730,7 +759,7 @@ def test_checkpoint_goes_only_after_result_and_plots_are_written(compiled, fast_
         present.append((folder / "checkpoint.npz").is_file())
         return written
 
-    monkeypatch.setattr(cli, "_write_outputs", watching)
+    monkeypatch.setattr(cli.run, "write_outputs", watching)
     code, _, err = run_cli(capsys, "run", job(tmp_path), "--out", tmp_path / "o", "--quiet")
     assert_clean_run(code, err, tmp_path / "o")
     assert present == [True, True]                    # kept while the outputs were written ...
@@ -768,7 +797,7 @@ KILLED_WHILE_SAVING = textwrap.dedent("""
     from truncflow.cli import main
     def die(result, cfg, folder):
         os.kill(os.getpid(), signal.SIGKILL)          # the run has finished; nothing is saved yet
-    cli._write_outputs = die
+    cli.run.write_outputs = die
     sys.exit(main(["run", sys.argv[1], "--out", sys.argv[2], "--quiet"]))
 """)
 

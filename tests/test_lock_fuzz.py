@@ -90,7 +90,7 @@ def _no_hang(seconds):
 
 
 def _me():
-    return os.getpid(), cli._process_start(os.getpid())
+    return os.getpid(), cli.lock.process_start(os.getpid())
 
 
 # Lock contents: arbitrary bytes, and JSON objects with odd or plausible fields (this
@@ -157,8 +157,8 @@ def test_any_lock_file_gives_a_clean_run_or_a_one_line_refusal(setup, content):
             assert "in use by another truncflow run" in lines[0], err
             assert (out / LOCK).read_bytes() == content
             assert sorted(p.name for p in out.iterdir()) == [LOCK]
-            holder = cli._parse_lock(content)           # refused only for a lock of a live process
-            assert holder is not None and cli._holder_alive(holder, (out / LOCK).stat().st_mtime)
+            holder = cli.lock.parse_lock(content)           # refused only for a lock of a live process
+            assert holder is not None and cli.lock.holder_alive(holder, (out / LOCK).stat().st_mtime)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -167,7 +167,7 @@ def test_any_lock_file_gives_a_clean_run_or_a_one_line_refusal(setup, content):
 @given(content=_contents)
 def test_lock_parsing_never_raises(content):
     """The parser and the liveness check take any bytes (the part of the run above that reads them)."""
-    holder = cli._parse_lock(content)
+    holder = cli.lock.parse_lock(content)
     if holder is not None:
         assert isinstance(holder["pid"], int) and 1 <= holder["pid"] < 2**31
-        assert isinstance(cli._holder_alive(holder, 0.0), bool)
+        assert isinstance(cli.lock.holder_alive(holder, 0.0), bool)

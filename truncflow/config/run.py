@@ -43,20 +43,25 @@ def build_run(r: Reader, method: str) -> RunSection:
 
 
 def build_cluster(r: Reader, method: str) -> dict:
-    """[cluster]: {"scheduler": address} or {"local": workers, "threads_per_worker": t}, or {}."""
+    """[cluster]: {"scheduler": address} (with "connect_timeout": seconds when given) or
+    {"local": workers, "threads_per_worker": t}, or {}."""
     sec = "cluster"
     c = r.section(sec)
     scheduler = r.string(sec, c, "scheduler", default=None)
     local = r.integer(sec, c, "local", minimum=1)
     per_worker = r.integer(sec, c, "threads_per_worker", minimum=1)
+    timeout = r.number(sec, c, "connect_timeout", positive=True)
     if scheduler is not None and local is not None:
         r.fail(sec, "local", "give either scheduler (connect to a cluster) or local (start one), not both")
     if per_worker is not None and local is None:
         r.fail(sec, "threads_per_worker", "applies to local = N (a cluster this run starts)")
+    if timeout is not None and scheduler is None:
+        r.fail(sec, "connect_timeout", 'applies to scheduler = "ADDRESS" (a cluster this run connects to; '
+                                       "with --scheduler, give --connect-timeout)")
     if scheduler is None and local is None:
         return {}
     if not spec(method).runs_on(DISTRIBUTED):
         r.fail(sec, None, cluster_refusal(method, quote='"'))
     if scheduler is not None:
-        return {"scheduler": scheduler}
+        return {"scheduler": scheduler} if timeout is None else {"scheduler": scheduler, "connect_timeout": timeout}
     return {"local": local, "threads_per_worker": per_worker or 1}

@@ -94,6 +94,8 @@ SCHEMA: dict[str, dict[str, str]] = {
         "scheduler": 'address of a running Dask scheduler, e.g. "tcp://host:8786" (--scheduler overrides it)',
         "local": "start a Dask LocalCluster of this many worker processes for the run",
         "threads_per_worker": "local: Dask threads (and kernel threads) per worker process (default 1)",
+        "connect_timeout": "seconds to wait for the scheduler before giving up (default 5; --connect-timeout "
+                           "overrides it)",
     },
     "sweep": {
         "<key>": 'a list of values for a top-level key (seed) or "<section>.<key>", or a range '
