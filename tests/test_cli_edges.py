@@ -611,7 +611,7 @@ def test_failure_before_the_flow_with_overwrite_keeps_the_earlier_run(compiled, 
 def test_data_that_cannot_be_flowed_is_one_line_and_leaves_no_folder(compiled, fast_plots, capsys, tmp_path):
     out = tmp_path / "o"
     code, _, err = run_cli(capsys, "run", job(tmp_path, LATE_FAILURE), "--out", out, "--quiet")
-    assert_user_error(code, err, "could not start", "overflow")
+    assert_user_error(code, err, "initial state cannot be flowed", "overflow")
     assert not out.exists()
 
 

@@ -91,9 +91,7 @@ def run_command(args) -> int:
                                                   resume=args.resume is not None) as out:
             if args.resume is None:
                 out.write_config(cfg.text)
-            result, elapsed = _simulate(cfg, folder, args, guard=guard, out=out)
-            if len(result.t) == 0:      # stopped before its first record: nothing to save, the folder as it was
-                raise ValueError(f"the run could not start: {result.message}")
+            result, elapsed = _simulate(cfg, folder, args, guard=guard, out=out)   # raises if nothing was recorded
             out.flow_started()                              # (the run may have stopped before its first step)
             written = write_outputs(result, cfg, folder)    # a signal now is noted, not raised
             out.finish(result, written)                     # the checkpoint goes once the outputs are whole
