@@ -1,4 +1,7 @@
-"""The time-stepping loop: solver step, step-size control, records, stopping.
+"""simulate(): options checked, the run planned and executed; the steps of rk45 and gd.
+
+The loop the stepping methods share (records, the final record, stopping rules, signals,
+checkpoints) is :class:`truncflow.engine.loop.Loop`.
 
 ``method="rk45"`` drives SciPy's Dormand-Prince stepper (:class:`scipy.integrate.RK45`):
 it takes a step, estimates the local error and alone decides whether to accept
@@ -34,11 +37,12 @@ from .._validate import choice, integer, positive
 from ..data import Dataset
 from ..params import Params
 from .checkpoint import Checkpointer, fingerprint, load_checkpoint
-from .control import Interrupted, SignalGuard, stop_reason
-from .methods import (METHOD_NAMES, Status, checkpoint_refusal, placement_refusal,
+from .control import SignalGuard
+from .methods import (METHOD_NAMES, checkpoint_refusal, placement_refusal,
                       precision_refusal, spec, supporting)
 from .record import Recorder, Result, check_storable
 from .events import check_events_problem, run_events
+from .loop import Loop, _Evaluator, _Loop, _record_final  # noqa: F401 (_Evaluator, _Loop, _record_final: their old home)
 from .rhs import FlowProblem
 from .sgd import SgdSteps, check_sgd_options
 from .stepper import CompiledRK45
@@ -52,51 +56,6 @@ CHECKPOINT_METHODS = supporting("checkpoints")
 #: Methods that run on a DistributedDataset (the others need the points here).
 DISTRIBUTED_METHODS = supporting("DistributedDataset")
 _RK45_EVALS_PER_ATTEMPT = 6  # Dormand-Prince: 5 stages + the derivative at the new point (FSAL)
-
-
-class _Evaluator:
-    """``fun(t, y)`` for the stepper: remembers the last cost, gradient norm and failure."""
-
-    def __init__(self, problem: FlowProblem, guard: SignalGuard | None = None):
-        self.problem = problem
-        self.guard = guard
-        self.y = None
-        self.cost = math.nan
-        self.grad_norm = math.nan
-        self.rhs = None
-        self.failure = None  # (time, reason) of the last state that could not be evaluated
-
-    def __call__(self, t, y):
-        # y is kept, not copied: neither the steppers nor the loops write into a state
-        # they have evaluated (each step makes new arrays).
-        try:
-            c, g, gn = self.problem.evaluate_with_norm(y)
-        except ValueError as exc:  # singular or ill-conditioned cumulative weights
-            self.failure = (t, str(exc))
-            self.y, self.cost, self.grad_norm = y, math.nan, math.nan
-            self.rhs = np.full_like(y, np.nan)
-        else:
-            if not (math.isfinite(c) and math.isfinite(gn)):
-                self.failure = (t, f"non-finite cost {c} or gradient norm {gn}")
-            self.y, self.cost, self.grad_norm, self.rhs = y, c, gn, -g
-        guard = self.guard
-        if guard is not None and guard.armed and guard.received is not None:
-            guard.check()     # a signal stops the run here, between kernels (a failed evaluation too:
-        return self.rhs       # SciPy retries a NaN derivative with ever smaller steps)
-
-    def restore_last(self, y, cost, grad_norm, rhs):
-        """Remember an evaluation made in compiled code (``CompiledRK45``): its arrays are kept."""
-        self.y, self.cost, self.grad_norm, self.rhs = y, float(cost), float(grad_norm), rhs
-
-    def restore(self, y, cost, grad_norm, rhs):
-        """Remember an evaluation made before a checkpoint (no pass over the points)."""
-        self.y, self.cost, self.grad_norm, self.rhs = np.array(y), float(cost), float(grad_norm), np.array(rhs)
-
-    def at(self, y):
-        """(cost, gradient norm) at y, evaluating again unless y was the last point."""
-        if self.y is None or (self.y is not y and not np.array_equal(self.y, y)):
-            self(None, y)
-        return self.cost, self.grad_norm
 
 
 def _record_schedule(t_end, record_times, n_records):
@@ -121,7 +80,8 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
              callback=None, config: dict | None = None, record_truncation_times: bool = False,
              checkpoint=None, checkpoint_every: float = 60.0, resume: bool = False,
              keep_checkpoint: bool = False, precision: str = "float64", batch_size: int | None = None,
-             replacement: bool = False, seed: int | None = None, momentum: float = 0.0) -> Result:
+             replacement: bool = False, seed: int | None = None, momentum: float = 0.0,
+             kink_options=None) -> Result:
     """Integrate the gradient flow ``d/ds theta = -grad C(theta)`` (MODEL.md section 8).
 
     Args:
@@ -144,7 +104,7 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
             change, follows sliding modes (Filippov), and corrects many crossings per
             step in bulk; :mod:`truncflow.engine.kinks`; counts in
             ``result.config["kinks"]``, sliding intervals in
-            ``result.arrays["sliding_intervals"]``), or "sgd" (stochastic gradient
+            ``result.arrays["sliding_intervals"]``; its choices: ``kink_options``), or "sgd" (stochastic gradient
             descent: steps of length ``lr`` along the gradient of a minibatch of
             ``batch_size`` points; :mod:`truncflow.engine.sgd`).
         train: "all", "weights" or "biases": which parameters move (the output layer's
@@ -191,6 +151,11 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
             and records bit for bit. Records are full passes at the record times;
             ``cost_tol`` and ``grad_tol`` are checked there; ``max_evals`` counts batch
             passes and record passes; ``callback(t, cost)`` gets the batch's cost.
+        kink_options: "kinks" only (ValueError for another method): a
+            :class:`truncflow.engine.kinks.KinkOptions` (ValueError for anything else), the
+            choices of the kink-exact integrator for this run. Default None: those of the
+            innermost ``with truncflow.engine.kinks.using(KinkOptions(...)):`` around the
+            call (scoped to its thread or task), else ``KinkOptions()``'s defaults.
 
     Where the passes over the points run follows the dataset: here, on a GPU
     (``dataset.to("cuda")``: the points stay on the device for the whole run, each
@@ -214,7 +179,8 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
                  grad_tol=grad_tol, max_evals=max_evals, max_time=max_time, callback=callback, config=config,
                  record_truncation_times=record_truncation_times, checkpoint=checkpoint,
                  checkpoint_every=checkpoint_every, resume=resume, keep_checkpoint=keep_checkpoint,
-                 precision=precision, batch_size=batch_size, replacement=replacement, seed=seed, momentum=momentum)
+                 precision=precision, batch_size=batch_size, replacement=replacement, seed=seed, momentum=momentum,
+                 kink_options=kink_options)
     with SignalGuard() as guard:
         return _execute(plan, guard)
 
@@ -222,7 +188,8 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
 def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rtol, atol, lr, first_step,
           max_step, record_times, n_records, cost_tol, grad_tol, max_evals, max_time, callback, config,
           record_truncation_times, checkpoint, checkpoint_every, resume, keep_checkpoint,
-          precision, batch_size=None, replacement=False, seed=None, momentum=0.0) -> SimpleNamespace:
+          precision, batch_size=None, replacement=False, seed=None, momentum=0.0,
+          kink_options=None) -> SimpleNamespace:
     """Check every option of :func:`simulate` and build what a run needs (no pass over the points yet)."""
     choice(method, "method", METHODS)
     t_end = positive(t_end, "t_end")
@@ -261,6 +228,7 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
         if given:
             raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to method='sgd' only, "
                              f"not {method!r}")
+    _check_kink_options(kink_options, method)
     if not isinstance(record_truncation_times, bool):
         raise ValueError(f"record_truncation_times must be True or False, got {record_truncation_times!r}")
     if record_truncation_times and method != "events":
@@ -309,7 +277,7 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
     return SimpleNamespace(problem=problem, method=method, t_end=t_end, schedule=schedule, recorder=recorder,
                            opts=opts, rules=rules, callback=callback, checkpoint=checkpoint,
                            checkpoint_every=checkpoint_every, resume=resume, keep_checkpoint=keep_checkpoint,
-                           flow_options=flow_options,
+                           flow_options=flow_options, kink_options=kink_options,
                            record_truncation_times=record_truncation_times)
 
 
@@ -323,7 +291,7 @@ def _execute(plan, guard) -> Result:
         from .kinks import run_kinks
         return run_kinks(problem, t_end, schedule, recorder,
                          dict(rtol=opts["rtol"], atol=opts["atol"], first_step=opts["first_step"],
-                              max_step=opts["max_step"]), rules, callback, guard)
+                              max_step=opts["max_step"]), rules, callback, guard, options=plan.kink_options)
     saver = restored = None
     if plan.checkpoint is not None:
         prints = fingerprint(problem, plan.flow_options, schedule)
@@ -371,6 +339,18 @@ def _clamped_rtol(rtol: float) -> float:
     return MIN_RTOL
 
 
+def _check_kink_options(kink_options, method) -> None:
+    """kink_options: None, or a KinkOptions with method="kinks"."""
+    if kink_options is None:
+        return
+    if method != "kinks":
+        raise ValueError(f"kink_options applies to method='kinks' only, not {method!r}")
+    from .kinks.options import KinkOptions
+    if not isinstance(kink_options, KinkOptions):
+        raise ValueError(f"kink_options must be a truncflow.engine.kinks.KinkOptions (or None), "
+                         f"got {type(kink_options).__name__}")
+
+
 def _non_negative(value, name):
     try:
         v = float(value)
@@ -381,171 +361,7 @@ def _non_negative(value, name):
     return v
 
 
-def _record_final(recorder, record, t, y, problem, status):
-    """Record the last valid state reached (t, y), unless it is already the last record."""
-    if y is None:
-        return
-    if Status(status).abnormal:
-        if not np.all(np.isfinite(y)):
-            return
-        try:
-            problem.unpack(y)
-        except ValueError:
-            return
-    if recorder.last_time is not None and t <= recorder.last_time:
-        return
-    try:
-        record(t, y)
-    except (Exception, Interrupted):  # the final state cannot be observed (or a signal stopped the
-        pass                          # compilation of its kernels): keep the records made so far
-
-
-class _Loop:
-    """What the rk45 and gd loops share: records, stopping rules, signals, checkpoints.
-
-    A subclass implements ``_start()`` (a fresh run after the record at 0), ``_advance()``
-    (one accepted step; returns a status to stop with, or None), ``_state()`` /
-    ``_restore()`` (its own part of a checkpoint) and ``_last_accepted()`` ((t, y) of
-    the last accepted state).
-    """
-
-    def __init__(self, problem, t_end, schedule, recorder, opts, rules, callback, guard, saver):
-        self.problem, self.t_end, self.recorder = problem, t_end, recorder
-        self.opts, self.rules, self.callback = opts, rules, callback
-        self.guard, self.saver = guard, saver
-        self.fun = _Evaluator(problem, guard)
-        self.counters = {"accepted": 0, "rejected": 0, "evaluations": 0}
-        self.pending = list(schedule[1:])
-        self.started = time.monotonic()
-
-    #: leave the checkpoint of a finished run in place (simulate's keep_checkpoint)
-    keep_checkpoint = False
-    #: (y, its Params, its Observation) made ahead of the record of state y (an ensemble
-    #: observes its members together, ``engine.ensemble``), or None
-    observed = None
-
-    def record(self, t, y):
-        armed, self.guard.armed = self.guard.armed, False   # a record is never cut in half
-        observed, self.observed = self.observed, None
-        try:
-            self.fun.at(y)
-            self.counters["evaluations"] = self.problem.n_evaluations
-            if observed is not None and np.array_equal(observed[0], y):
-                params, obs = observed[1:]
-            else:
-                params, obs = self.problem.unpack(y), None
-            self.recorder.record(float(t), params, self.fun.grad_norm, self.counters, obs)
-        finally:
-            self.guard.armed = armed
-
-    def stop_reason(self, cost, grad_norm):
-        return stop_reason(cost, grad_norm, self.problem.n_evaluations, self.started, self.rules)
-
-    def _checkpoint_state(self):
-        """(scalars, arrays) of the whole loop after an accepted step."""
-        scalars, arrays = self._state()
-        rec_scalars, rec_arrays = self.recorder.state()
-        scalars.update(recorder=rec_scalars, counters=dict(self.counters), pending=list(map(float, self.pending)),
-                       evaluations=self.problem.n_evaluations, elapsed=time.monotonic() - self.started,
-                       cost=self.fun.cost, grad_norm=self.fun.grad_norm)
-        arrays.update(rec_arrays)
-        arrays.update(eval_y=np.array(self.fun.y), eval_rhs=np.array(self.fun.rhs))
-        return scalars, arrays
-
-    def _resume(self, scalars, arrays):
-        self.recorder.restore(scalars["recorder"], arrays)
-        self.counters = {k: int(v) for k, v in scalars["counters"].items()}
-        self.pending = [float(v) for v in scalars["pending"]]
-        self.problem.n_evaluations = int(scalars["evaluations"])
-        self.started = time.monotonic() - float(scalars["elapsed"])
-        self.fun.restore(arrays["eval_y"], scalars["cost"], scalars["grad_norm"], arrays["eval_rhs"])
-        self._restore(scalars, arrays)
-
-    def checkpoint(self, force=False):
-        if self.saver is not None:
-            self.saver.offer(self._checkpoint_state, force=force)
-
-    def run(self, restored=None) -> Result:
-        """Step until a stopping rule, t_end, a failure or a signal; return the Result."""
-        status, detail = self.begin(restored)
-        if status is None:
-            status, detail = self.guarded(self._steps)
-        return self.end(status, detail)
-
-    def begin(self, restored=None):
-        """Evaluate and record the initial state (or resume); returns (status, detail), status
-        None when the run goes on. Raises ValueError when the initial state cannot be flowed."""
-        if restored is None:
-            y0 = self.problem.pack(self.problem.params)
-            self.guard.armed = False            # a signal already noted stops the run after its first record
-            cost, gn = self.fun.at(y0)
-            self.guard.armed = True
-            if self.fun.failure is not None or not (math.isfinite(cost) and math.isfinite(gn)):
-                reason = self.fun.failure[1] if self.fun.failure else f"cost {cost}, gradient norm {gn}"
-                raise ValueError(f"the initial state cannot be flowed: {reason}")
-
-        def first():
-            if restored is not None:
-                self._resume(*restored)
-                finished = restored[0].get("finished")      # the checkpoint of a run that had ended
-                return (None, "") if finished is None else (finished["status"], finished["detail"])
-            self.record(0.0, y0)
-            status = self.stop_reason(self.fun.cost, self.fun.grad_norm)
-            if status is None:
-                self._start()
-                self.checkpoint(force=True)
-            return status, ""
-        return self.guarded(first)
-
-    def guarded(self, body):
-        """``body()`` -> (status, detail), with a signal, Ctrl-C or an error turned into a status."""
-        try:
-            return body()
-        except Interrupted as exc:
-            return "interrupted", f"signal {exc.signal_name}"
-        except KeyboardInterrupt:      # no guard (not the main thread): the usual exception
-            return "interrupted", "KeyboardInterrupt"
-        except Exception as exc:  # keep what was recorded; say what happened
-            return "failed", f"{type(exc).__name__}: {exc}"
-
-    def _steps(self):
-        status = detail = None
-        while status is None:
-            status, detail = self._advance()   # signals stop it between evaluations only
-            if status is None:
-                self.checkpoint()
-                self.guard.check()             # ... or here, between steps
-        return status, detail
-
-    def end(self, status, detail) -> Result:
-        """Checkpoint or clean up, record the last state reached, and return the Result.
-
-        Raises :class:`Interrupted` when a signal stopped the run before its first record
-        was complete: there is no Result to return."""
-        self.guard.armed = False   # the final record and the files are written whatever comes now
-        t, y = self._last_accepted()
-        if self.saver is not None and y is not None and Status(status).ended_early:
-            self.checkpoint(force=True)         # the loop is between two steps
-        _record_final(self.recorder, self.record, t, y, self.problem, status)
-        if self.recorder.n_records == 0:        # the initial state could not even be recorded
-            if status == "interrupted":
-                raise Interrupted(self.guard.received or "SIGINT")
-            raise ValueError(f"the initial state cannot be flowed: {detail or status}")
-        if self.saver is not None and Status(status).success:
-            if self.keep_checkpoint and y is not None:
-                self.saver.offer(lambda: self._finished_state(status, detail), force=True)
-            else:
-                self.saver.remove()
-        return self.recorder.result(status, detail)
-
-    def _finished_state(self, status, detail):
-        """The checkpoint of a finished run: its whole state, the final record and why it ended."""
-        scalars, arrays = self._checkpoint_state()
-        scalars["finished"] = {"status": status, "detail": detail}
-        return scalars, arrays
-
-
-class _Rk45Loop(_Loop):
+class _Rk45Loop(Loop):
     """SciPy's Dormand-Prince stepper; records at scheduled times from its dense output."""
 
     solver = None
@@ -621,7 +437,7 @@ class _Rk45Loop(_Loop):
         return self.stop_reason(cost, gn), ""
 
 
-class _GdLoop(_Loop):
+class _GdLoop(Loop):
     """Gradient descent: Euler steps of length lr; records the first iterate at or after each time.
 
     When the points fit one chunk the steps run in compiled code (``kernels.descent``)
@@ -716,9 +532,9 @@ class _GdLoop(_Loop):
         return status, ""
 
 
-class _SgdLoop(SgdSteps, _Loop):
+class _SgdLoop(SgdSteps, Loop):
     """Stochastic gradient descent: the steps of :class:`truncflow.engine.sgd.SgdSteps`, the
-    records, stopping rules, signals and checkpoints of :class:`_Loop`."""
+    records, stopping rules, signals and checkpoints of :class:`truncflow.engine.loop.Loop`."""
 
 
 #: Wall-clock seconds a compiled call of gradient-descent steps aims at: signals,

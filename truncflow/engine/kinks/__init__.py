@@ -21,14 +21,16 @@ The parts (ARCHITECTURE.md, "The kink-exact integrator in parts"):
   exits and their times, the Newton projection onto the sliding hyperplanes.
 * ``bulk.py`` -- the bulk corrector: jump integrals, the corrected path, the error estimate.
 * ``controller.py`` -- the step controller: stepper, step limits, the verdict on a bulk step.
-* ``integrator.py`` -- the driver: steps, records, stops, signals; :func:`run_kinks`.
+* ``integrator.py`` -- the driver: the steps on the shared loop (``engine/loop.py``: records,
+  stops, signals); :func:`run_kinks`.
 * ``bits.py`` -- bit-packed patterns.
 
 Counts and choices are reported in ``result.config["kinks"]``; the sliding intervals
 (point, layer, coordinate, entry time, exit time) in ``result.arrays["sliding_intervals"]``.
 
-Options: ``run_kinks(..., options=KinkOptions(bulk=False))``, or around :func:`simulate`
-(which does not take them yet) ``with kinks.using(KinkOptions(bulk=False)): tf.simulate(...)``.
+Options: ``simulate(..., method="kinks", kink_options=KinkOptions(bulk=False))`` or
+``run_kinks(..., options=KinkOptions(bulk=False))``; or, scoped around the calls,
+``with kinks.using(KinkOptions(bulk=False)): tf.simulate(...)`` (an explicit ``kink_options`` wins).
 The module globals of the single-module version (``BULK``, ``_DOP853_BELOW``, ...) are gone;
 setting one raises an AttributeError that names its option.
 """

@@ -4,18 +4,19 @@ After each accepted frozen-pattern step it asks the locator (``locate.py``) whic
 pattern or may have dipped across a hyperplane, the Filippov projector (``filippov.py``) which
 sliding coordinates leave, the bulk corrector (``bulk.py``) for the corrected step and its error,
 the step controller (``controller.py``) what to do with it, and applies the outcome through the
-frozen-pattern model's methods (``model.py``). It records at the scheduled times, stops on the
-rules, honours signals, and reports counts in ``result.config["kinks"]``.
+frozen-pattern model's methods (``model.py``). The run itself is the loop every stepping method
+shares (:class:`truncflow.engine.loop.Loop`: records, the final record, stopping rules, signals);
+this module gives it the steps and reports counts in ``result.config["kinks"]``.
 """
 from __future__ import annotations
 
 import math
-import time
 from typing import NamedTuple
 
 import numpy as np
 
-from ..control import Interrupted, stop_reason as _stop_reason
+from ..control import SignalGuard
+from ..loop import Loop
 from .bulk import BulkCorrector
 from .controller import StepController, Verdict
 from .filippov import exit_time, exits, newton_projection, switch_decision
@@ -43,48 +44,32 @@ class _Stats(dict):
                          projections=0, dip_candidates=0, unresolved_crossings=0, late_crossings=0, max_crossings_per_step=0)
 
 
-class _RecordEvaluator:
-    """(cost, gradient norm) of the true flow at a record's state, evaluating again unless it is the
-    state of the last record (as ``integrate._Evaluator.at`` does)."""
+class KinkIntegrator(Loop):
+    """The steps of ``method="kinks"`` on the shared loop (:class:`truncflow.engine.loop.Loop`).
 
-    def __init__(self, problem):
-        self.problem = problem
-        self.y = None
-        self.cost = self.grad_norm = math.nan
+    The loop's evaluator (``self.fun``) evaluates the true flow for the records; the stepper
+    integrates the frozen-pattern flow (:meth:`frozen_fun`). Runs are not checkpointed (the
+    method registry refuses ``checkpoint=``): the loop gets no saver, so it never asks for
+    ``_state`` / ``_restore``."""
 
-    def at(self, y):
-        if self.y is None or (self.y is not y and not np.array_equal(self.y, y)):
-            try:
-                c, _, gn = self.problem.evaluate_with_norm(y)
-            except ValueError:      # singular or ill-conditioned cumulative weights
-                c, gn = math.nan, math.nan
-            self.y, self.cost, self.grad_norm = y, c, gn
-        return self.cost, self.grad_norm
+    solver = None
+    last = None             # the last accepted state (_Last), from the first step on
 
-
-class KinkIntegrator:
     def __init__(self, problem, t_end, schedule, recorder, opts, rules, callback, guard=None, options=None):
         if options is None:
             options = opts.get("kinks") or _current_options()
         if not isinstance(options, KinkOptions):
             raise TypeError(f"options must be a KinkOptions, got {type(options).__name__}")
+        if guard is None:       # not entered: notes no signal, check() never raises
+            guard = SignalGuard()
+        super().__init__(problem, t_end, schedule, recorder, opts, rules, callback, guard, None)
         self.options = options
-        self.problem = problem
-        self.t_end = t_end
-        self.recorder = recorder
-        self.opts = opts
-        self.rules = rules
-        self.callback = callback
-        self.pending = list(schedule[1:])
         self.rtol, self.atol = opts["rtol"], opts["atol"]
         self.control = StepController(options, self.rtol, opts["max_step"])
         self.Stepper = self.control.Stepper
         self.stats = _Stats(self.Stepper.__name__)
         self.quad = Quadrature(options.nodes)
-        self.counters = {"accepted": 0, "rejected": 0, "evaluations": 0}
-        self.guard = guard
-        self.rec_fun = _RecordEvaluator(problem)
-        self.failure = None
+        self.failure = None     # (time, reason) of the last frozen-flow state that could not be evaluated
         self.intervals = []     # [i, l, k, t_in, t_out]
         self._ends = None       # (pattern version, a, da) at the end of the last step ...
         self._ends_key = None   # ... and the state there (bytes)
@@ -101,7 +86,8 @@ class KinkIntegrator:
         self.bulk = BulkCorrector(model, self.quad, self.options)
 
     # --------------------------------------------------------------- plumbing
-    def fun(self, t, y):
+    def frozen_fun(self, t, y):
+        """``fun(t, y)`` of the stepper: the velocity of the frozen-pattern flow."""
         try:
             ev = self.pieces.full(y)
         except ValueError as exc:
@@ -111,22 +97,13 @@ class KinkIntegrator:
             if not (math.isfinite(ev.cost) and math.isfinite(ev.grad_norm)):
                 self.failure = (t, f"non-finite cost {ev.cost} or gradient norm {ev.grad_norm}")
             v = ev.v
-        if self.guard is not None:
-            self.guard.check()          # a signal stops the run here, between kernels (a failed
-        return v                        # evaluation too: the stepper retries it with smaller steps)
+        self.guard.check()          # a signal stops the run here, between kernels (a failed
+        return v                    # evaluation too: the stepper retries it with smaller steps)
 
     def record(self, t, y):
-        armed = None
-        if self.guard is not None:
-            armed, self.guard.armed = self.guard.armed, False   # a record is never cut in half
-        try:
-            cost, gn = self.rec_fun.at(y)
-            self.counters["evaluations"] = self.problem.n_evaluations
-            self.counters["sliding"] = self._sliding_counts()
-            self.recorder.record(float(t), self.problem.unpack(y), gn, self.counters)
-        finally:
-            if self.guard is not None:
-                self.guard.armed = armed
+        """The loop's record, with the sliding counts of the moment in its counters."""
+        self.counters["sliding"] = self._sliding_counts()
+        super().record(t, y)
 
     def _sliding_counts(self):
         """(L, Q) int64: points of each cluster held on a hyperplane of each layer (sliding)."""
@@ -142,7 +119,7 @@ class KinkIntegrator:
         if t >= self.t_end:
             return
         h = self.control.first_step(h, t, self.t_end)
-        self.solver = self.Stepper(self.fun, t, y, self.t_end, rtol=self.rtol, atol=self.atol,
+        self.solver = self.Stepper(self.frozen_fun, t, y, self.t_end, rtol=self.rtol, atol=self.atol,
                                    first_step=h, max_step=self.opts["max_step"] or np.inf)
         self.solver.max_step = self.control.max_step()
 
@@ -156,92 +133,70 @@ class KinkIntegrator:
             if it[0] == i and it[1] == l and it[2] == k and it[4] is None:
                 it[4] = t
     # ----------------------------------------------------------------- the run
-    def run(self):
-        problem = self.problem
-        started = time.monotonic()
-        self.pieces = FrozenModel(problem, self.options)
-        y0 = problem.pack(problem.params)
-        self.record(0.0, y0)
+    def run(self, restored=None):
+        """The loop's run (:meth:`Loop.run`) with a fresh frozen-pattern model."""
+        if restored is not None:
+            raise ValueError("kinks runs are not checkpointed yet: there is nothing to resume")
+        self.pieces = FrozenModel(self.problem, self.options)
+        return super().run()
+
+    def _initial_measure(self, y0):
+        """The stopping rules look at the frozen-pattern evaluation of y0 (the one the stepper starts from)."""
+        ev = self.pieces.full(y0)
+        return ev.cost, ev.grad_norm
+
+    def _start(self):
+        y0 = self.problem.pack(self.problem.params)
         self.last = _Last(0.0, y0)
-        status, detail = None, ""
-        self.solver = None
-        try:
-            ev = self.pieces.full(y0)
-            status = _stop_reason(ev.cost, ev.grad_norm, problem.n_evaluations, started, self.rules)
-            if status is None:
-                self.start(0.0, y0, self.opts["first_step"])
-            while status is None:
-                t0, ya = self.solver.t, self.solver.y
-                nfev = self.solver.nfev
-                message = self.solver.step()
-                attempts = (self.solver.nfev - nfev) // self.solver.n_stages
-                if self.solver.status == "failed":
-                    if self.failure is not None:
-                        status, detail = "diverged", (f"at t = {self.solver.t:.6g} the flow reached a state it "
-                                                      f"cannot evaluate ({self.failure[1]})")
-                    else:
-                        status, detail = "failed", f"at t = {self.solver.t:.6g}: {message}"
-                    break
-                self.counters["rejected"] += max(attempts - 1, 0)
-                self.failure = None
-                t1, y1 = self.solver.t, self.solver.y
-                progressed = self.after_step(t0, ya, t1, y1)
-                if progressed is None:      # step redone shorter: no progress
-                    continue
-                t_new, y_new = progressed
-                if not self.control.progressed(t_new, t0):
-                    status, detail = "failed", (f"at t = {t_new:.6g}: {self.options.max_stuck} events in a row "
-                                                f"without progress")
-                    break
-                self.counters["accepted"] += 1
-                self.last = _Last(t_new, y_new)
-                ev = self.pieces.full(y_new)
-                if not (math.isfinite(ev.cost) and math.isfinite(ev.grad_norm)):
-                    status, detail = "diverged", f"at t = {t_new:.6g}: non-finite cost"
-                    break
-                if self.callback is not None:
-                    self.callback(t_new, ev.cost)
-                if t_new >= self.t_end:
-                    status = "t_end"
-                    break
-                status = _stop_reason(ev.cost, ev.grad_norm, problem.n_evaluations, started, self.rules)
-                if status is None and self.guard is not None:
-                    self.guard.check()
-        except Interrupted as exc:
-            status, detail = "interrupted", f"signal {exc.signal_name}"
-        except KeyboardInterrupt:
-            status, detail = "interrupted", "KeyboardInterrupt"
-        except Exception as exc:  # keep what was recorded; say what happened
-            status, detail = "failed", f"{type(exc).__name__}: {exc}"
-        if self.guard is not None:
-            self.guard.armed = False
-        self._record_final(status)
-        for it in self.intervals:
-            if it[4] is None:
-                it[4] = self.last.t
-        result = self.recorder.result(status, detail)
-        self.stats["evaluations"] = int(problem.n_evaluations)
+        self.start(0.0, y0, self.opts["first_step"])
+
+    def _last_accepted(self):
+        return (None, None) if self.last is None else (self.last.t, self.last.y)
+
+    def _advance(self):
+        """Step until the state moves on (a redone step is no progress); returns (status, detail)."""
+        while True:
+            t0, ya = self.solver.t, self.solver.y
+            nfev = self.solver.nfev
+            message = self.solver.step()
+            attempts = (self.solver.nfev - nfev) // self.solver.n_stages
+            if self.solver.status == "failed":
+                if self.failure is not None:
+                    return "diverged", (f"at t = {self.solver.t:.6g} the flow reached a state it "
+                                        f"cannot evaluate ({self.failure[1]})")
+                return "failed", f"at t = {self.solver.t:.6g}: {message}"
+            self.counters["rejected"] += max(attempts - 1, 0)
+            self.failure = None
+            t1, y1 = self.solver.t, self.solver.y
+            progressed = self.after_step(t0, ya, t1, y1)
+            if progressed is not None:      # None: step redone shorter, no progress
+                break
+        t_new, y_new = progressed
+        if not self.control.progressed(t_new, t0):
+            return "failed", f"at t = {t_new:.6g}: {self.options.max_stuck} events in a row without progress"
+        self.counters["accepted"] += 1
+        self.last = _Last(t_new, y_new)
+        ev = self.pieces.full(y_new)
+        if not (math.isfinite(ev.cost) and math.isfinite(ev.grad_norm)):
+            return "diverged", f"at t = {t_new:.6g}: non-finite cost"
+        if self.callback is not None:
+            self.callback(t_new, ev.cost)
+        if t_new >= self.t_end:
+            return "t_end", ""
+        return self.stop_reason(ev.cost, ev.grad_norm), ""
+
+    def end(self, status, detail):
+        """The loop's end (the final record, the Result), with the counts and the sliding intervals."""
+        result = super().end(status, detail)
+        if self.last is not None:
+            for it in self.intervals:
+                if it[4] is None:
+                    it[4] = self.last.t
+        self.stats["evaluations"] = int(self.problem.n_evaluations)
         result.config["kinks"] = dict(self.stats)
         result.arrays["sliding_intervals"] = np.array([[float(v) for v in it] for it in self.intervals],
                                                       dtype=np.float64).reshape(-1, 5)
         return result
-
-    def _record_final(self, status):
-        """Record the last accepted state unless it is already the last record (as the rk45 loop does)."""
-        t, y = self.last.t, self.last.y
-        if status in ("diverged", "failed", "interrupted"):
-            if not np.all(np.isfinite(y)):
-                return
-            try:
-                self.problem.unpack(y)
-            except ValueError:
-                return
-        if self.recorder.last_time is not None and t <= self.recorder.last_time:
-            return
-        try:
-            self.record(t, y)
-        except (Exception, Interrupted):   # a signal stopped the compilation of its kernels
-            pass
 
     # -------------------------------------------------------- after each step
     def after_step(self, t0, ya, t1, y1):

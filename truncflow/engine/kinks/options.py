@@ -81,8 +81,9 @@ def current() -> KinkOptions:
 
 @contextlib.contextmanager
 def using(options: KinkOptions):
-    """Runs of ``method="kinks"`` started inside use ``options`` (until :func:`simulate` takes them
-    as an argument). Scoped to this context (thread, task); nothing global is changed."""
+    """Runs of ``method="kinks"`` started inside use ``options``, unless they are given their own
+    (``simulate(..., kink_options=...)``, ``run_kinks(..., options=...)``). Scoped to this context
+    (thread, task); nothing global is changed."""
     if not isinstance(options, KinkOptions):
         raise TypeError(f"using() needs a KinkOptions, got {type(options).__name__}")
     token = _current.set(options)
