@@ -1,4 +1,5 @@
-"""Shared helpers: a seeded random problem generator and a relative comparison."""
+"""Shared helpers: a seeded random problem generator and a relative comparison; and the
+line that says how many tests marked `long` the default run left out (docs/TESTING.md)."""
 from __future__ import annotations
 
 import warnings
@@ -7,6 +8,20 @@ from dataclasses import dataclass
 import numpy as np
 
 import truncflow as tf
+
+_long_left_out = []
+
+
+def pytest_deselected(items):
+    _long_left_out.extend(item for item in items if item.get_closest_marker("long"))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """pyproject.toml's addopts deselect the `long` tests; say so, and how to run them."""
+    if _long_left_out and config.getoption("markexpr") == "not long":
+        terminalreporter.write_line(
+            f"{len(_long_left_out)} deselected tests are marked long (long end-to-end and statistical "
+            f"runs, left out by -m \"not long\" in pyproject.toml): python -m pytest -q -m long runs them")
 
 
 @dataclass

@@ -158,6 +158,7 @@ def test_gd_layer_flow_with_record_times(capsys, tmp_path):
     np.testing.assert_allclose(r.t, [0.0, 0.5, 1.0, 1.5, 2.0], rtol=1e-9)
 
 
+@pytest.mark.long  # end-to-end run on float32 points: compiles their kernels
 def test_output_cost_onehot_and_file_data(capsys, tmp_path):
     rng = np.random.default_rng(0)
     pts = np.concatenate([rng.normal(-2, 0.5, (1500, 2)), rng.normal(2, 0.5, (1500, 2))])

@@ -272,6 +272,7 @@ def test_config_float32_overflow_of_file_points(tmp_path):
         load_config(_file_config(tmp_path, [0, 1], '"means"', dtype="float32", values=values))
 
 
+@pytest.mark.long  # compiles the gradient kernels for a strided read-only (memory-mapped) array
 def test_a_memory_mapped_npy_stays_in_its_file(tmp_path):
     rng = np.random.default_rng(0)
     table = np.column_stack([rng.standard_normal((3000, 2)), rng.integers(0, 2, 3000)])

@@ -75,7 +75,7 @@ CASES = [  # (L, M, N, kind, wrt, P): M = 1, M not a multiple of the block, M > 
 
 
 @pytest.mark.parametrize("L,M,N,kind,wrt,P", CASES)
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype", [np.float64, pytest.param(np.float32, marks=pytest.mark.long)])  # long: float32 kernels
 def test_evaluate_is_the_public_gradient_bit_for_bit(L, M, N, kind, wrt, P, dtype):
     pr = make_problem(11, L=L, M=M, N=N, Q=3, P=P)
     ds = pr.dataset(kind, pr.points.astype(dtype))
@@ -147,6 +147,7 @@ def single_runs(params, datasets, t_end, **options):
 
 
 @pytest.mark.parametrize("kind,wrt", [("input", "layers"), ("output", "cumulative")])
+@pytest.mark.long  # compiles the ensemble kernels (descend_many, observe_many)
 def test_gradient_descent_ensemble_equals_single_runs(kind, wrt):
     rng = np.random.default_rng(1)
     x, lab = rng.standard_normal((64, 2)), rng.integers(0, 3, 64)
@@ -219,6 +220,7 @@ def test_unpack_builds_the_params_the_constructors_build(wrt):
     assert got.is_aligned == (wrt == "aligned")
 
 
+@pytest.mark.long  # its SIGINT comes 0.5 s in: the ensemble kernels must be compiled (by the long tests above)
 def test_a_signal_stops_every_member_with_what_it_recorded():
     import os
     import signal
@@ -236,6 +238,7 @@ def test_a_signal_stops_every_member_with_what_it_recorded():
         assert r.n_records >= 2 and 0 < r.t[-1] < 1e5          # the records so far and the last state
 
 
+@pytest.mark.long  # compiles the ensemble kernels for float32 points
 def test_ensemble_of_aligned_members_float32_points_and_one_that_diverges():
     rng = np.random.default_rng(4)
     M = 2

@@ -268,6 +268,7 @@ def test_events_with_frozen_layer():
     assert np.abs(r.thresholds[-1, 0] - r.thresholds[0, 0]).max() > 1e-2
 
 
+@pytest.mark.long  # compiles the kernels for float32 points
 def test_float32_points():
     params, ds = one_layer_problem()
     ds32 = tf.Dataset(ds.points.astype(np.float32), ds.labels, ds.targets)

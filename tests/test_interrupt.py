@@ -29,7 +29,7 @@ import pytest
 import truncflow as tf
 from truncflow.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.long     # end-to-end runs in subprocesses, signals at random moments
 
 #: Long enough (a few seconds) that a signal at a random moment falls inside the run.
 JOB = """

@@ -383,6 +383,7 @@ def test_model_section7_layer_to_cumulative_formula():
 
 
 # ------------------------------------------------------- dtypes and memory layouts
+@pytest.mark.long  # compiles the kernels for float32 points
 def test_float32_points():
     prob = make_problem(41, L=2, M=5, N=20, P=2)
     x32 = prob.points.astype(np.float32)
@@ -406,6 +407,7 @@ def test_float32_points():
 
 
 @pytest.mark.parametrize("view", ["fortran", "rows", "cols", "both"])
+@pytest.mark.long  # compiles the kernels for Fortran-ordered and strided points
 def test_layouts(view):
     prob = make_problem(51, L=3, M=4, N=40, P=2)
     base = prob.points

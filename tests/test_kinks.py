@@ -110,6 +110,7 @@ def test_jvp_of_all_points_is_the_subset_jvp(wrt):
     np.testing.assert_allclose(da, da_sub, rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.long  # dense sampling of many random steps
 def test_hermite_dips_kernel_against_dense_sampling():
     # random end values and rates; reference: the Hermite cubic sampled on a fine grid
     rng = np.random.default_rng(3)
@@ -153,6 +154,7 @@ def test_a_dip_inside_a_step_is_flagged():
         assert k._dips(y, 1.0, y.copy()).tolist() == ([0] if dips else [])
 
 
+@pytest.mark.long  # dense sampling of many random steps
 def test_first_crossings_against_dense_sampling():
     # random degree-8 polynomials on [-1, 1], some with narrow dips through zero between grid points
     rng = np.random.default_rng(5)
@@ -318,6 +320,7 @@ def _three_clusters(N=300):
     return p, tf.Dataset(x, lab, centers + rng.standard_normal((3, 4)))
 
 
+@pytest.mark.long  # two end-to-end kinks runs
 def test_bulk_correction_matches_locating_every_crossing():
     # three clusters: tens of crossings per step, corrected in bulk, against every crossing located
     p, ds = _three_clusters()
@@ -413,6 +416,7 @@ def test_records_count_the_sliding_points():
     assert checked >= 1                    # some record fell inside a sliding interval
 
 
+@pytest.mark.long  # end-to-end kinks run
 def test_many_points_meeting_a_hyperplane_at_once_cumulative_flow():
     """The three clusters above in the cumulative flow: near t = 1.2 a hyperplane of layer 2 comes
     to contain a face of layer 1 onto which dozens of points were truncated, so they all reach it at
@@ -438,6 +442,7 @@ def test_many_points_meeting_a_hyperplane_at_once_cumulative_flow():
                           "on some hosts and not on others: whether it goes through depends on the last bits of "
                           "the arithmetic (it stalled on the hosts of earlier sessions and goes through on an AMD "
                           "EPYC znver4 host with numpy 2.4.6, scipy 1.17.1, numba 0.68.1)", strict=False)
+@pytest.mark.long  # end-to-end kinks run, N = 300
 def test_the_face_in_a_hyperplane_at_n300_rtol_1e8():
     p, ds = _three_clusters(300)
     r = tf.simulate(p, ds, 1.3, method="kinks", rtol=1e-8, atol=1e-10, record_times=[1.3], max_evals=40000)
@@ -449,6 +454,7 @@ def test_the_face_in_a_hyperplane_at_n300_rtol_1e8():
                           "unresolved) on an AMD EPYC znver4 host with numpy 2.4.6, scipy 1.17.1, numba 0.68.1; "
                           "the same code went through on the hosts of earlier sessions and CI, and goes through "
                           "there with atol 1e-11 or rtol 3e-10: the last bits of the arithmetic decide it", strict=False)
+@pytest.mark.long  # end-to-end kinks run at tight tolerances
 def test_output_cost_reference_at_rtol_1e10_atol_1e12():
     p, ds = small(0, kind="output")
     r = tf.simulate(p, ds, 3.0, kind="output", wrt="layers", method="kinks", rtol=1e-10, atol=1e-12,

@@ -148,6 +148,7 @@ def test_points_on_a_hyperplane_count_as_truncated():
 
 
 @pytest.mark.parametrize("kind", ["input", "output"])
+@pytest.mark.long  # compiles the kernels for float32 points
 def test_float32_points(kind):
     params, pr = problem_with_collapse(4, N=50)
     pts32 = pr.points.astype(np.float32)

@@ -29,6 +29,7 @@ def margin_problem(seed, L=2, M=4, N=300, Q=2, P=None, margin=0.05, candidates=3
 
 
 @pytest.mark.parametrize("M,P", [(4, None), (4, 2), (1, None), (66, None)])
+@pytest.mark.long  # compiles the gradient kernels in float32 arithmetic
 def test_float32_gradient_holds_1e_5_of_float64(M, P):
     wide = M > 64
     params, ds = margin_problem(1, M=M, P=P, L=1 if wide else 2, N=40 if wide else 300,
@@ -45,6 +46,7 @@ def test_float32_gradient_holds_1e_5_of_float64(M, P):
         assert not np.array_equal(g32.weights, g64.weights)          # float32 was used
 
 
+@pytest.mark.long  # compiles the flow kernels in float32 arithmetic
 def test_float32_flows_follow_the_float64_flow():
     params, ds = margin_problem(2, N=200)
     for method, options in (("rk45", {}), ("gd", {"lr": 0.05})):

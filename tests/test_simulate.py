@@ -689,6 +689,7 @@ def test_save_load_round_trip(tmp_path):
         tf.load_result(tmp_path / "other.npz")
 
 
+@pytest.mark.long  # compiles the flow kernels for float32 points
 def test_float32_points_run_like_float64():
     pr = make_problem(0, L=2, M=3, N=20, Q=2, P=2)
     pts32 = pr.points.astype(np.float32)

@@ -267,6 +267,7 @@ def test_points_on_kinks_count_as_truncated(kind):
 
 # ------------------------------------------------------------- dtypes, threads
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.long  # compiles the kernels for float32 points
 def test_float32_points(kind):
     prob = make_problem(43, L=2, M=5, N=40, Q=3, P=2)
     x32 = prob.points.astype(np.float32)

@@ -57,6 +57,7 @@ def member_text(base, **values):
     return "\n".join(lines) + "\n"
 
 
+@pytest.mark.long  # end-to-end sweep against single runs: compiles the ensemble kernels
 def test_a_sweep_writes_one_result_per_member_equal_to_its_single_run(tmp_path, capsys):
     text = BASE + '\n[sweep]\n"network.seed" = [3, 4, 5]\n"flow.lr" = { start = 0.01, stop = 0.02, num = 2 }\n'
     code, out, err = run_cli(capsys, "run", write(tmp_path, text), "--out", tmp_path / "o", "-q")
@@ -135,6 +136,7 @@ def test_bad_sweeps_are_one_line_errors(tmp_path, capsys, sweep, words):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.long  # three end-to-end gd sweeps: compile the ensemble kernels
 def test_a_sweep_is_not_resumed_and_overwrite_replaces_its_members(tmp_path, capsys):
     path = write(tmp_path, BASE + '\n[sweep]\n"network.seed" = [1, 2, 3]\n')
     assert run_cli(capsys, "run", path, "--out", tmp_path / "o", "-q")[0] == 0
