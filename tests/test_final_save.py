@@ -20,8 +20,6 @@ import pytest
 import truncflow as tf
 from truncflow.cli import main
 
-pytestmark = pytest.mark.slow
-
 JOB = """
 seed = 0
 [data]
@@ -97,6 +95,7 @@ def _same_result(a, b):
         assert np.array_equal(a.arrays[name], array, equal_nan=True), name
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("method", ["rk45", "gd"])
 def test_sigkill_while_saving_then_resume_completes_the_folder(tmp_path, method):
     job = _job(tmp_path, method)
