@@ -28,6 +28,8 @@ import time
 
 from numba.core import event as _numba_event
 
+from .methods import Status
+
 __all__ = ["SignalGuard", "Interrupted", "stop_reason", "SIGNAL_EXIT_CODES", "raise_on_signals"]
 
 #: Exit codes of the command line for a run stopped by a signal (128 + signal number).
@@ -170,11 +172,11 @@ def stop_reason(cost: float, grad_norm: float, n_evals: int, started: float, rul
     limit or None.
     """
     if rules["cost_tol"] is not None and cost <= rules["cost_tol"]:
-        return "cost_tol"
+        return Status.COST_TOL
     if rules["grad_tol"] is not None and grad_norm <= rules["grad_tol"]:
-        return "grad_tol"
+        return Status.GRAD_TOL
     if rules["max_evals"] is not None and n_evals >= rules["max_evals"]:
-        return "max_evals"
+        return Status.MAX_EVALS
     if rules["max_time"] is not None and time.monotonic() - started >= rules["max_time"]:
-        return "max_time"
+        return Status.MAX_TIME
     return None

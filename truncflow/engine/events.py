@@ -25,6 +25,7 @@ from ..aligned import ALIGNED_TRAIN, layer_point_sets, separation_report
 from ..compute import gradient
 from ..params import Params
 from .control import stop_reason
+from .methods import Status
 from .record import Recorder
 from ..kernels.events import sort_problem_rows, threshold_events_kernel
 
@@ -191,17 +192,17 @@ def run_events(problem, t_end, schedule, recorder: Recorder, rules, callback,
             status = stop
             break
         if guard is not None and guard.received is not None and i < len(schedule) - 1:
-            status, detail = "interrupted", f"signal {guard.received}"   # a signal: keep the records made
+            status, detail = Status.INTERRUPTED, f"signal {guard.received}"   # a signal: keep the records made
             break
     if wall_detail and status is None:
-        status, detail = "failed", wall_detail
+        status, detail = Status.FAILED, wall_detail
     if problems.L > 1:
         crossed = _first_crossing_record(recorder)
         if crossed is not None and wall_detail and crossed[0] == recorder.n_records - 1:
             crossed = None       # the record at the wall itself: the wall's message is the precise one
         if crossed is not None:  # a break before the wall (or without one)
             i, l, c = crossed
-            status = "failed"
+            status = Status.FAILED
             detail = (f"by the record at t = {recorder.times[i]:.10g} layer {l + 1} truncates points of cluster {c}: "
                       f"the cluster-separated hypothesis broke between the records at t = "
                       f"{recorder.times[i - 1]:.10g} and {recorder.times[i]:.10g}; later records are not exact")
@@ -209,7 +210,7 @@ def run_events(problem, t_end, schedule, recorder: Recorder, rules, callback,
             warnings.warn("method='events': the cluster-separated hypothesis holds at every record, but a bound "
                           "could not prove it between records (record more often to check more closely)",
                           SeparationWarning, stacklevel=3)
-    result_status = status or "t_end"
+    result_status = status or Status.T_END
     if record_truncation_times:
         times = problems.truncation_times(trunc)
         times[times > recorder.last_time] = np.inf

@@ -46,6 +46,7 @@ from .loop import Loop, _Evaluator, _Loop, _record_final  # noqa: F401 (_Evaluat
 from .rhs import FlowProblem
 from .sgd import SgdSteps, check_sgd_options
 from .stepper import CompiledRK45
+from .methods import Status
 
 __all__ = ["simulate", "METHODS"]
 
@@ -417,14 +418,14 @@ class _Rk45Loop(Loop):
         attempts = (problem.n_evaluations - evals_before) // _RK45_EVALS_PER_ATTEMPT
         if solver.status == "failed":
             if fun.failure is not None:
-                return "diverged", f"at t = {solver.t:.6g} the flow reached a state it cannot evaluate ({fun.failure[1]})"
-            return "failed", f"at t = {solver.t:.6g}: {message}"
+                return Status.DIVERGED, f"at t = {solver.t:.6g} the flow reached a state it cannot evaluate ({fun.failure[1]})"
+            return Status.FAILED, f"at t = {solver.t:.6g}: {message}"
         self.counters["accepted"] += 1
         self.counters["rejected"] += max(attempts - 1, 0)
         fun.failure = None            # a rejected trial state is no verdict on the flow
         cost, gn = fun.at(solver.y)   # the stepper's last evaluation (FSAL): no extra pass
         if not (math.isfinite(cost) and math.isfinite(gn)):
-            return "diverged", f"at t = {solver.t:.6g}: {fun.failure[1] if fun.failure else 'non-finite cost'}"
+            return Status.DIVERGED, f"at t = {solver.t:.6g}: {fun.failure[1] if fun.failure else 'non-finite cost'}"
         if self.pending and self.pending[0] <= solver.t:
             dense = solver.dense_output()
             while self.pending and self.pending[0] <= solver.t:
@@ -433,7 +434,7 @@ class _Rk45Loop(Loop):
         if self.callback is not None:
             self.callback(solver.t, cost)
         if solver.status == "finished":
-            return "t_end", ""
+            return Status.T_END, ""
         return self.stop_reason(cost, gn), ""
 
 
@@ -480,7 +481,7 @@ class _GdLoop(Loop):
         cost, gn = fun.at(y_new)
         t = (self.k + 1) * lr
         if not (math.isfinite(cost) and math.isfinite(gn)):
-            return "diverged", f"after step {self.k + 1} (t = {t:.6g}): {fun.failure[1] if fun.failure else 'non-finite cost'}"
+            return Status.DIVERGED, f"after step {self.k + 1} (t = {t:.6g}): {fun.failure[1] if fun.failure else 'non-finite cost'}"
         return self._after_step(self.k + 1, y_new, cost, gn)
 
     def compiled_arguments(self):
@@ -526,8 +527,8 @@ class _GdLoop(Loop):
         while self.pending and self.pending[0] <= t * (1 + 1e-12):
             self.pending.pop(0)
             due = True
-        status = "t_end" if self.k >= self.n_steps else self.stop_reason(cost, gn)
-        if due or status == "t_end":
+        status = Status.T_END if self.k >= self.n_steps else self.stop_reason(cost, gn)
+        if due or status == Status.T_END:
             self.record(t, self.y)     # any other stop is recorded by the loop, after its checkpoint
         return status, ""
 

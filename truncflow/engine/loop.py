@@ -198,11 +198,11 @@ class Loop:
         try:
             return body()
         except Interrupted as exc:
-            return "interrupted", f"signal {exc.signal_name}"
+            return Status.INTERRUPTED, f"signal {exc.signal_name}"
         except KeyboardInterrupt:      # no guard (not the main thread): the usual exception
-            return "interrupted", "KeyboardInterrupt"
+            return Status.INTERRUPTED, "KeyboardInterrupt"
         except Exception as exc:  # keep what was recorded; say what happened
-            return "failed", f"{type(exc).__name__}: {exc}"
+            return Status.FAILED, f"{type(exc).__name__}: {exc}"
 
     def _steps(self):
         status = detail = None
@@ -224,7 +224,7 @@ class Loop:
             self.checkpoint(force=True)         # the loop is between two steps
         _record_final(self.recorder, self.record, t, y, self.problem, status)
         if self.recorder.n_records == 0:        # the initial state could not even be recorded
-            if status == "interrupted":
+            if status == Status.INTERRUPTED:
                 raise Interrupted(self.guard.received or "SIGINT")
             raise ValueError(f"the initial state cannot be flowed: {detail or status}")
         if self.saver is not None and Status(status).success:

@@ -75,6 +75,7 @@ from .._validate import integer
 from ..data import Dataset, EmptyClusterWarning
 from ..kernels.config import JIT_OPTIONS
 from .rhs import FlowProblem
+from .methods import Status
 
 __all__ = ["Minibatches", "BatchGradient", "SgdSteps", "check_sgd_options"]
 
@@ -273,7 +274,7 @@ class SgdSteps:
         if guard.armed and guard.received is not None:
             guard.check()               # a signal stops the run here, before the step
         if reason is not None:
-            return "diverged", (f"at t = {k * lr:.6g} (after {k} steps) the flow reached a state it cannot "
+            return Status.DIVERGED, (f"at t = {k * lr:.6g} (after {k} steps) the flow reached a state it cannot "
                                 f"evaluate on batch {k} ({reason})")
         momentum = self.opts["sgd"]["momentum"]
         v = g if momentum == 0.0 else momentum * self.v + g
@@ -295,10 +296,10 @@ class SgdSteps:
                 guard.armed = armed
             if not (math.isfinite(full[0]) and math.isfinite(full[1])):
                 failure = self.fun.failure[1] if self.fun.failure else f"non-finite cost {full[0]}"
-                return "diverged", f"after step {self.k} (t = {t:.6g}): {failure}"
+                return Status.DIVERGED, f"after step {self.k} (t = {t:.6g}): {failure}"
             self.record(t, self.y)
         else:
             full = (math.nan, math.nan)         # cost_tol and grad_tol are looked at records only
         if self.k >= self.n_steps:
-            return "t_end", ""
+            return Status.T_END, ""
         return self.stop_reason(*full), ""

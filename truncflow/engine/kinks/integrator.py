@@ -17,6 +17,7 @@ import numpy as np
 
 from ..control import SignalGuard
 from ..loop import Loop
+from ..methods import Status
 from .bulk import BulkCorrector
 from .controller import StepController, Verdict
 from .filippov import exit_time, exits, newton_projection, switch_decision
@@ -162,9 +163,9 @@ class KinkIntegrator(Loop):
             attempts = (self.solver.nfev - nfev) // self.solver.n_stages
             if self.solver.status == "failed":
                 if self.failure is not None:
-                    return "diverged", (f"at t = {self.solver.t:.6g} the flow reached a state it "
+                    return Status.DIVERGED, (f"at t = {self.solver.t:.6g} the flow reached a state it "
                                         f"cannot evaluate ({self.failure[1]})")
-                return "failed", f"at t = {self.solver.t:.6g}: {message}"
+                return Status.FAILED, f"at t = {self.solver.t:.6g}: {message}"
             self.counters["rejected"] += max(attempts - 1, 0)
             self.failure = None
             t1, y1 = self.solver.t, self.solver.y
@@ -173,16 +174,16 @@ class KinkIntegrator(Loop):
                 break
         t_new, y_new = progressed
         if not self.control.progressed(t_new, t0):
-            return "failed", f"at t = {t_new:.6g}: {self.options.max_stuck} events in a row without progress"
+            return Status.FAILED, f"at t = {t_new:.6g}: {self.options.max_stuck} events in a row without progress"
         self.counters["accepted"] += 1
         self.last = _Last(t_new, y_new)
         ev = self.pieces.full(y_new)
         if not (math.isfinite(ev.cost) and math.isfinite(ev.grad_norm)):
-            return "diverged", f"at t = {t_new:.6g}: non-finite cost"
+            return Status.DIVERGED, f"at t = {t_new:.6g}: non-finite cost"
         if self.callback is not None:
             self.callback(t_new, ev.cost)
         if t_new >= self.t_end:
-            return "t_end", ""
+            return Status.T_END, ""
         return self.stop_reason(ev.cost, ev.grad_norm), ""
 
     def end(self, status, detail):
