@@ -69,6 +69,7 @@ def test_value_and_grad_is_tf_gradient(wrt, kind, train, shape):
         k += part.size
 
 
+@pytest.mark.long      # compiles the float32 kernel variants (docs/TESTING.md)
 @pytest.mark.parametrize("kind", KINDS)
 def test_float32_points_and_float32_sweep(kind):
     pr, params, data = problem(seed=4, M=4, N=50, dtype=np.float32)
@@ -235,7 +236,7 @@ def test_bad_arguments():
 
 
 # ------------------------------------------------------------------------------ threads
-@pytest.mark.parametrize("case", ["one chunk", "three chunks", "float32"])
+@pytest.mark.parametrize("case", ["one chunk", "three chunks", pytest.param("float32", marks=pytest.mark.long)])
 def test_two_threads_give_the_serial_bits(case):
     N = 2600 if case == "three chunks" else 60
     pr, params, data = problem(seed=14, M=3, N=N)
