@@ -73,7 +73,7 @@ def test_subset_kernel_sums_all_points_like_the_full_pass():
     # weights scale each entry's contribution
     manual = sum(w[i] * subset_gradient_kernel(ds.points, ds.labels, np.array([i]), pat[i:i + 1], np.ones(1),
                                                np.zeros(1, np.int64), *arr, False, 1)[0][0] for i in range(0, N, 50))
-    part = subset_gradient_kernel(ds.points, ds.labels, np.arange(0, N, 50), pat[::50], w[::50],
+    part = subset_gradient_kernel(ds.points, ds.labels, np.arange(0, N, 50), np.ascontiguousarray(pat[::50]), w[::50].copy(),   # production passes contiguous arrays
                                   np.zeros(len(range(0, N, 50)), np.int64), *arr, False, 1)[0][0]
     np.testing.assert_allclose(part, manual, rtol=1e-12, atol=1e-12)
     assert sub[0].shape == one[0].shape

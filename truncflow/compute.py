@@ -309,7 +309,8 @@ def cumulative_to_layer_gradient(params: Params, grad: Gradient) -> Gradient:
     ``dC/dW_l = Gb W^(l-1)^T + Bb b^(l-1)^T``, ``dC/db_l = Bb``, then
     ``Gb <- G^(l-1) + W_l^T Gb``, ``Bb <- B^(l-1) + W_l^T Bb``.
     """
-    gw, gb = layer_gradient(params.weights, params.cum_weights, params.cum_biases,
+    # writable copies, as the flow's own calls pass them (one compiled specialization)
+    gw, gb = layer_gradient(np.array(params.weights), np.array(params.cum_weights), np.array(params.cum_biases),
                             np.ascontiguousarray(grad.weights, dtype=np.float64),
                             np.ascontiguousarray(grad.biases, dtype=np.float64))
     return Gradient(gw, gb, grad.out_weight, grad.out_bias, "layers")

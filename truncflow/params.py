@@ -59,7 +59,7 @@ def invert_cumulative(cum_weights: np.ndarray) -> np.ndarray:
     come from :func:`truncflow.kernels.network.invert_stack` (LU with partial pivoting),
     the same code as the flow's per-evaluation path.
     """
-    inverses, cond = invert_stack(np.ascontiguousarray(cum_weights, dtype=np.float64))
+    inverses, cond = invert_stack(np.array(cum_weights, dtype=np.float64, order="C"))     # writable: see _check_stack
     bad = ~(cond <= MAX_CONDITION)
     if bad.any():
         layer = int(np.argmax(bad)) + 1
@@ -113,7 +113,9 @@ def _check_stack(weights, biases, wname, bname):
         raise ValueError(f"{bname} has shape {biases.shape}, expected {(L, M)} to match {wname} {weights.shape}")
     require_finite(weights, wname)
     require_finite(biases, bname)
-    return np.ascontiguousarray(weights), np.ascontiguousarray(biases)
+    # Private writable copies: the kernels then see the array types the flow passes them
+    # (a read-only argument would compile every kernel a second time).
+    return np.array(weights, order="C"), np.array(biases, order="C")
 
 
 @dataclass(frozen=True, eq=False)
@@ -223,7 +225,7 @@ class Params:
             raise ValueError(f"scales must be positive: scales[{l}, {k}] = {float(scales[l, k])!r} (layer {l + 1})")
         with np.errstate(over="ignore", invalid="ignore"):
             defect = np.abs(frames @ np.swapaxes(frames, 1, 2) - np.eye(M)).max(axis=(1, 2))
-            cum_w = aligned_weights(np.ascontiguousarray(frames), np.ascontiguousarray(scales))
+            cum_w = aligned_weights(np.array(frames, order="C"), np.array(scales, order="C"))
         if not np.all(defect <= ORTHOGONALITY_TOL):
             l = int(np.argmax(defect))
             raise ValueError(f"frames[{l}] (layer {l + 1}) is not orthogonal: max |R R^T - I| = {defect[l]:.3g} "
@@ -237,7 +239,7 @@ class Params:
         # Without inverses (a recorded state read back by Result.params_at), the matrices
         # were already accepted once by invert_cumulative when the run made them.
         if inverses is None:
-            inverses = invert_stack(np.ascontiguousarray(cum_w, dtype=np.float64))[0]
+            inverses = invert_stack(np.array(cum_w, dtype=np.float64, order="C"))[0]
         return cls(
             weights=_readonly(weights),
             biases=_readonly(biases),

@@ -15,7 +15,7 @@ __all__ = ["kernel_arrays", "padded_width", "pad_to_width", "tile_arrays", "swee
 
 def kernel_arrays(params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cw, cb, edges_t) as C-contiguous writable float64, the kernels' parameter layout."""
-    edges_t = np.ascontiguousarray(np.swapaxes(params.inverses, 1, 2))
+    edges_t = np.array(np.swapaxes(params.inverses, 1, 2), order="C")     # a copy even where M = 1
     return np.array(params.cum_weights), np.array(params.cum_biases), edges_t
 
 

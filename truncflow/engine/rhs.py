@@ -22,6 +22,11 @@ from ..params import MAX_CONDITION, Params
 
 TRAIN_OPTIONS = ("all", "weights", "biases")
 
+#: The frames argument of the flow kernels for a run that has none: read-only like Params'
+#: frames, so the compiled rk45 chain is one specialization for both.
+_NO_FRAMES = np.zeros((1, 1, 1))
+_NO_FRAMES.setflags(write=False)
+
 __all__ = ["FlowProblem", "TRAIN_OPTIONS"]
 
 
@@ -94,7 +99,7 @@ class FlowProblem:
             targets[:, :M] = ds.targets
         mode = {"cumulative": flow.MODE_CUMULATIVE, "layers": flow.MODE_LAYERS,
                 "aligned": flow.MODE_ALIGNED}[self.wrt]
-        frames = np.ascontiguousarray(p.frames) if self.wrt == "aligned" else np.zeros((1, 1, 1))
+        frames = p.frames if self.wrt == "aligned" else _NO_FRAMES    # read-only, as Params' frames
         partial_bytes = 8 * (1 + L * Mp * (Mp + 1) + P * (Mp + 1))
         self._chunk = require_partials_fit(ds.n_points, partial_bytes, f"the gradient's partial sums ({L} layers "
                                                                        f"of width {M})")
@@ -122,7 +127,7 @@ class FlowProblem:
         other = copy.copy(self)
         other.params, other.n_evaluations = params, 0
         if self.wrt == "aligned":       # the frames are the member's own
-            frames = np.ascontiguousarray(params.frames)
+            frames = params.frames
             other._network_args = (*self._network_args[:4], frames, *self._network_args[5:])
             if self.serial:
                 other.serial_args = (*other._network_args, *self.serial_args[len(self._network_args):])

@@ -258,6 +258,7 @@ def evaluate_serial_in(y, mode, n_layers, width, n_out, frames, max_condition, p
     g_ow[:] = 0.0
     g_ob[:] = 0.0
     for c in range(sq.shape[0]):
-        _gradient_chunk_in(c, points, labels, targets, cwp, cbp, invp, backp, out_w, out_b, output_cost, 1, chunk,
-                           sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c], tile)
+        # np.int64(1), not 1: a literal would compile the chunk's code once more (Literal[int] vs int64)
+        _gradient_chunk_in(c, points, labels, targets, cwp, cbp, invp, backp, out_w, out_b, output_cost, np.int64(1),
+                           chunk, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c], tile)
     return finish(sq, g_w, g_b, g_ow, g_ob, points.shape[0], mode, w, cw, cb, frames, mask)

@@ -59,7 +59,8 @@ def gradient_kernel(points, labels, targets, cw, cb, inv, back, out_w, out_b, ou
     """
     sq, g_w, g_b, g_ow, g_ob = _gradient_sums(points, out_w, cw, n_slots, chunk)
     for c in prange(sq.shape[0]):
-        _gradient_chunk(c, points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, chunk,
+        # np.int64: prange's index is uint64, the serial kernel's int64 (one compilation of the chunk, not two)
+        _gradient_chunk(np.int64(c), points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, chunk,
                         sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
     return sq, g_w, g_b, g_ow, g_ob
 

@@ -32,7 +32,7 @@ def observe_kernel(points, labels, targets, shift, cw, cb, edges_t, out_w, out_b
     """
     sq, truncated, any_trunc, all_trunc, s1, s2 = _observe_sums(points, cw, n_clusters, chunk)
     for c in prange(sq.shape[0]):
-        _observe_chunk(c, points, labels, targets, shift, cw, cb, edges_t, out_w, out_b, output_cost, chunk,
+        _observe_chunk(np.int64(c), points, labels, targets, shift, cw, cb, edges_t, out_w, out_b, output_cost, chunk,
                        pattern_hash, sq, truncated, any_trunc, all_trunc, s1, s2)
     return sq, truncated, any_trunc, all_trunc, s1, s2
 

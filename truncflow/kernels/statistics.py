@@ -50,7 +50,7 @@ def statistics_kernel(points, labels, targets, cw, cb, inv, back, out_w, out_b,
     """
     sums = _statistics_sums(points, cw, out_w, n_clusters, second_moments, chunk)
     for c in prange(sums[0].shape[0]):
-        _statistics_chunk(c, points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_clusters,
+        _statistics_chunk(np.int64(c), points, labels, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_clusters,
                           second_moments, chunk, sums)
     return sums
 
