@@ -115,7 +115,7 @@ def load_checkpoint(path, expected: dict, method: str, *, n_state: int | None = 
     and is whole, before anything of it is used.
 
     Args:
-        expected: this run's :func:`fingerprint`; method: "rk45", "gd" or "sgd";
+        expected: this run's :func:`fingerprint`; method: "rk45", "kinks", "gd" or "sgd";
         n_state: the length of this run's state vector (``problem.pack(params).size``);
         t_end: the run's end time; schedule: its record times (0 first, increasing).
         Pass all three. (Left out, as by callers written before they existed: t_end is
@@ -126,7 +126,7 @@ def load_checkpoint(path, expected: dict, method: str, *, n_state: int | None = 
 
     * a missing or foreign file, a format or method other than this run's, a fingerprint
       (options, initial parameters, data, record times) that differs from ``expected``;
-    * the state's scalars: rk45 ``t`` a number in [0, t_end], ``h_abs`` finite > 0,
+    * the state's scalars: rk45 and kinks ``t`` a number in [0, t_end], ``h_abs`` finite > 0,
       ``status`` "running" or "finished" (then t = t_end; "failed" too when the run
       finished); gd and sgd ``k`` a whole number with k steps of lr not past the last step
       (before it unless the run finished; sgd's batches are a function of k and of the
@@ -136,8 +136,10 @@ def load_checkpoint(path, expected: dict, method: str, *, n_state: int | None = 
       one; ``elapsed`` finite >= 0; ``cost`` and ``grad_norm`` numbers; ``pending`` the
       record times of ``schedule`` after t, in order; ``finished`` (optional) a table of a
       known status and a detail string;
-    * the arrays: ``y`` (and ``f`` for rk45, the velocity ``v`` for sgd) float64 of shape
-      (n_state,), finite;
+    * the arrays: ``y`` (and ``f`` for rk45 and kinks, the velocity ``v`` for sgd) float64 of
+      shape (n_state,), finite;
+    * kinks: its stepper, step limit, last accepted state, step controller, counts, pattern,
+      sliding set and sliding intervals (:func:`_check_kinks_state`);
       ``eval_y`` and ``eval_rhs`` float64 of shape (n_state,), and when ``eval_y`` is the
       state ``y`` of a run that goes on (the evaluation is used again) ``eval_rhs``,
       ``cost`` and ``grad_norm`` finite;
@@ -234,7 +236,7 @@ def check_state(state: dict, arrays: dict, method: str, *, n_state: int, t_end: 
                              f"{', '.join(STATUS_MESSAGES)}) and a detail string, got {finished!r}")
 
     # the stepper's part: the time reached
-    if method == "rk45":
+    if method in ("rk45", "kinks"):
         t = finite_number(entry("t"), "its state entry 't'", low=0.0, high=t_end)
         h_abs = entry("h_abs")
         try:
@@ -300,8 +302,10 @@ def check_state(state: dict, arrays: dict, method: str, *, n_state: int, t_end: 
 
     # the arrays
     y = _float64_vector(arrays, "y", n_state)
-    if method == "rk45":
+    if method in ("rk45", "kinks"):
         _float64_vector(arrays, "f", n_state)
+    if method == "kinks":
+        _check_kinks_state(state, arrays, n_state=n_state, t=t, t_end=t_end, options=options)
     if method == "sgd":
         _float64_vector(arrays, "v", n_state)          # the momentum's velocity
     eval_y = _float64_vector(arrays, "eval_y", n_state, finite=False)
@@ -322,6 +326,78 @@ def check_state(state: dict, arrays: dict, method: str, *, n_state: int, t_end: 
         from .record import SAMPLE_SIZE  # noqa: PLC0415
         sizes["S"] = min(n_points, SAMPLE_SIZE)
     check_recorder_state(entry("recorder"), arrays, t=t * (1 + _TIME_SLACK), sizes=sizes, n_points=n_points)
+
+
+#: The steppers of method="kinks" (``engine.kinks.controller``).
+_KINKS_STEPPERS = ("RK45", "DOP853")
+
+
+def _check_kinks_state(state: dict, arrays: dict, *, n_state: int, t: float, t_end: float, options: dict) -> None:
+    """The kink integrator's part of a checkpoint (``KinkIntegrator._state``): the stepper's name
+    and step limit, the last accepted state, the step controller, the counts, the pattern, the
+    sliding set and the sliding intervals. Raises ValueError naming the entry."""
+    def entry(name):
+        if name not in state:
+            raise ValueError(f"its state lacks the entry {name!r}")
+        return state[name]
+
+    if entry("stepper") not in _KINKS_STEPPERS:
+        raise ValueError(f"its state entry 'stepper' must be one of {', '.join(map(repr, _KINKS_STEPPERS))}, "
+                         f"got {_short(state['stepper'])}")
+    for name, value in (("max_step", entry("max_step")),):
+        if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
+            raise ValueError(f"its state entry {name!r} must be a finite number > 0 or null, got {_short(value)}")
+    last_t = finite_number(entry("last_t"), "its state entry 'last_t'", low=0.0, high=t_end)
+    if last_t < t:
+        raise ValueError(f"its state entry 'last_t' ({last_t!r}) is before the stepper's time t = {t!r}")
+    _float64_vector(arrays, "last_y", n_state)
+    control = entry("control")
+    if not isinstance(control, dict) or set(control) != {"h_cap", "redos", "stuck"}:
+        raise ValueError(f"its state entry 'control' must be a table of h_cap, redos and stuck, got {_short(control)}")
+    h_cap = control["h_cap"]
+    if h_cap is not None and not (_is_number(h_cap) and math.isfinite(h_cap) and h_cap > 0):
+        raise ValueError(f"its state entry 'control.h_cap' must be a finite number > 0 or null, got {_short(h_cap)}")
+    for key in ("redos", "stuck"):
+        integer(control[key], f"its state entry 'control.{key}'", low=0, high=_MAX_COUNT)
+    stats = entry("stats")
+    if not isinstance(stats, dict) or stats.get("stepper") != state["stepper"]:
+        raise ValueError(f"its state entry 'stats' must be a table of counts naming the stepper "
+                         f"{state['stepper']!r}, got {_short(stats)}")
+    for key, value in stats.items():
+        if key != "stepper":
+            integer(value, f"its state entry 'stats.{key}'", low=0, high=_MAX_COUNT)
+    N, L, M = (options.get(k) for k in ("n_points", "n_layers", "width"))
+    if not all(isinstance(v, int) for v in (N, L, M)):
+        raise ValueError("its run's options lack n_points, n_layers or width")
+    pat = arrays.get("patterns")
+    shape = (N, L, -(-M // 64))
+    if not isinstance(pat, np.ndarray) or pat.dtype != np.uint64 or pat.shape != shape:
+        got = f"{pat.shape} {pat.dtype}" if isinstance(pat, np.ndarray) else "nothing"
+        raise ValueError(f"its array 'patterns' must be uint64 of shape {shape} (points, layers, words), got {got}")
+    sliding = entry("sliding")
+    if not isinstance(sliding, list) or not all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in c)
+            and 0 <= c[0] < N and 0 <= c[1] < L and 0 <= c[2] < M for c in sliding) \
+            or len({tuple(c) for c in sliding}) != len(sliding):
+        raise ValueError(f"its state entry 'sliding' must be a list of distinct [point, layer, coordinate] "
+                         f"within ({N}, {L}, {M}), got {_short(sliding)}")
+    iv = arrays.get("intervals")
+    if not isinstance(iv, np.ndarray) or iv.dtype != np.float64 or iv.ndim != 2 or iv.shape[1] != 5:
+        raise ValueError("its array 'intervals' must be float64 of shape (n, 5) (point, layer, coordinate, "
+                         "entry time, exit time)")
+    ids, t_in, t_out = iv[:, :3], iv[:, 3], iv[:, 4]
+    if not (np.all(np.isfinite(ids)) and np.array_equal(ids, np.round(ids)) and np.all(ids >= 0)
+            and np.all(ids < np.array([N, L, M]))):
+        raise ValueError(f"its array 'intervals' must start each row with a point, layer and coordinate "
+                         f"within ({N}, {L}, {M})")
+    if not (np.all(np.isfinite(t_in)) and np.all((t_in >= 0) & (t_in <= last_t))
+            and np.all(np.isnan(t_out) | ((t_out >= t_in) & (t_out <= last_t)))):
+        raise ValueError(f"its array 'intervals' must hold entry times in [0, {last_t!r}] and exit times "
+                         f"after them (NaN: still sliding)")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_float(value) -> bool:

@@ -23,6 +23,7 @@ run stops as "diverged", keeping every record made before.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -268,6 +269,10 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
                         points_dtype=str(problem.dataset.dtype if distributed else problem.dataset.points.dtype))
     if sgd is not None:
         flow_options.update(sgd)
+    if method == "kinks":     # its choices, in the result and in a checkpoint's fingerprint
+        from .kinks.options import current as current_kink_options  # noqa: PLC0415 (kinks is imported when used)
+        kink_options = kink_options or current_kink_options()
+        flow_options["kink_options"] = dataclasses.asdict(kink_options)
     run_config = {**(config or {}), **flow_options}
     check_storable(run_config)
     rules = dict(cost_tol=cost_tol, grad_tol=grad_tol, max_evals=max_evals, max_time=max_time)
@@ -288,11 +293,6 @@ def _execute(plan, guard) -> Result:
     opts, rules, callback = plan.opts, plan.rules, plan.callback
     if method == "events":
         return run_events(problem, t_end, schedule, recorder, rules, callback, plan.record_truncation_times, guard)
-    if method == "kinks":
-        from .kinks import run_kinks
-        return run_kinks(problem, t_end, schedule, recorder,
-                         dict(rtol=opts["rtol"], atol=opts["atol"], first_step=opts["first_step"],
-                              max_step=opts["max_step"]), rules, callback, guard, options=plan.kink_options)
     saver = restored = None
     if plan.checkpoint is not None:
         prints = fingerprint(problem, plan.flow_options, schedule)
@@ -300,6 +300,12 @@ def _execute(plan, guard) -> Result:
             restored = load_checkpoint(plan.checkpoint, prints, method, n_state=problem.pack(problem.params).size,
                                        t_end=t_end, schedule=schedule)
         saver = Checkpointer(plan.checkpoint, plan.checkpoint_every, prints, method)
+    if method == "kinks":
+        from .kinks import run_kinks
+        return run_kinks(problem, t_end, schedule, recorder,
+                         dict(rtol=opts["rtol"], atol=opts["atol"], first_step=opts["first_step"],
+                              max_step=opts["max_step"]), rules, callback, guard, options=plan.kink_options,
+                         saver=saver, restored=restored, keep_checkpoint=plan.keep_checkpoint)
     loop = {"rk45": _Rk45Loop, "sgd": _SgdLoop}.get(method, _GdLoop)(problem, t_end, schedule, recorder, opts,
                                                                       rules, callback, guard, saver)
     loop.keep_checkpoint = plan.keep_checkpoint

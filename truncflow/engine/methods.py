@@ -86,7 +86,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            placements=(HERE,), float32=False, ensembles="one by one", options=("record_truncation_times",),
            why_float64="decides every kink exactly"),
     Method("kinks", "experimental: locates pattern changes, follows sliding modes", adaptive=True,
-           checkpoints=False, placements=(HERE,), float32=False, ensembles="one by one",
+           checkpoints=True, placements=(HERE,), float32=False, ensembles="one by one",
            options=ADAPTIVE_OPTIONS + ("max_evals",), why_float64="decides every kink exactly"),
 )}
 METHOD_NAMES = tuple(REGISTRY)

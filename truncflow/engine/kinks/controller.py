@@ -36,6 +36,16 @@ class StepController:
         self.redos = 0          # bulk steps redone in a row
         self.stuck = 0          # events in a row without progress
 
+    def state(self) -> dict:
+        """What a checkpoint keeps of it (JSON-able; ``h_cap`` None when unbounded)."""
+        return {"h_cap": None if self.h_cap == np.inf else float(self.h_cap), "redos": int(self.redos),
+                "stuck": int(self.stuck)}
+
+    def restore(self, state: dict) -> None:
+        """Take back a :meth:`state` (checked by ``engine.checkpoint``)."""
+        self.h_cap = np.inf if state["h_cap"] is None else float(state["h_cap"])
+        self.redos, self.stuck = int(state["redos"]), int(state["stuck"])
+
     def first_step(self, h, t, t_end):
         """The first step of a stepper (re)started at t: h clipped to t_end and to ``h_cap`` (None:
         the stepper's own choice)."""

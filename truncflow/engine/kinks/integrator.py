@@ -28,14 +28,18 @@ from .options import KinkOptions, current as _current_options
 __all__ = ["KinkIntegrator", "run_kinks"]
 
 
-def run_kinks(problem, t_end, schedule, recorder, opts, rules, callback, guard=None, options=None):
+def run_kinks(problem, t_end, schedule, recorder, opts, rules, callback, guard=None, options=None, saver=None,
+              restored=None, keep_checkpoint=False):
     """Integrate the flow locating activation-pattern changes (see the package docstring).
 
     ``opts``: rtol, atol, first_step, max_step (and optionally "kinks", a :class:`KinkOptions`);
     ``options``: a :class:`KinkOptions` (default: ``opts["kinks"]``, else those of the innermost
     :func:`~.options.using`, else the defaults). ``guard``: the :class:`SignalGuard` of
-    :func:`simulate` (signals stop the run between evaluations)."""
-    return KinkIntegrator(problem, t_end, schedule, recorder, opts, rules, callback, guard, options).run()
+    :func:`simulate` (signals stop the run between evaluations); ``saver``, ``restored``,
+    ``keep_checkpoint``: the run's checkpoints (``engine.checkpoint``), as for rk45."""
+    loop = KinkIntegrator(problem, t_end, schedule, recorder, opts, rules, callback, guard, options, saver)
+    loop.keep_checkpoint = keep_checkpoint
+    return loop.run(restored)
 
 
 class _Stats(dict):
@@ -49,21 +53,25 @@ class KinkIntegrator(Loop):
     """The steps of ``method="kinks"`` on the shared loop (:class:`truncflow.engine.loop.Loop`).
 
     The loop's evaluator (``self.fun``) evaluates the true flow for the records; the stepper
-    integrates the frozen-pattern flow (:meth:`frozen_fun`). Runs are not checkpointed (the
-    method registry refuses ``checkpoint=``): the loop gets no saver, so it never asks for
-    ``_state`` / ``_restore``."""
+    integrates the frozen-pattern flow (:meth:`frozen_fun`). A checkpoint (``_state``) holds the
+    stepper's state (t, y, f, step size, step limit), the pattern and the sliding set, the step
+    controller's state, the counts and the sliding intervals; the frozen-pattern evaluations the
+    model caches are pruned to that of the current state after every accepted step
+    (:meth:`FrozenModel.keep_only`), and a resumed run evaluates that one again without counting
+    it, so its records are those of a run never stopped, bit for bit."""
 
     solver = None
     last = None             # the last accepted state (_Last), from the first step on
 
-    def __init__(self, problem, t_end, schedule, recorder, opts, rules, callback, guard=None, options=None):
+    def __init__(self, problem, t_end, schedule, recorder, opts, rules, callback, guard=None, options=None,
+                 saver=None):
         if options is None:
             options = opts.get("kinks") or _current_options()
         if not isinstance(options, KinkOptions):
             raise TypeError(f"options must be a KinkOptions, got {type(options).__name__}")
         if guard is None:       # not entered: notes no signal, check() never raises
             guard = SignalGuard()
-        super().__init__(problem, t_end, schedule, recorder, opts, rules, callback, guard, None)
+        super().__init__(problem, t_end, schedule, recorder, opts, rules, callback, guard, saver)
         self.options = options
         self.rtol, self.atol = opts["rtol"], opts["atol"]
         self.control = StepController(options, self.rtol, opts["max_step"])
@@ -135,11 +143,56 @@ class KinkIntegrator(Loop):
                 it[4] = t
     # ----------------------------------------------------------------- the run
     def run(self, restored=None):
-        """The loop's run (:meth:`Loop.run`) with a fresh frozen-pattern model."""
-        if restored is not None:
-            raise ValueError("kinks runs are not checkpointed yet: there is nothing to resume")
+        """The loop's run (:meth:`Loop.run`) with a fresh frozen-pattern model (or, from a
+        checkpoint, the model it holds)."""
         self.pieces = FrozenModel(self.problem, self.options)
-        return super().run()
+        return super().run(restored)
+
+    # ------------------------------------------------------------ checkpoints
+    def _checkpoint_state(self):
+        # counters["sliding"] is an array set afresh before every record: not a counter to keep
+        sliding = self.counters.pop("sliding", None)
+        try:
+            return super()._checkpoint_state()
+        finally:
+            if sliding is not None:
+                self.counters["sliding"] = sliding
+
+    def _state(self):
+        s, pc, last = self.solver, self.pieces, self.last
+        scalars = {"t": float(s.t), "h_abs": float(s.h_abs), "status": s.status,
+                   "max_step": None if s.max_step == np.inf else float(s.max_step),
+                   "stepper": type(s).__name__, "last_t": float(last.t), "control": self.control.state(),
+                   "sliding": [[int(v) for v in c] for c in pc.sliding],
+                   "stats": {k: (v if isinstance(v, str) else int(v)) for k, v in self.stats.items()}}
+        intervals = np.array([[float(v) if v is not None else np.nan for v in it] for it in self.intervals],
+                             dtype=np.float64).reshape(-1, 5)
+        arrays = {"y": np.array(s.y), "f": np.array(s.f), "last_y": np.array(last.y),
+                  "patterns": np.array(pc.pat), "intervals": intervals}
+        return scalars, arrays
+
+    def _restore(self, scalars, arrays):
+        pc = self.pieces
+        pc.restore(arrays["patterns"], scalars["sliding"])
+        self.control.restore(scalars["control"])
+        self.stats.update(scalars["stats"])
+        self.intervals = [[int(i), int(l), int(k), float(a), None if np.isnan(b) else float(b)]
+                          for i, l, k, a, b in arrays["intervals"]]
+        self.last = _Last(float(scalars["last_t"]), np.array(arrays["last_y"]))
+        t, y = float(scalars["t"]), np.array(arrays["y"])
+        if scalars.get("finished") is not None or t >= self.t_end:
+            return                          # nothing more to step
+        replay = [np.array(arrays["f"])]    # the stepper evaluates f(t, y) first: give it the saved one
+
+        def fun(t_, y_):
+            return replay.pop() if replay else self.frozen_fun(t_, y_)
+        h_abs = float(scalars["h_abs"])
+        self.solver = self.Stepper(fun, t, y, self.t_end, rtol=self.rtol, atol=self.atol,
+                                   first_step=min(h_abs, self.t_end - t), max_step=self.opts["max_step"] or np.inf)
+        self.solver.h_abs = h_abs
+        self.solver.status = scalars["status"]
+        self.solver.max_step = np.inf if scalars["max_step"] is None else float(scalars["max_step"])
+        pc.full(y, count=False)             # the evaluation the run never stopped has in its cache
 
     def _initial_measure(self, y0):
         """The stopping rules look at the frozen-pattern evaluation of y0 (the one the stepper starts from)."""
@@ -150,6 +203,7 @@ class KinkIntegrator(Loop):
         y0 = self.problem.pack(self.problem.params)
         self.last = _Last(0.0, y0)
         self.start(0.0, y0, self.opts["first_step"])
+        self.pieces.keep_only(y0)
 
     def _last_accepted(self):
         return (None, None) if self.last is None else (self.last.t, self.last.y)
@@ -178,6 +232,7 @@ class KinkIntegrator(Loop):
         self.counters["accepted"] += 1
         self.last = _Last(t_new, y_new)
         ev = self.pieces.full(y_new)
+        self.pieces.keep_only(y_new)        # the caches as a resumed run has them (see the class)
         if not (math.isfinite(ev.cost) and math.isfinite(ev.grad_norm)):
             return Status.DIVERGED, f"at t = {t_new:.6g}: non-finite cost"
         if self.callback is not None:

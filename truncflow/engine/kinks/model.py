@@ -142,6 +142,23 @@ class FrozenModel:
         self._changed()
         return out
 
+    def restore(self, pat, sliding):
+        """Take back the pattern (N, L, W) uint64 and sliding set of a checkpoint (checked there)."""
+        self._pat[...] = pat
+        self._sliding = [tuple(int(v) for v in c) for c in sliding]
+        self._changed()
+
+    def keep_only(self, y):
+        """Drop every cached evaluation but that of state y (an accepted state). Called between
+        steps, it makes the caches' content a function of the current state alone, so that a run
+        resumed from a checkpoint finds (and counts) the same evaluations as one never stopped."""
+        key = y.tobytes()
+        for cache in (self._ev_cache, self._at_cache):
+            hit = cache.get(key)
+            cache.clear()
+            if hit is not None:
+                cache[key] = hit
+
     def resync(self, cand, y):
         """Set the listed points' patterns (cand sorted) to their true patterns at y, sliding
         coordinates kept truncated. Returns how many differed (0: nothing changed, caches kept)."""
@@ -178,15 +195,16 @@ class FrozenModel:
             g = Gradient(aligned_scale_gradient(params, g.weights), g.biases, g.out_weight, g.out_bias, "aligned")
         return self.problem.gradient_vector(g)
 
-    def full(self, y):
-        """Evaluation of the current mode at y (cached): cost, g0, velocity, mismatch flags, s."""
+    def full(self, y, count=True):
+        """Evaluation of the current mode at y (cached): cost, g0, velocity, mismatch flags, s.
+        ``count=False``: not counted in the problem's evaluations (one a checkpoint stands for)."""
         key = y.tobytes()
         hit = self._ev_cache.get(key)
         if hit is not None:
             self.last_ev = hit
             return hit
         at = self.at(y)
-        self.problem.n_evaluations += 1
+        self.problem.n_evaluations += bool(count)
         self.n_full += 1
         sq, gw, gb, gow, gob, mm = frozen_gradient_kernel(self.ds.points, self.ds.labels, self._pat, *at.tiles,
                                                           self.output, 1, self.chunk)
