@@ -28,7 +28,7 @@ def small(seed, N=24, M=2, L=2):
     return p, tf.Dataset(rng.standard_normal((N, M)), np.arange(N) % 2, rng.standard_normal((2, M)))
 
 
-def clusters(N=1500, seed=0):
+def clusters(N, seed=0):
     """Three clusters in R^4: hundreds of crossings, corrected in bulk, some steps redone."""
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((3, 4)) * 1.5
@@ -38,7 +38,7 @@ def clusters(N=1500, seed=0):
 
 CASES = {
     "sliding": (small(1), 3.0, dict(wrt="layers", rtol=1e-8, atol=1e-10)),
-    "bulk": (clusters(), 0.5, dict(wrt="cumulative", rtol=1e-6, atol=1e-8)),
+    "bulk": (clusters(800), 0.4, dict(wrt="cumulative", rtol=1e-6, atol=1e-8)),
 }
 
 
