@@ -11,6 +11,7 @@ import pytest
 
 import truncflow as tf
 from truncflow.engine import ensemble, integrate
+from truncflow.engine.kinks import KinkOptions
 from truncflow.engine.rhs import FlowProblem
 from truncflow.kernels import network
 
@@ -173,6 +174,24 @@ def test_rk45_ensemble_equals_single_runs_in_this_process_and_in_workers(monkeyp
     monkeypatch.setattr(ensemble, "PROCESSES_AFTER", 0.0)        # the rest go to two worker processes
     for got, w in zip(tf.simulate_ensemble(params, ds, 0.4, workers=2, **options), want):
         same_result(got, w)
+
+
+def test_kinks_ensemble_equals_single_runs_in_this_process_and_in_workers(monkeypatch):
+    """method="kinks" members (crossings located, a sliding mode, kink options passed on) equal
+    their single runs bit for bit, counts and sliding intervals included."""
+    rng = np.random.default_rng(1)
+    ds = tf.Dataset(rng.standard_normal((24, 2)), np.arange(24) % 2, rng.standard_normal((2, 2)))
+    params = [tf.Params.random(2, 2, scale=0.5, bias_scale=0.5, seed=s) for s in (1, 3, 4)]
+    options = dict(wrt="layers", method="kinks", rtol=1e-7, atol=1e-9, record_times=[0.5, 2.0],
+                   kink_options=KinkOptions(nodes=7))
+    want = single_runs(params, [ds] * 3, 2.0, **options)
+    assert sum(r.config["kinks"]["events_located"] + r.config["kinks"]["corrected_crossings"] for r in want) >= 3
+    for workers in (1, 2):
+        monkeypatch.setattr(ensemble, "PROCESSES_AFTER", 0.0 if workers > 1 else 1e9)
+        for got, w in zip(tf.simulate_ensemble(params, ds, 2.0, workers=workers, **options), want):
+            same_result(got, w)
+            assert got.config["kinks"] == w.config["kinks"]
+            assert np.array_equal(got.arrays["sliding_intervals"], w.arrays["sliding_intervals"])
 
 
 def test_ensemble_refusals():

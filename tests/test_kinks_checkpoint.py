@@ -19,6 +19,7 @@ import pytest
 
 import truncflow as tf
 from truncflow.cli import main
+from truncflow.engine.kinks import KinkOptions
 
 
 def small(seed, N=24, M=2, L=2):
@@ -87,7 +88,7 @@ def test_kinks_checkpoint_of_other_options_is_refused(tmp_path):
     tf.simulate(params, ds, t_end, method="kinks", checkpoint=ck, max_evals=20, **kw)
     with pytest.raises(ValueError, match="options differ.*kink_options"):
         tf.simulate(params, ds, t_end, method="kinks", checkpoint=ck, resume=True,
-                    kink_options=tf.engine.kinks.KinkOptions(bulk=False), **kw)
+                    kink_options=KinkOptions(bulk=False), **kw)
     with pytest.raises(ValueError, match="method='kinks' run, not 'rk45'"):
         tf.simulate(params, ds, t_end, method="rk45", checkpoint=ck, resume=True, **kw)
 

@@ -78,6 +78,22 @@ def test_a_sweep_writes_one_result_per_member_equal_to_its_single_run(tmp_path, 
                                               "flow.lr": float(row["flow.lr"])}
 
 
+def test_a_kinks_sweep_gives_each_member_its_single_run(tmp_path, capsys):
+    base = BASE.replace('method = "gd"\nlr = 0.02\nt_end = 2.0', 'method = "kinks"\nrtol = 1e-6\natol = 1e-8\nt_end = 1.0')
+    assert 'method = "kinks"' in base
+    text = base + '\n[sweep]\n"network.seed" = [3, 4]\n'
+    code, out, err = run_cli(capsys, "run", write(tmp_path, text), "--out", tmp_path / "o", "-q")
+    assert code == 0, err
+    for i, seed in enumerate((3, 4)):
+        got = tf.load_result(tmp_path / "o" / "members" / str(i) / "result.npz")
+        cfg = parse_config(member_text(base, **{"network.seed": seed}))
+        want = tf.simulate(cfg.params, cfg.dataset, **cfg.simulate_kwargs)
+        assert got.status == want.status == "t_end"
+        for k in want.series:
+            assert np.array_equal(got.series[k], want.series[k]), (i, k)
+        assert got.config["kinks"] == want.config["kinks"]
+
+
 def test_collapse_times_and_truncated_fractions_in_the_summary(tmp_path, capsys):
     # one layer, biases only, a cone at cluster 0 (two_clusters_collapse.toml, small): cluster 0 collapses
     text = """seed = 0
