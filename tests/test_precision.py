@@ -63,3 +63,22 @@ def test_precision_refusals():
         tf.gradient(params, ds, precision="float16")
     with pytest.raises(ValueError, match="applies to method 'rk45' or 'gd'"):
         tf.simulate(params, ds, 0.1, method="kinks", precision="float32")
+
+
+@pytest.mark.long  # compiles the kinks integrator's kernels for float32 points
+def test_kinks_on_float32_points_is_the_run_on_the_same_points_in_float64():
+    """method="kinks" refuses precision="float32" (saying why) and takes float32 points: they are
+    widened exactly, so the run is that of the same values as float64 points, bit for bit."""
+    rng = np.random.default_rng(5)
+    x32 = rng.standard_normal((40, 2)).astype(np.float32)
+    params = tf.Params.random(2, 2, scale=0.5, bias_scale=0.5, seed=1)
+    ds32 = tf.Dataset(x32, np.arange(40) % 2, rng.standard_normal((2, 2)))
+    ds64 = tf.Dataset(x32.astype(np.float64), ds32.labels, ds32.targets)
+    kw = dict(wrt="layers", method="kinks", rtol=1e-8, atol=1e-10, n_records=9)
+    r32, r64 = tf.simulate(params, ds32, 2.0, **kw), tf.simulate(params, ds64, 2.0, **kw)
+    assert r32.status == r64.status == "t_end" and r32.config["points_dtype"] == "float32"
+    assert r32.config["kinks"]["events_located"] + r32.config["kinks"]["corrected_crossings"] >= 1
+    for name in r64.series:
+        assert np.array_equal(r32.series[name], r64.series[name]), name
+    with pytest.raises(ValueError, match="pre-activations, which a float32 sweep rounds"):
+        tf.simulate(params, ds32, 2.0, precision="float32", **kw)
