@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from .config import JIT_OPTIONS, JIT_OPTIONS_REDUCTION
-from .gradient import (TILE, _FROM_BIAS, _FROM_SRC, _back_product, _first_slot, _layer_sums, _masked_outer,
+from .gradient import (TILE, _FROM_BIAS, _FROM_SRC, _back_product, _first_slot, _layer_sums, _load_tile, _masked_outer,
                        _masked_sum_sq, _matvec, _next_slot, _slot_mask, _tile_gradient)
 
 
@@ -52,15 +52,18 @@ def frozen_gradient_kernel(points, labels, patterns, targets, cw, cb, inv, back,
     g_ob = np.zeros((C, n_slots, P))
     mismatch = np.zeros(N, dtype=np.uint8)
     for c in prange(C):
-        z, act, sg, cn, u, u_next, um, r, wt, lab, idx, pw = _buffers(L, M, P)
+        z, act, sg, cn, u, u_next, um, r, wt, lab, idx, pw, words = _buffers(L, M, P)
+        flags = np.zeros(TILE, dtype=np.uint8)
         stop = min(N, (c + 1) * chunk)
         for start in range(c * chunk, stop, TILE):
             nb = min(TILE, stop - start)
             for t in range(nb):
                 idx[t] = start + t
-            _load_gather(points, labels, idx, nb, z[0], lab)
-            _forward_tile_pat(cw, cb, inv, patterns, idx, z, act, sg, cn, nb)
-            _mismatch(act, sg, idx, nb, points.shape[1], mismatch)
+            _load_tile(points, labels, start, nb, z[0], lab)
+            flags[:nb] = 0
+            _forward_tile_pat(cw, cb, inv, patterns, idx, z, act, sg, cn, words, flags, points.shape[1], nb)
+            for t in range(nb):
+                mismatch[start + t] = flags[t]
             _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, sg, lab, lab, pw, False,
                            nb, u, u_next, um, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
     return sq, g_w, g_b, g_ow, g_ob, mismatch
@@ -85,10 +88,11 @@ def subset_gradient_kernel(points, labels, idx, pats, weights, slots, targets, c
     g_ow = np.zeros((n_slots, P, M))
     g_ob = np.zeros((n_slots, P))
     sq = np.zeros(n_slots)
-    z, act, sg, cn, u, u_next, um, r, wt, lab, tidx, pw = _buffers(L, M, P)
+    z, act, sg, cn, u, u_next, um, r, wt, lab, tidx, pw, words = _buffers(L, M, P)
     slot = np.empty(TILE, dtype=np.int64)
     tpat = np.empty((TILE, pats.shape[1], pats.shape[2]), dtype=np.uint64)
     local = np.empty(TILE, dtype=np.int64)
+    no_flags = np.zeros(TILE, dtype=np.uint8)       # (m_true = 0: never written)
     for start in range(0, n, TILE):
         nb = min(TILE, n - start)
         for t in range(nb):
@@ -100,7 +104,7 @@ def subset_gradient_kernel(points, labels, idx, pats, weights, slots, targets, c
                 for w in range(pats.shape[2]):
                     tpat[t, l, w] = pats[start + t, l, w]
         _load_gather(points, labels, tidx, nb, z[0], lab)
-        _forward_tile_pat(cw, cb, inv, tpat, local, z, act, sg, cn, nb)
+        _forward_tile_pat(cw, cb, inv, tpat, local, z, act, sg, cn, words, no_flags, 0, nb)
         _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, sg, lab, slot, pw, True,
                        nb, u, u_next, um, r, wt, sq, g_w, g_b, g_ow, g_ob)
     return g_w, g_b, g_ow, g_ob
@@ -108,11 +112,14 @@ def subset_gradient_kernel(points, labels, idx, pats, weights, slots, targets, c
 
 @njit(**JIT_OPTIONS)
 def _buffers(L, M, P):
+    """A tile's scratch: those of ``gradient._tile_buffers`` (z, act, cn, u, u_next, um, r, wt,
+    lab) with sg (L, M, T) the pattern's signs, idx (T,) the tile's point indices, pw (T,) weights
+    and words (T,) uint64 the tile's pattern words of one layer."""
     T = TILE
     return (np.zeros((L + 1, M, T)), np.empty((L, M, T)), np.empty((L, M, T)), np.empty((M, T)),
             np.empty((M, T)), np.empty((M, T)), np.empty((M, T)),
             np.empty((max(M, P), T)), np.empty(T), np.empty(T, dtype=np.int64), np.empty(T, dtype=np.int64),
-            np.ones(T))
+            np.ones(T), np.empty(T, dtype=np.uint64))
 
 
 @njit(**JIT_OPTIONS)
@@ -131,33 +138,49 @@ def _is_free(patterns, i, l, k):
 
 
 @njit(**JIT_OPTIONS)
-def _forward_tile_pat(cw, cb, inv, patterns, idx, z, act, sg, cn, nb):
+def _forward_tile_pat(cw, cb, inv, patterns, idx, z, act, sg, cn, words, flags, m_true, nb):
     """``gradient._forward_tile`` with truncation by pattern; sg[l] = +1 free, -1 truncated.
 
     Padded coordinates (k >= the patterns' width 64 * n_words, or bits never set) are
-    truncated with a = 0: they add nothing, as in the tile kernel.
+    truncated with a = 0: they add nothing, as in the tile kernel. ``words`` (T,) uint64
+    scratch. ``flags[t]`` (T,) uint8 is set to 1 where point t's pre-activations disagree in
+    sign with its pattern on one of the first ``m_true`` coordinates of a layer (a crossing),
+    and left as it was elsewhere.
     """
     L = cw.shape[0]
     M = cw.shape[1]
-    n_bits = patterns.shape[2] * 64
     for l in range(L):
         _matvec(cw[l], z[l], act[l], z[l], cb[l], _FROM_BIAS, nb)
+        _tile_signs(patterns, idx, l, nb, sg[l], words)
         for k in range(M):
             for t in range(nb):
-                free = k < n_bits and _is_free(patterns, idx[t], l, k)
-                sg[l, k, t] = 1.0 if free else -1.0
-                cn[k, t] = 0.0 if free else -act[l, k, t]
+                free = sg[l, k, t] > 0.0
+                a = act[l, k, t]
+                cn[k, t] = 0.0 if free else -a
+                if k < m_true and (a > 0.0) != free:
+                    flags[t] = 1
         _matvec(inv[l], cn, z[l + 1], z[l], cb[l], _FROM_SRC, nb)
 
 
 @njit(**JIT_OPTIONS)
-def _mismatch(act, sg, idx, nb, m_true, out):
-    L = act.shape[0]
-    for l in range(L):
-        for k in range(m_true):
+def _tile_signs(patterns, idx, l, nb, sg_l, words):
+    """sg_l[k, t] = +1.0 where bit k of point idx[t]'s layer-l pattern is set, else -1.0 (rows of
+    sg_l beyond the patterns' 64 * n_words bits: -1.0). The tile's words are gathered once, then
+    each row is one loop over the tile's points (vectorized)."""
+    M = sg_l.shape[0]
+    W = patterns.shape[2]
+    one = np.uint64(1)
+    for w in range(W):
+        for t in range(nb):
+            words[t] = patterns[idx[t], l, w]
+        for b in range(min(64, M - 64 * w)):
+            shift = np.uint64(b)
+            row = sg_l[64 * w + b]
             for t in range(nb):
-                if (act[l, k, t] > 0.0) != (sg[l, k, t] > 0.0):
-                    out[idx[t]] = 1
+                row[t] = np.float64((words[t] >> shift) & one) * 2.0 - 1.0
+    for k in range(min(M, 64 * W), M):
+        for t in range(nb):
+            sg_l[k, t] = -1.0
 
 
 @njit(**JIT_OPTIONS)
