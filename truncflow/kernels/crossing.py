@@ -28,7 +28,7 @@ from numba import njit, prange
 
 from .config import JIT_OPTIONS, JIT_OPTIONS_REDUCTION
 from .gradient import (TILE, _FROM_BIAS, _FROM_SRC, _back_product, _first_slot, _layer_sums, _load_tile, _masked_outer,
-                       _masked_sum_sq, _matvec, _next_slot, _slot_mask, _tile_gradient)
+                       _masked_sum_sq, _matvec, _next_slot, _output_top, _slot_mask, _tile_gradient)
 
 
 @njit(parallel=True, **JIT_OPTIONS_REDUCTION)
@@ -108,6 +108,92 @@ def subset_gradient_kernel(points, labels, idx, pats, weights, slots, targets, c
         _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, sg, lab, slot, pw, True,
                        nb, u, u_next, um, r, wt, sq, g_w, g_b, g_ow, g_ob)
     return g_w, g_b, g_ow, g_ob
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def subset_contributions_kernel(points, labels, idx, pats, targets, cw, cb, inv, back, out_w, out_b, output_cost):
+    """Each listed entry's own gradient contribution: point ``idx[e]`` under pattern ``pats[e]``.
+
+    The per-point terms that ``subset_gradient_kernel`` sums (the same forward sweep by
+    pattern, residuals and reverse sweep, in tiles of entries), written one entry per row
+    instead of summed, so that any number of weighted sums of them is one matrix product
+    (``FrozenModel.subset_matrix``) rather than one pass per weight. Returns (g_w (n, L, Mp,
+    Mp), g_b (n, L, Mp), g_ow (n, P, Mp), g_ob (n, P)), unscaled (divide by N) like the
+    gradient kernel's sums.
+    """
+    n = idx.shape[0]
+    L, M, _ = cw.shape
+    P = out_w.shape[0]
+    g_w = np.zeros((n, L, M, M))
+    g_b = np.zeros((n, L, M))
+    g_ow = np.zeros((n, P, M))
+    g_ob = np.zeros((n, P))
+    z, act, sg, cn, u, u_next, um, r, wt, lab, tidx, pw, words = _buffers(L, M, P)
+    tpat = np.empty((TILE, pats.shape[1], pats.shape[2]), dtype=np.uint64)
+    local = np.empty(TILE, dtype=np.int64)
+    no_flags = np.zeros(TILE, dtype=np.uint8)       # (m_true = 0: never written)
+    for start in range(0, n, TILE):
+        nb = min(TILE, n - start)
+        for t in range(nb):
+            tidx[t] = idx[start + t]
+            local[t] = t
+            for l in range(pats.shape[1]):
+                for w in range(pats.shape[2]):
+                    tpat[t, l, w] = pats[start + t, l, w]
+        _load_gather(points, labels, tidx, nb, z[0], lab)
+        _forward_tile_pat(cw, cb, inv, tpat, local, z, act, sg, cn, words, no_flags, 0, nb)
+        if output_cost:
+            _output_top(out_w, out_b, targets, lab, act[L - 1], sg[L - 1], r, u, nb)
+            for t in range(nb):
+                e = start + t
+                for p in range(P):
+                    g_ob[e, p] = r[p, t]
+                    for j in range(M):
+                        g_ow[e, p, j] = r[p, t] * act[L - 1, j, t] if sg[L - 1, j, t] > 0.0 else 0.0
+                for k in range(M):
+                    g_b[e, L - 1, k] = u[k, t]
+                    for j in range(M):
+                        g_w[e, L - 1, k, j] = u[k, t] * z[L, j, t]
+        else:
+            for k in range(M):
+                for t in range(nb):
+                    r[k, t] = z[L, k, t] - targets[lab[t], k]
+            _matvec(back[L - 1], r, u, u, wt[:0], _FROM_BIAS, nb)
+        for l in range(L - 1, -1, -1):
+            for t in range(nb):
+                e = start + t
+                for k in range(M):
+                    uk = u[k, t]
+                    free = sg[l, k, t] > 0.0
+                    if not free:
+                        g_b[e, l, k] -= uk
+                    for j in range(M):
+                        x = z[l + 1, j, t]
+                        g_w[e, l, k, j] -= uk * ((x - z[l, j, t]) if free else x)
+            if l > 0:
+                _back_product(back[l - 1], u, sg[l], u_next, nb)
+                u, u_next = u_next, u
+    return g_w, g_b, g_ow, g_ob
+
+
+@njit(**JIT_OPTIONS)
+def serial_matmul(a, b):
+    """a (m, n) @ b (n, k), float64, in the calling thread: row by row, each row of b scaled and
+    added in order (vectorized along b's rows). For the kink integrator's small products, which a
+    multithreaded BLAS would run on threads that then spin and take the cores from the next
+    parallel pass over the points."""
+    m, n = a.shape
+    k = b.shape[1]
+    out = np.zeros((m, k))
+    for i in range(m):
+        row = out[i]
+        for j in range(n):
+            aij = a[i, j]
+            if aij != 0.0:
+                bj = b[j]
+                for c in range(k):
+                    row[c] += aij * bj[c]
+    return out
 
 
 @njit(**JIT_OPTIONS)

@@ -56,25 +56,27 @@ class BulkCorrector:
         of its crossings, as subset entries: (idx, pats, xa, xb, sign), two entries per piece (the
         pattern after, +1, and the pattern at the step's start, -1)."""
         pc = self.model
-        by_point = {}
-        for c in segs:
-            by_point.setdefault(c.point, []).append((c.x, c.pattern))
-        idx, pats, xa, xb, sign = [], [], [], [], []
-        for i, lst in by_point.items():
-            base = pc.pat[i]
-            for n_, (x, pat) in enumerate(lst):
-                x_end = lst[n_ + 1][0] if n_ + 1 < len(lst) else 1.0
-                a_, b_ = min(x, xu), min(x_end, xu)
-                if b_ <= a_:
-                    continue
-                idx += [i, i]
-                pats += [pat, base]
-                xa += [a_, a_]
-                xb += [b_, b_]
-                sign += [1.0, -1.0]
         W = pc.pat.shape[1:]
-        return (np.array(idx, np.int64), np.array(pats, np.uint64).reshape((-1,) + W), np.array(xa, float),
-                np.array(xb, float), np.array(sign, float))
+        n = len(segs)
+        if n == 0:
+            return (np.zeros(0, np.int64), np.zeros((0,) + W, np.uint64), np.zeros(0), np.zeros(0), np.zeros(0))
+        point = np.fromiter((c.point for c in segs), np.int64, n)
+        x = np.fromiter((c.x for c in segs), np.float64, n)
+        after = np.stack([c.pattern for c in segs])
+        # points in the order they first cross, each point's crossings in time order (segs are)
+        _, first, inverse = np.unique(point, return_index=True, return_inverse=True)
+        order = np.lexsort((np.arange(n), first[inverse]))
+        point, x, after = point[order], x[order], after[order]
+        x_end = np.ones(n)
+        same = point[1:] == point[:-1]
+        x_end[:-1][same] = x[1:][same]
+        a_, b_ = np.minimum(x, xu), np.minimum(x_end, xu)
+        keep = b_ > a_
+        point, a_, b_, after = point[keep], a_[keep], b_[keep], after[keep]
+        m = point.size
+        pats = np.empty((2 * m,) + W, np.uint64)
+        pats[0::2], pats[1::2] = after, pc.pat[point]
+        return (np.repeat(point, 2), pats, np.repeat(a_, 2), np.repeat(b_, 2), np.tile([1.0, -1.0], m))
 
     def node_deltas(self, segs, nodes_y, t0, t1):
         """(E, Q): the crossings' velocity jumps integrated from t0 to each of the step's K nodes t_m,
@@ -88,15 +90,17 @@ class BulkCorrector:
         n = idx.size
         if n == 0:
             return np.zeros((K, size)), np.zeros((K, size))
+        # entries come in pairs (pattern after a crossing, +1; at the step's start, -1) on one
+        # piece: the weights are those of the piece, applied to the pair's difference
+        xa, xb, n = xa[0::2], xb[0::2], n // 2
         a_ = np.minimum(xa[None, :], q.x[:, None]).ravel()
         b_ = np.minimum(xb[None, :], q.x[:, None]).ravel()
-        W = q.weights(a_, b_).reshape(K, n, K) * (h / 2) * sign[None, :, None]
-        W1 = q.moment_weights(a_, b_, 1).reshape(K, n, K) * (h / 2) ** 2 * sign[None, :, None]
+        W = q.weights(a_, b_).reshape(K, n, K) * (h / 2)
+        W1 = q.moment_weights(a_, b_, 1).reshape(K, n, K) * (h / 2) ** 2
         W = np.concatenate([W, W1], axis=0)                           # (2K, n, K): E, then int (t1 - s)
-        e_idx, e_pats, slots = np.tile(idx, 2 * K), np.tile(pats, (2 * K, 1, 1)), np.repeat(np.arange(2 * K), n)
         out = np.zeros((2 * K, size))
         for kk, y in enumerate(nodes_y):
-            g = pc.subset(pc.at(y), e_idx, e_pats, W[:, :, kk].ravel(), slots, 2 * K)
+            g = pc.subset_matrix(pc.at(y), idx, pats, W[:, :, kk], pairs=True)
             out -= np.stack([self.project_velocity(r) for r in g]) if pc.sliding else g
         E = out[:K]
         tm = t0 + (q.x + 1) * (h / 2)
@@ -114,22 +118,17 @@ class BulkCorrector:
         size = self.model.problem.size
         if not idx.size:
             return np.zeros(size), (np.zeros(size) if moments else None)
-        W = q.weights(xa, xb) * (h / 2) * sign[:, None]                 # (entries, K)
-        delta = np.zeros(size)
-        slots = np.zeros(idx.size, np.int64)
+        xa, xb = xa[0::2], xb[0::2]                                     # per piece (pairs: see node_deltas)
+        W = q.weights(xa, xb) * (h / 2)                                 # (pieces, K)
+        rows = [W]
         if moments:
-            W1 = q.moment_weights(xa, xb, 1) * (h / 2) ** 2 * sign[:, None]
-            q1 = np.zeros(size)
+            rows.append(q.moment_weights(xa, xb, 1) * (h / 2) ** 2)
+        rows = np.stack(rows)                                           # (1 or 2, pieces, K)
+        out = np.zeros((rows.shape[0], size))
         for kk, y in enumerate(nodes_y):
-            at = pc.at(y)
-            if moments:
-                g2 = pc.subset(at, np.concatenate([idx, idx]), np.concatenate([pats, pats]),
-                               np.concatenate([W[:, kk], W1[:, kk]]), np.concatenate([slots, slots + 1]), 2)
-                delta -= self.project_velocity(g2[0])
-                q1 -= self.project_velocity(g2[1])
-            else:
-                delta -= self.project_velocity(pc.subset(at, idx, pats, W[:, kk], slots, 1)[0])
-        return delta, (q1 if moments else None)
+            g = pc.subset_matrix(pc.at(y), idx, pats, rows[:, :, kk], pairs=True)
+            out -= np.stack([self.project_velocity(r) for r in g])
+        return out[0], (out[1] if moments else None)
 
     def corrected_path(self, cand, segs, final_pats, nodes_t, nodes_y, y1, t0, t1):
         """Crossing times and jump integrals re-found along the corrected path.

@@ -19,10 +19,12 @@ import numpy as np
 from ...compute import Gradient, aligned_scale_gradient, cumulative_to_layer_gradient, kernel_arrays, tile_arrays
 from ...kernels import config
 from ...kernels.crossing import (frozen_gradient_kernel, hermite_dips_kernel, preacts_jvp_kernel,
-                                 subset_gradient_kernel, subset_jvp_kernel, subset_preacts_kernel)
+                                 subset_contributions_kernel, subset_gradient_kernel, subset_jvp_kernel,
+                                 subset_preacts_kernel)
 from ...kernels.forward import patterns_kernel
 from .bits import set_bit
 from .filippov import least_squares
+from .locate import serial_product
 from .options import DEFAULT
 
 __all__ = ["FrozenModel"]
@@ -234,6 +236,21 @@ class FrozenModel:
         if n_slots == 1:
             return self._vector(at.params, gw[0], gb[0], gow[0], gob[0])[None]
         return self._vectors(at.params, gw, gb, gow, gob)
+
+    def subset_matrix(self, at, idx, pats, weights, pairs=False):
+        """(S, size) masked gradient vectors: row s = sum over entries e of weights[s, e] times entry
+        e's contribution (point idx[e] under pattern pats[e]). One pass over the n entries
+        (``subset_contributions_kernel``) however many rows: the weighted sums are one product.
+        ``pairs``: entries 2p and 2p + 1 are one point under two patterns (after a crossing, and
+        before it) and ``weights`` has a column per pair, applied to their difference (a jump)."""
+        weights = np.asarray(weights, np.float64)
+        gw, gb, gow, gob = subset_contributions_kernel(self.ds.points, self.ds.labels, np.asarray(idx, np.int64),
+                                                       np.ascontiguousarray(pats), *at.tiles, self.output)
+        if pairs:
+            gw, gb, gow, gob = (g[0::2] - g[1::2] for g in (gw, gb, gow, gob))
+        S = weights.shape[0]
+        sums = [serial_product(weights, g.reshape(g.shape[0], -1)).reshape((S,) + g.shape[1:]) for g in (gw, gb, gow, gob)]
+        return self._vectors(at.params, *sums)
 
     def _vectors(self, params, gw, gb, gow, gob):
         """``_vector`` for a stack of S slots at once, (S, size): the same linear maps, batched."""
