@@ -9,7 +9,7 @@ from truncflow.compute import kernel_arrays, tile_arrays
 from truncflow.engine.kinks import _Kinks, _Pieces, _Quadrature, _set_bit
 from truncflow.engine.rhs import FlowProblem
 from truncflow.kernels.crossing import (first_crossings, frozen_gradient_kernel, hermite_dips_kernel, preacts_jvp_kernel,
-                                        subset_gradient_kernel, subset_jvp_kernel, subset_preacts_kernel)
+                                        subset_contributions_kernel, subset_jvp_kernel, subset_preacts_kernel)
 from truncflow.kernels.gradient import gradient_kernel
 
 from problems import one_layer_problem, separated_problem
@@ -51,32 +51,32 @@ def test_frozen_kernel_is_the_gradient_kernel_on_true_patterns(kind, M):
     got = frozen_gradient_kernel(ds.points, ds.labels, flipped, *arr, kind == "output", 1, 1024)
     assert np.flatnonzero(got[5]).tolist() == [7]
     ref = gradient_kernel(ds.points, ds.labels, *arr, kind == "output", 1, 1024)
-    jump = subset_gradient_kernel(ds.points, ds.labels, np.array([7, 7]), np.stack([flipped[7], pat[7]]),
-                                  np.array([1.0, -1.0]), np.zeros(2, np.int64), *arr, kind == "output", 1)
-    for a, b, j in zip(got[1:5], ref[1:5], jump):
-        np.testing.assert_allclose(a.sum(0)[0] - b.sum(0)[0], j[0], atol=1e-10)
+    pair = subset_contributions_kernel(ds.points, ds.labels, np.array([7, 7]), np.stack([flipped[7], pat[7]]),
+                                       *arr, kind == "output")
+    for a, b, c in zip(got[1:5], ref[1:5], pair):
+        np.testing.assert_allclose(a.sum(0)[0] - b.sum(0)[0], c[0] - c[1], atol=1e-10)
 
 
-def test_subset_kernel_sums_all_points_like_the_full_pass():
+@pytest.mark.parametrize("kind", ["input", "output"])
+def test_per_entry_contributions_sum_to_the_full_pass(kind):
+    """Each entry's row is its own gradient contribution: all points' rows sum to the full pass
+    (output cost: the output layer's rows too), and a row is the full pass of that point alone."""
     rng = np.random.default_rng(1)
     N, M = 700, 4
-    p = tf.Params.random(2, M, seed=3, bias_scale=0.5)
-    ds = tf.Dataset(rng.standard_normal((N, M)), np.arange(N) % 2, rng.standard_normal((2, M)))
-    arr = tile_arrays(p, ds.targets, "input")
+    p = tf.Params.random(2, M, seed=3, bias_scale=0.5, out_dim=3 if kind == "output" else None)
+    ds = tf.Dataset(rng.standard_normal((N, M)), np.arange(N) % 2, rng.standard_normal((2, M if kind == "input" else 3)))
+    arr = tile_arrays(p, ds.targets, kind)
     pat = tf.activation_patterns(p, ds.points)
-    ref = gradient_kernel(ds.points, ds.labels, *arr, False, 1, 1024)
-    w = rng.uniform(0.5, 2.0, N)
-    sub = subset_gradient_kernel(ds.points, ds.labels, np.arange(N), pat, w, np.zeros(N, np.int64), *arr, False, 1)
-    one = subset_gradient_kernel(ds.points, ds.labels, np.arange(N), pat, np.ones(N), np.zeros(N, np.int64), *arr,
-                                 False, 1)
-    np.testing.assert_allclose(one[0][0], ref[1].sum(0)[0], rtol=1e-12, atol=1e-10)
-    # weights scale each entry's contribution
-    manual = sum(w[i] * subset_gradient_kernel(ds.points, ds.labels, np.array([i]), pat[i:i + 1], np.ones(1),
-                                               np.zeros(1, np.int64), *arr, False, 1)[0][0] for i in range(0, N, 50))
-    part = subset_gradient_kernel(ds.points, ds.labels, np.arange(0, N, 50), np.ascontiguousarray(pat[::50]), w[::50].copy(),   # production passes contiguous arrays
-                                  np.zeros(len(range(0, N, 50)), np.int64), *arr, False, 1)[0][0]
-    np.testing.assert_allclose(part, manual, rtol=1e-12, atol=1e-12)
-    assert sub[0].shape == one[0].shape
+    ref = gradient_kernel(ds.points, ds.labels, *arr, kind == "output", 1, 1024)
+    rows = subset_contributions_kernel(ds.points, ds.labels, np.arange(N), pat, *arr, kind == "output")
+    for r, a in zip(rows, ref[1:]):
+        assert r.shape[0] == N
+        np.testing.assert_allclose(r.sum(0), a.sum(0)[0], rtol=1e-12, atol=1e-10)
+    for i in (0, 351, N - 1):                       # a row is the pass over that point alone
+        one = ds.points[i:i + 1]
+        alone = gradient_kernel(one, ds.labels[i:i + 1], *arr, kind == "output", 1, 1024)
+        for r, a in zip(rows, alone[1:]):
+            np.testing.assert_allclose(r[i], a[0, 0], rtol=1e-13, atol=1e-15)
 
 
 def _pieces_state_direction(seed, N, wrt, direction_seed):

@@ -34,7 +34,7 @@ each the kernel of that name with the dataset's points (and labels) first:
   patterns(cw, cb, edges_t, chunk)                       ``kernels.forward.patterns_kernel``
   subset_patterns(idx, cw, cb, edges_t, chunk)           the same for the points idx only
   frozen_gradient(patterns, *tiles, ...)                 gradient with JVP and mismatch flags
-  subset_gradient(idx, ...), subset_preacts(idx, ...),   passes over the flagged points only
+  subset_contributions(idx, ...), subset_preacts(idx, ...),   passes over the flagged points only
   subset_jvp(idx, ...), preacts_jvp(patterns, ...)
 
 Only the local backend implements them today (``method="kinks"`` needs the points here);
@@ -52,7 +52,7 @@ __all__ = ["Backend", "BackendLacks", "Capabilities", "OPERATIONS", "FROZEN_PASS
 #: The named operations every placement is asked for.
 OPERATIONS = ("gradient_sums", "statistics_sums", "observe", "cluster_sums", "rows", "with_targets")
 #: The kink integrator's frozen-pattern passes (the local backend only, today).
-FROZEN_PASSES = ("patterns", "subset_patterns", "frozen_gradient", "subset_gradient", "preacts_jvp", "subset_preacts",
+FROZEN_PASSES = ("patterns", "subset_patterns", "frozen_gradient", "subset_contributions", "preacts_jvp", "subset_preacts",
                  "subset_jvp")
 
 
@@ -138,8 +138,8 @@ class Backend:
     def frozen_gradient(self, patterns, *args):
         self._lacks("frozen_gradient")
 
-    def subset_gradient(self, idx, *args):
-        self._lacks("subset_gradient")
+    def subset_contributions(self, idx, *args):
+        self._lacks("subset_contributions")
 
     def preacts_jvp(self, patterns, *args):
         self._lacks("preacts_jvp")

@@ -67,9 +67,9 @@ class LocalBackend(Backend):
         from ..kernels.crossing import frozen_gradient_kernel
         return frozen_gradient_kernel(self.points, self.labels, patterns, *args)
 
-    def subset_gradient(self, idx, *args):
-        from ..kernels.crossing import subset_gradient_kernel
-        return subset_gradient_kernel(self.points, self.labels, np.asarray(idx, np.int64), *args)
+    def subset_contributions(self, idx, *args):
+        from ..kernels.crossing import subset_contributions_kernel
+        return subset_contributions_kernel(self.points, self.labels, np.asarray(idx, np.int64), *args)
 
     def preacts_jvp(self, patterns, *args):
         from ..kernels.crossing import preacts_jvp_kernel

@@ -13,9 +13,9 @@ piece the pattern names.
     frozen_gradient_kernel   one streaming pass over all points (chunked like
                              gradient_kernel: deterministic), plus a per-point flag
                              "the pattern differs from the signs of a" (a crossing)
-    subset_gradient_kernel   the same tile code on a gathered index list, each entry
-                             with its own pattern, weight and output slot: the gradient
-                             contributions of a few points (jumps, quadratures)
+    subset_contributions_kernel  the same tile code on a gathered index list, each entry
+                             with its own pattern: every entry's own gradient contribution,
+                             one row each (jumps and quadratures are weighted sums of rows)
     subset_preacts_kernel    frozen-pattern pre-activations a (n, L, M) of listed points
     subset_jvp_kernel        the same and their derivative along a parameter direction
     preacts_jvp_kernel       pre-activations of all points and their derivative along
@@ -70,51 +70,10 @@ def frozen_gradient_kernel(points, labels, patterns, targets, cw, cb, inv, back,
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
-def subset_gradient_kernel(points, labels, idx, pats, weights, slots, targets, cw, cb, inv, back, out_w, out_b,
-                           output_cost, n_slots):
-    """Weighted gradient sums of listed entries, each with its own pattern, into slots.
-
-    Entry e is point ``idx[e]`` under pattern ``pats[e]`` (L, n_words), its
-    contribution multiplied by ``weights[e]`` and added to slot ``slots[e]``
-    (0..n_slots-1). Serial over tiles of entries in order: deterministic. Returns
-    (g_w (S, L, Mp, Mp), g_b (S, L, Mp), g_ow (S, P, Mp), g_ob (S, P)), unscaled
-    (divide by N) like ``gradient_kernel``'s sums.
-    """
-    n = idx.shape[0]
-    L, M, _ = cw.shape
-    P = out_w.shape[0]
-    g_w = np.zeros((n_slots, L, M, M))
-    g_b = np.zeros((n_slots, L, M))
-    g_ow = np.zeros((n_slots, P, M))
-    g_ob = np.zeros((n_slots, P))
-    sq = np.zeros(n_slots)
-    z, act, sg, cn, u, u_next, um, r, wt, lab, tidx, pw, words = _buffers(L, M, P)
-    slot = np.empty(TILE, dtype=np.int64)
-    tpat = np.empty((TILE, pats.shape[1], pats.shape[2]), dtype=np.uint64)
-    local = np.empty(TILE, dtype=np.int64)
-    no_flags = np.zeros(TILE, dtype=np.uint8)       # (m_true = 0: never written)
-    for start in range(0, n, TILE):
-        nb = min(TILE, n - start)
-        for t in range(nb):
-            tidx[t] = idx[start + t]
-            slot[t] = slots[start + t]
-            pw[t] = weights[start + t]
-            local[t] = t
-            for l in range(pats.shape[1]):
-                for w in range(pats.shape[2]):
-                    tpat[t, l, w] = pats[start + t, l, w]
-        _load_gather(points, labels, tidx, nb, z[0], lab)
-        _forward_tile_pat(cw, cb, inv, tpat, local, z, act, sg, cn, words, no_flags, 0, nb)
-        _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, sg, lab, slot, pw, True,
-                       nb, u, u_next, um, r, wt, sq, g_w, g_b, g_ow, g_ob)
-    return g_w, g_b, g_ow, g_ob
-
-
-@njit(**JIT_OPTIONS_REDUCTION)
 def subset_contributions_kernel(points, labels, idx, pats, targets, cw, cb, inv, back, out_w, out_b, output_cost):
     """Each listed entry's own gradient contribution: point ``idx[e]`` under pattern ``pats[e]``.
 
-    The per-point terms that ``subset_gradient_kernel`` sums (the same forward sweep by
+    The per-point terms that ``frozen_gradient_kernel`` sums (the same forward sweep by
     pattern, residuals and reverse sweep, in tiles of entries), written one entry per row
     instead of summed, so that any number of weighted sums of them is one matrix product
     (``FrozenModel.subset_matrix``) rather than one pass per weight. Returns (g_w (n, L, Mp,

@@ -2,7 +2,7 @@
 
 *Bulk mode* keeps the step and adds, for each crossing point, the integral of its gradient jump
 from its crossing time to the step's end (an interpolatory quadrature on the step's nodes,
-``subset_gradient_kernel`` with per-entry weights). Found on the frozen path, every crossing time
+``FrozenModel.subset_matrix``: per-entry contributions, weighted). Found on the frozen path, every crossing time
 is off by the earlier crossings' effect on the path (the leading error, ~ h^3 per step), so the
 crossings are re-found on the corrected path (frozen dense output plus the jumps' integrals up to
 each node, plus their feedback), ``KinkOptions.bulk_refine`` passes of subset work only; points

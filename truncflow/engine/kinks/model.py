@@ -19,7 +19,7 @@ import numpy as np
 from ...compute import Gradient, aligned_scale_gradient, cumulative_to_layer_gradient, kernel_arrays, tile_arrays
 from ...kernels import config
 from ...kernels.crossing import (frozen_gradient_kernel, hermite_dips_kernel, preacts_jvp_kernel,
-                                 subset_contributions_kernel, subset_gradient_kernel, subset_jvp_kernel,
+                                 subset_contributions_kernel, subset_jvp_kernel,
                                  subset_preacts_kernel)
 from ...kernels.forward import patterns_kernel
 from .bits import set_bit
@@ -229,13 +229,11 @@ class FrozenModel:
         return ev
 
     def subset(self, at, idx, pats, weights, slots, n_slots):
-        """(n_slots, size) masked gradient vectors: sum over entries of weight * contribution."""
-        gw, gb, gow, gob = subset_gradient_kernel(self.ds.points, self.ds.labels, np.asarray(idx, np.int64),
-                                                  np.ascontiguousarray(pats), np.asarray(weights, np.float64),
-                                                  np.asarray(slots, np.int64), *at.tiles, self.output, n_slots)
-        if n_slots == 1:
-            return self._vector(at.params, gw[0], gb[0], gow[0], gob[0])[None]
-        return self._vectors(at.params, gw, gb, gow, gob)
+        """(n_slots, size) masked gradient vectors: slot s sums weights[e] times the contribution of
+        the entries e with slots[e] = s (``subset_matrix`` with that sparse weight matrix)."""
+        matrix = np.zeros((n_slots, len(idx)))
+        matrix[np.asarray(slots, np.int64), np.arange(len(idx))] = weights
+        return self.subset_matrix(at, idx, pats, matrix)
 
     def subset_matrix(self, at, idx, pats, weights, pairs=False):
         """(S, size) masked gradient vectors: row s = sum over entries e of weights[s, e] times entry
