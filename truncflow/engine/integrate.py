@@ -120,7 +120,7 @@ def simulate(params: Params, dataset: Dataset, t_end: float, *, kind: str = "inp
             seconds at least (on a resumed run, counted since the first start).
         callback: optional ``callback(t, cost)`` after every accepted step (progress bars).
         config: optional dict stored with the result (e.g. the seed and the run's configuration).
-        checkpoint: optional path of a checkpoint file (rk45, gd, sgd): the run's whole
+        checkpoint: optional path of a checkpoint file (rk45, kinks, gd, sgd): the run's whole
             state is written there after the first record, then at most every
             ``checkpoint_every`` wall-clock seconds after an accepted step, and when the
             run is interrupted; it is deleted when the run succeeds, unless
