@@ -48,7 +48,7 @@ MOMENTS = (".result.npz.", ".plot.png.", ".snapshots.png.")
 
 
 def _job(tmp_path, method):
-    step = "rtol = 1e-6\natol = 1e-9" if method == "rk45" else "lr = 0.01"
+    step = "rtol = 1e-6\natol = 1e-9" if method in ("rk45", "kinks") else "lr = 0.01"
     path = tmp_path / f"{method}.toml"
     path.write_text(JOB.format(method=method, step=step))
     return path
@@ -96,7 +96,7 @@ def _same_result(a, b):
 
 
 @pytest.mark.long
-@pytest.mark.parametrize("method", ["rk45", "gd"])
+@pytest.mark.parametrize("method", ["rk45", "gd", "kinks"])
 def test_sigkill_while_saving_then_resume_completes_the_folder(tmp_path, method):
     job = _job(tmp_path, method)
     assert main(["run", str(job), "--out", str(tmp_path / "whole"), "--quiet"]) == 0      # also compiles

@@ -77,9 +77,12 @@ def test_a_finished_kinks_checkpoint_resumes_without_stepping(tmp_path):
     (params, ds), t_end, kw = CASES["sliding"]
     ck = tmp_path / "ck.npz"
     first = tf.simulate(params, ds, t_end, method="kinks", checkpoint=ck, keep_checkpoint=True, **kw)
-    again = tf.simulate(params, ds, t_end, method="kinks", checkpoint=ck, resume=True, **kw)
+    again = tf.simulate(params, ds, t_end, method="kinks", checkpoint=ck, resume=True, keep_checkpoint=True, **kw)
     same_run(again, first)
-    assert again.evaluations[-1] == first.evaluations[-1]
+    assert again.evaluations[-1] == first.evaluations[-1] and ck.is_file()
+    third = tf.simulate(params, ds, t_end, method="kinks", checkpoint=ck, resume=True, **kw)   # kept, resumed again
+    same_run(third, first)
+    assert not ck.exists()
 
 
 def test_kinks_checkpoint_of_other_options_is_refused(tmp_path):

@@ -160,6 +160,8 @@ class KinkIntegrator(Loop):
 
     def _state(self):
         s, pc, last = self.solver, self.pieces, self.last
+        if s is None:                   # resumed from the checkpoint of a finished run: nothing moved
+            return {k: v for k, v in self._finished[0].items()}, dict(self._finished[1])
         scalars = {"t": float(s.t), "h_abs": float(s.h_abs), "status": s.status,
                    "max_step": None if s.max_step == np.inf else float(s.max_step),
                    "stepper": type(s).__name__, "last_t": float(last.t), "control": self.control.state(),
@@ -180,8 +182,11 @@ class KinkIntegrator(Loop):
                           for i, l, k, a, b in arrays["intervals"]]
         self.last = _Last(float(scalars["last_t"]), np.array(arrays["last_y"]))
         t, y = float(scalars["t"]), np.array(arrays["y"])
-        if scalars.get("finished") is not None or t >= self.t_end:
-            return                          # nothing more to step
+        if scalars.get("finished") is not None or t >= self.t_end:     # nothing more to step
+            keys = ("t", "h_abs", "status", "max_step", "stepper", "last_t", "control", "sliding", "stats")
+            self._finished = ({k: scalars[k] for k in keys},
+                              {k: np.array(arrays[k]) for k in ("y", "f", "last_y", "patterns", "intervals")})
+            return
         replay = [np.array(arrays["f"])]    # the stepper evaluates f(t, y) first: give it the saved one
 
         def fun(t_, y_):
