@@ -460,3 +460,20 @@ def test_output_cost_reference_at_rtol_1e10_atol_1e12():
     r = tf.simulate(p, ds, 3.0, kind="output", wrt="layers", method="kinks", rtol=1e-10, atol=1e-12,
                     record_times=[3.0])
     assert r.status == "t_end", r.message
+
+
+@pytest.mark.parametrize("seed,rtol", [(11, 1e-10), pytest.param(14, 1e-6, marks=pytest.mark.long)])   # 14: 8 s
+def test_a_stepper_failure_in_bulk_mode_is_retried_locating_every_crossing(seed, rtol):
+    """Two problems of bench/kinks_robustness.py whose bulk-corrected steps made the stepper fail
+    (step size below spacing; problem 14: 22 points of one face of layer 1 meeting a hyperplane
+    of layer 2 at once): the run now locates every crossing for a while from there, and reaches
+    t_end. Before, it stopped with status "failed" at t = 0.6576 and 0.8205."""
+    rng = np.random.default_rng(100 + seed)
+    N = (16, 24, 32, 48, 64)[seed % 5]
+    kind = "input" if seed % 2 == 0 else "output"
+    p = tf.Params.random(2, 2, scale=0.5, bias_scale=0.5, out_dim=2 if kind == "output" else None, seed=100 + seed)
+    ds = tf.Dataset(rng.standard_normal((N, 2)), np.arange(N) % 2, rng.standard_normal((2, 2)))
+    r = tf.simulate(p, ds, 2.5, kind=kind, wrt="cumulative", method="kinks", rtol=rtol, atol=rtol * 1e-2,
+                    record_times=[2.5], max_evals=50000)
+    assert r.status == "t_end", r.message
+    assert r.config["kinks"]["located_stretches"] >= 1

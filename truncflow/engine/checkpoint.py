@@ -352,12 +352,13 @@ def _check_kinks_state(state: dict, arrays: dict, *, n_state: int, t: float, t_e
         raise ValueError(f"its state entry 'last_t' ({last_t!r}) is before the stepper's time t = {t!r}")
     _float64_vector(arrays, "last_y", n_state)
     control = entry("control")
-    if not isinstance(control, dict) or set(control) != {"h_cap", "redos", "stuck"}:
-        raise ValueError(f"its state entry 'control' must be a table of h_cap, redos and stuck, got {_short(control)}")
+    if not isinstance(control, dict) or set(control) != {"h_cap", "redos", "stuck", "located_left"}:
+        raise ValueError(f"its state entry 'control' must be a table of h_cap, redos, stuck and located_left, "
+                         f"got {_short(control)}")
     h_cap = control["h_cap"]
     if h_cap is not None and not (_is_number(h_cap) and math.isfinite(h_cap) and h_cap > 0):
         raise ValueError(f"its state entry 'control.h_cap' must be a finite number > 0 or null, got {_short(h_cap)}")
-    for key in ("redos", "stuck"):
+    for key in ("redos", "stuck", "located_left"):
         integer(control[key], f"its state entry 'control.{key}'", low=0, high=_MAX_COUNT)
     stats = entry("stats")
     if not isinstance(stats, dict) or stats.get("stepper") != state["stepper"]:

@@ -13,7 +13,10 @@ import enum
 import numpy as np
 from scipy.integrate import DOP853, RK45
 
-__all__ = ["StepController", "Verdict"]
+__all__ = ["StepController", "Verdict", "LOCATED_STEPS"]
+
+#: Steps that locate every crossing after the stepper failed in bulk mode (then bulk mode again).
+LOCATED_STEPS = 50
 
 
 class Verdict(enum.Enum):
@@ -35,16 +38,33 @@ class StepController:
         self.h_cap = np.inf     # step limit from the last bulk test (relaxed by steps without crossings)
         self.redos = 0          # bulk steps redone in a row
         self.stuck = 0          # events in a row without progress
+        self.located_left = 0   # steps left that locate every crossing (after the stepper failed in bulk mode)
 
     def state(self) -> dict:
         """What a checkpoint keeps of it (JSON-able; ``h_cap`` None when unbounded)."""
         return {"h_cap": None if self.h_cap == np.inf else float(self.h_cap), "redos": int(self.redos),
-                "stuck": int(self.stuck)}
+                "stuck": int(self.stuck), "located_left": int(self.located_left)}
 
     def restore(self, state: dict) -> None:
         """Take back a :meth:`state` (checked by ``engine.checkpoint``)."""
         self.h_cap = np.inf if state["h_cap"] is None else float(state["h_cap"])
         self.redos, self.stuck = int(state["redos"]), int(state["stuck"])
+        self.located_left = int(state["located_left"])
+
+    def bulk_allowed(self) -> bool:
+        """Whether the next step may correct its crossings in bulk: the options allow it and the
+        run is not in a stretch of located steps (:meth:`locate_for_a_while`)."""
+        return self.options.bulk and self.located_left == 0
+
+    def locate_for_a_while(self) -> None:
+        """The stepper failed (its step size collapsed) while steps were corrected in bulk: the next
+        ``LOCATED_STEPS`` steps locate every crossing, as ``KinkOptions(bulk=False)`` does. Bulk
+        correction can stall where many points meet one hyperplane at once (a face of an earlier
+        layer that the hyperplane comes to contain, ``bench/kinks_robustness.py``); locating the
+        crossings one by one goes through there."""
+        self.located_left = LOCATED_STEPS
+        self.h_cap = np.inf
+        self.redos = 0
 
     def first_step(self, h, t, t_end):
         """The first step of a stepper (re)started at t: h clipped to t_end and to ``h_cap`` (None:
@@ -98,5 +118,7 @@ class StepController:
         """A step or event ended at t_new (from t0). Returns False after ``max_stuck`` events in a
         row without progress (a degenerate tangency: the run stops)."""
         self.redos = 0
+        if self.located_left > 0 and t_new > t0:
+            self.located_left -= 1
         self.stuck = self.stuck + 1 if t_new <= t0 else 0
         return self.stuck <= self.options.max_stuck

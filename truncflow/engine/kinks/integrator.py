@@ -46,7 +46,8 @@ class _Stats(dict):
     def __init__(self, stepper):
         super().__init__(stepper=stepper, events_located=0, sliding_entries=0, sliding_exits=0,
                          corrected_crossings=0, bulk_steps=0, event_steps=0, shortened_steps=0, redone_steps=0,
-                         projections=0, dip_candidates=0, unresolved_crossings=0, late_crossings=0, max_crossings_per_step=0)
+                         projections=0, dip_candidates=0, unresolved_crossings=0, late_crossings=0, max_crossings_per_step=0,
+                         located_stretches=0)
 
 
 class KinkIntegrator(Loop):
@@ -224,6 +225,11 @@ class KinkIntegrator(Loop):
                 if self.failure is not None:
                     return Status.DIVERGED, (f"at t = {self.solver.t:.6g} the flow reached a state it "
                                         f"cannot evaluate ({self.failure[1]})")
+                if self.control.bulk_allowed():     # try again locating every crossing for a while
+                    self.stats["located_stretches"] += 1
+                    self.control.locate_for_a_while()
+                    self.start(self.solver.t, self.solver.y, None)
+                    continue
                 return Status.FAILED, f"at t = {self.solver.t:.6g}: {message}"
             self.counters["rejected"] += max(attempts - 1, 0)
             self.failure = None
@@ -285,7 +291,7 @@ class KinkIntegrator(Loop):
         if j_exit is not None and t_exit <= t_first:
             return self._event_exit(dense, t_exit, j_exit, side_exit, t0, h)
         if n_cross:
-            if self.options.bulk:
+            if self.control.bulk_allowed():
                 done = self._bulk_step(cand, segs, final_pats, nodes_t, nodes_y, dense, ya, y1, t0, t1)
                 if done is False:
                     return None
