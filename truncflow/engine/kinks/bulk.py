@@ -53,13 +53,14 @@ class BulkCorrector:
 
     def jump_pieces(self, segs, xu):
         """Per crossing point, the pieces [x_a, x_b) of the step (clipped at xu, in [-1, 1]) after each
-        of its crossings, as subset entries: (idx, pats, xa, xb, sign), two entries per piece (the
-        pattern after, +1, and the pattern at the step's start, -1)."""
+        of its crossings, as subset entries (idx, pats, xa, xb): two entries per piece, the pattern
+        after the crossing and the pattern at the step's start (``subset_matrix(..., pairs=True)``
+        takes their difference, the piece's jump)."""
         pc = self.model
         W = pc.pat.shape[1:]
         n = len(segs)
         if n == 0:
-            return (np.zeros(0, np.int64), np.zeros((0,) + W, np.uint64), np.zeros(0), np.zeros(0), np.zeros(0))
+            return np.zeros(0, np.int64), np.zeros((0,) + W, np.uint64), np.zeros(0), np.zeros(0)
         point = np.fromiter((c.point for c in segs), np.int64, n)
         x = np.fromiter((c.x for c in segs), np.float64, n)
         after = np.stack([c.pattern for c in segs])
@@ -76,7 +77,7 @@ class BulkCorrector:
         m = point.size
         pats = np.empty((2 * m,) + W, np.uint64)
         pats[0::2], pats[1::2] = after, pc.pat[point]
-        return (np.repeat(point, 2), pats, np.repeat(a_, 2), np.repeat(b_, 2), np.tile([1.0, -1.0], m))
+        return np.repeat(point, 2), pats, np.repeat(a_, 2), np.repeat(b_, 2)
 
     def node_deltas(self, segs, nodes_y, t0, t1):
         """(E, Q): the crossings' velocity jumps integrated from t0 to each of the step's K nodes t_m,
@@ -86,7 +87,7 @@ class BulkCorrector:
         h = t1 - t0
         K = q.n
         size = self.model.problem.size
-        idx, pats, xa, xb, sign = self.jump_pieces(segs, 1.0)
+        idx, pats, xa, xb = self.jump_pieces(segs, 1.0)
         n = idx.size
         if n == 0:
             return np.zeros((K, size)), np.zeros((K, size))
@@ -114,7 +115,7 @@ class BulkCorrector:
         q = self.quad
         h = t1 - t0
         xu = -1.0 + 2.0 * (upper - t0) / h
-        idx, pats, xa, xb, sign = self.jump_pieces(segs, xu)
+        idx, pats, xa, xb = self.jump_pieces(segs, xu)
         size = self.model.problem.size
         if not idx.size:
             return np.zeros(size), (np.zeros(size) if moments else None)
