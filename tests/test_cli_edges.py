@@ -229,14 +229,14 @@ def test_lock_that_cannot_be_removed_is_a_one_line_refusal(compiled, fast_plots,
     out = tmp_path / "o"
     out.mkdir()
     (out / LOCK).write_bytes(b"garbage")
-    real_rename = os.rename
+    real_unlink = os.unlink
 
-    def refuse(src, dst, *a, **k):
-        if Path(src).name == LOCK:
+    def refuse(path, *a, **k):                    # the take-over removes the stale lock with unlink
+        if Path(path).name == LOCK:
             raise PermissionError(1, "Operation not permitted")
-        return real_rename(src, dst, *a, **k)
+        return real_unlink(path, *a, **k)
 
-    monkeypatch.setattr(os, "rename", refuse)
+    monkeypatch.setattr(os, "unlink", refuse)
     code, _, err = run_cli(capsys, "run", job(tmp_path), "--out", out, "--quiet")
     err = "\n".join(line for line in err.splitlines() if not line.startswith("truncflow: warning: "))
     assert_user_error(code, err, "cannot remove the stale lock file", "not permitted")
@@ -411,6 +411,28 @@ def test_stale_lock_taken_over_by_one_of_several_racing_processes(compiled, tmp_
     assert all(e == "" for _, e in outs), outs
     assert not (out / LOCK).exists()
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_take_over_never_moves_a_live_lock(tmp_path, monkeypatch):
+    """A run that judged the lock stale, when another run has taken the folder since, leaves the
+    live lock in place: never renamed away and put back, which left a moment without a lock
+    where a third run could take the folder too (two racing takers both held it, seen once in
+    test_stale_lock_taken_over_by_one_of_several_racing_processes on a fresh install)."""
+    out = tmp_path / "o"
+    write_lock(out, 2**22 + 999, 1)                       # no such process: stale
+    taker = cli.outputs.OutputFolder(out, overwrite=False, resume=False)
+    taker.token = "aaaa1111"
+    st, data = taker._read_lock()
+    (out / LOCK).unlink()
+    live = write_lock(out, os.getpid(), cli.lock.process_start(os.getpid()), token="bbbb2222")
+    touched = []
+    for name in ("rename", "unlink", "link"):
+        real = getattr(os, name)
+        monkeypatch.setattr(cli.lock.os, name, lambda *a, _real=real, _name=name: (touched.append((_name, a)),
+                                                                                  _real(*a))[1])
+    taker._set_aside(st, data)
+    assert not [t for t in touched if any(str(x) == str(live) for x in t[1])], touched
+    assert (out / LOCK).read_bytes() == live.read_bytes()
 
 
 def test_take_over_never_removes_a_lock_another_run_took_meanwhile(tmp_path):

@@ -26,7 +26,8 @@ LOCK_FILE = ".truncflow.lock"
 _UNKNOWN = object()
 _LOCK_MAX_BYTES = 4096
 _PID_MAX = 2**31 - 1
-#: A lock being taken (``.truncflow.lock.TOKEN.new``), set aside (``.stale``) or taken over (``.takeover``).
+#: A lock being taken (``.truncflow.lock.TOKEN.new``) or taken over (``.takeover``); ``.stale``: a lock
+#: set aside by earlier versions of this code, removed as a stray like the others.
 LOCK_TRANSIENT = re.compile(r"^" + re.escape(LOCK_FILE) + r"\.(?:[0-9a-f]+\.(?:new|stale)|takeover)$")
 
 
@@ -124,8 +125,12 @@ class FolderLock:
         """Remove the stale lock judged from (st, data) -- and nothing else.
 
         One run at a time takes a folder over (it holds ``.truncflow.lock.takeover``, created
-        exclusively; others wait for it to go); the lock is renamed away first, and put back if
-        what was renamed is not the lock judged stale (another run took the folder since).
+        exclusively; others wait for it to go). Holding it, a run removes the lock only if it is
+        still the very file judged stale (same inode, same bytes). No other run can change that
+        file meanwhile: a new lock is only ever created where there is none, and only a run
+        holding the take-over file removes a lock that is not its own. A lock that is not the
+        one judged is left where it is: never moved, so there is no moment at which a live lock
+        is missing and a third run could take the folder too.
         """
         guard = self.folder / f"{LOCK_FILE}.takeover"
         try:
@@ -139,33 +144,18 @@ class FolderLock:
         except OSError as exc:
             raise ValueError(f"output folder {self.folder} is not writable: {exc.strerror or exc}") from None
         try:
-            self._rename_aside(st, data)
+            now = self._read_lock()
+            if now is not None and (now[0].st_dev, now[0].st_ino) == (st.st_dev, st.st_ino) and now[1] == data:
+                try:
+                    os.unlink(self.lock)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise ValueError(f"cannot remove the stale lock file {self.lock}: {exc.strerror or exc}") \
+                        from None
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(guard)
-
-    def _rename_aside(self, st, data) -> None:
-        aside = self.folder / f"{LOCK_FILE}.{self.token}.stale"
-        try:
-            os.rename(self.lock, aside)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise ValueError(f"cannot remove the stale lock file {self.lock}: {exc.strerror or exc}") from None
-        try:
-            moved = self._read_lock(aside)
-            if moved is not None and ((moved[0].st_dev, moved[0].st_ino) != (st.st_dev, st.st_ino)
-                                      or moved[1] != data):
-                try:                           # a newer lock: put it back where it was
-                    os.link(aside, self.lock)
-                except FileExistsError:
-                    pass
-                except OSError:
-                    if not os.path.lexists(self.lock):
-                        os.rename(aside, self.lock)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(aside)
 
     def _release(self) -> None:
         """Remove the lock if it is still this run's."""
