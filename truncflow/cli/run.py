@@ -93,7 +93,8 @@ def run_command(args) -> int:
                 out.write_config(cfg.text)
             result, elapsed = _simulate(cfg, folder, args, guard=guard, out=out)   # raises if nothing was recorded
             out.flow_started()                              # (the run may have stopped before its first step)
-            written = write_outputs(result, cfg, folder)    # a signal now is noted, not raised
+            guard.saving = True                             # a signal now is noted, not raised, even while
+            written = write_outputs(result, cfg, folder)    # the plots compile their kernels
             out.finish(result, written)                     # the checkpoint goes once the outputs are whole
     except _StoppedBeforeStart as stop:
         from ..engine.control import SIGNAL_EXIT_CODES
@@ -133,6 +134,7 @@ def _run_sweep(cfg, folder: Path, args, say) -> int:
         results = run_sweep(cfg, say)
         elapsed = time.perf_counter() - started
         out.flow_started()          # an earlier run's files go now, not before the members ran
+        guard.saving = True         # a signal now is noted, not raised (see run_command)
         written = write_sweep(cfg, results, folder)
     say(format_summary(summary_rows(cfg, results)))
     say(f"wall time {elapsed:.1f} s")

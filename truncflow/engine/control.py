@@ -71,6 +71,8 @@ class _CompileWatch(_numba_event.Listener):
 
     def _raise_if_signalled(self):
         guard = SignalGuard._active
+        if guard is not None and guard.saving:      # a run's files are being written: nothing cuts them
+            return
         name = guard.received if guard is not None and guard.received is not None else self.noted
         if name is not None:
             raise Interrupted(name)
@@ -125,6 +127,9 @@ class SignalGuard:
         self._outer = None
         self._registered = False
         self.armed = True
+        #: set by the command line while it writes a finished or stopped run's files: a signal
+        #: noted meanwhile no longer stops a compilation (plots may compile their kernels)
+        self.saving = False
 
     def _note(self, signum, frame):
         if self.received is None:
