@@ -20,27 +20,9 @@ import pytest
 import truncflow as tf
 from truncflow.cli import main
 
-JOB = """
-seed = 0
-[data]
-source = "gaussian"
-n_points = 4000
-centers = [[-4.0, -4.0], [4.0, 4.0], [0.25, 0.25]]
-std = [0.5, 0.4, 0.2]
-targets = [[-1.0, -1.0], [1.5, 1.5], [0.25, 0.25]]
-[network]
-init = "cones"
-apexes = [[-4.0, -4.0], [4.0, 4.0]]
-edges = [[[1.0, 0.0], [0.0, 1.0]], [[-1.0, 0.0], [0.0, -1.0]]]
-[flow]
-method = "{method}"
-t_end = 2.0
-{step}
-[record]
-n_records = 30
-[output]
-name = "final-save"
-"""
+from jobs import cones_job
+
+JOB = cones_job(4000, 'method = "{method}"\nt_end = 2.0\n{step}', 30, "final-save")
 
 #: The moments a finished run's files are being written (the temporary file exists),
 #: and the moment after the last of them (the result and plots renamed, the checkpoint not yet removed).

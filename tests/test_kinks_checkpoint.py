@@ -21,6 +21,8 @@ import truncflow as tf
 from truncflow.cli import main
 from truncflow.engine.kinks import KinkOptions
 
+from jobs import cones_job
+
 
 def small(seed, N=24, M=2, L=2):
     """A random two-layer network on a few points: crossings and a sliding mode within t = 3."""
@@ -143,28 +145,7 @@ def test_a_damaged_kinks_checkpoint_is_refused_naming_the_entry(tmp_path, state,
 
 
 # ------------------------------------------------------------ a real SIGKILL
-JOB = """
-seed = 0
-[data]
-source = "gaussian"
-n_points = 1500
-centers = [[-4.0, -4.0], [4.0, 4.0], [0.25, 0.25]]
-std = [0.5, 0.4, 0.2]
-targets = [[-1.0, -1.0], [1.5, 1.5], [0.25, 0.25]]
-[network]
-init = "cones"
-apexes = [[-4.0, -4.0], [4.0, 4.0]]
-edges = [[[1.0, 0.0], [0.0, 1.0]], [[-1.0, 0.0], [0.0, -1.0]]]
-[flow]
-method = "kinks"
-t_end = 3.0
-rtol = 1e-7
-atol = 1e-10
-[record]
-n_records = 30
-[output]
-name = "kinks-kill"
-"""
+JOB = cones_job(1500, 'method = "kinks"\nt_end = 3.0\nrtol = 1e-7\natol = 1e-10', 30, "kinks-kill")
 
 
 def _env():

@@ -29,6 +29,7 @@ from truncflow.engine.control import Interrupted, SignalGuard
 from truncflow.engine.integrate import MAX_IMPLIED_STEPS, MIN_RTOL
 
 from conftest import make_problem
+from jobs import cones_job
 
 ROOT = Path(tf.__file__).resolve().parents[1]
 
@@ -124,26 +125,7 @@ def test_interrupted_before_the_first_record_raises(monkeypatch):
 
 
 # ----------------------------------------------- the command line, cold cache
-JOB = """
-seed = 0
-[data]
-source = "gaussian"
-n_points = 3000
-centers = [[-4.0, -4.0], [4.0, 4.0], [0.25, 0.25]]
-std = [0.5, 0.4, 0.2]
-targets = [[-1.0, -1.0], [1.5, 1.5], [0.25, 0.25]]
-[network]
-init = "cones"
-apexes = [[-4.0, -4.0], [4.0, 4.0]]
-edges = [[[1.0, 0.0], [0.0, 1.0]], [[-1.0, 0.0], [0.0, -1.0]]]
-[flow]
-method = "rk45"
-t_end = 30.0
-[record]
-n_records = 20
-[output]
-name = "cold"
-"""
+JOB = cones_job(3000, 'method = "rk45"\nt_end = 30.0', 20, "cold")
 
 
 @pytest.fixture(scope="module")
