@@ -111,6 +111,34 @@ def test_simulate_trajectories_are_bit_identical(client, method, options):
     assert r2.series["pattern_changes"][-1] > 0          # the flow moved points across hyperplanes
 
 
+def kinks_problem(seed):
+    """A 48-point problem of bench/kinks_robustness.py whose flow slides (points held on hyperplanes)."""
+    import sys
+    from pathlib import Path
+    sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
+    from kinks_robustness import random_problem
+    return random_problem(seed)
+
+
+def test_kinks_trajectories_are_bit_identical(client):
+    # bulk-corrected crossings over three partitions (float32 points), then a flow that slides
+    x, lab, tgt = data(2500, dtype=np.float32, seed=3)
+    local = tf.Dataset(x, lab, tgt)
+    p = tf.Params.random(2, 3, seed=6)
+    runs = [(p, local, local.distribute(client, partition_rows=1024), 0.6,
+             dict(wrt="layers", rtol=1e-4, atol=1e-6))]
+    p, ds, kind, wrt = kinks_problem(14)
+    runs.append((p, ds, ds.distribute(client), 2.5, dict(kind=kind, wrt=wrt, rtol=1e-8, atol=1e-10)))
+    for p, local, dist, t_end, options in runs:
+        r1 = tf.simulate(p, local, t_end, method="kinks", n_records=6, **options)
+        r2 = tf.simulate(p, dist, t_end, method="kinks", n_records=6, **options)
+        assert r1.status == r2.status == "t_end"
+        assert r1.config["kinks"] == r2.config["kinks"]
+        for name in r1.series:
+            same(r1.series[name], r2.series[name])
+    assert r1.config["kinks"]["sliding_entries"] > 0 and r1.series["sliding_points"].any()
+
+
 def test_a_dask_array_from_a_npy_file_and_a_memory_mapped_npy(client, tmp_path):
     x, lab, tgt = data(3000, seed=5)
     np.save(tmp_path / "x.npy", x)
@@ -140,8 +168,8 @@ def test_bad_data_is_refused_with_the_row(client):
         tf.distribute(x, lab, tgt, "tcp://nowhere:1")
     dist = tf.distribute(*data(1500), client)
     p = tf.Params.random(2, 3, seed=0)
-    with pytest.raises(ValueError, match="method='kinks' needs the points here"):
-        tf.simulate(p, dist, 1.0, method="kinks")
+    with pytest.raises(ValueError, match="method='events' needs the points here"):
+        tf.simulate(p, dist, 1.0, method="events")
     with pytest.raises(ValueError, match="checkpoint does not apply"):
         tf.simulate(p, dist, 1.0, checkpoint="x.npz")
     with pytest.raises(ValueError, match="simulate_ensemble"):
@@ -150,10 +178,13 @@ def test_bad_data_is_refused_with_the_row(client):
         tf.separation_report(p, dist)
 
 
-def test_a_worker_killed_mid_flow_costs_a_recomputation_not_the_run(client):
+@pytest.mark.parametrize("options", [dict(method="gd", lr=0.02), dict(method="kinks", rtol=1e-4, atol=1e-6)],
+                         ids=["gd", "kinks"])
+def test_a_worker_killed_mid_flow_costs_a_recomputation_not_the_run(client, options):
+    # kinks: the frozen patterns on the killed worker are computed again from the changes made
     x, lab, tgt = data(4096, seed=7)
     p = tf.Params.random(2, 3, seed=8)
-    options = dict(method="gd", lr=0.02, wrt="layers", n_records=5)
+    options = dict(options, wrt="layers", n_records=5)
     want = tf.simulate(p, tf.Dataset(x, lab, tgt), 0.4, **options)
     dist = tf.distribute(x, lab, tgt, client, partition_rows=1024)
     killed = []

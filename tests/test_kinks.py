@@ -91,7 +91,7 @@ def _pieces_state_direction(seed, N, wrt, direction_seed):
 def test_jvp_of_preactivations_matches_finite_differences(wrt):
     pieces, y, v = _pieces_state_direction(2, 10, wrt, 0)
     idx = np.arange(10)
-    pats = pieces.pat[idx]
+    pats = pieces.pattern(idx)
     a, da = pieces.jvp(pieces.at(y), idx, pats, np.tile(v, (10, 1)))
     eps = 1e-6
     ap = pieces.preacts(pieces.at(y + eps * v), idx, pats)
@@ -104,8 +104,8 @@ def test_jvp_of_preactivations_matches_finite_differences(wrt):
 def test_jvp_of_all_points_is_the_subset_jvp(wrt):
     pieces, y, v = _pieces_state_direction(4, 70, wrt, 1)
     idx = np.arange(70)
-    a_sub, da_sub = pieces.jvp(pieces.at(y), idx, pieces.pat, np.tile(v, (70, 1)))
-    a, da = pieces.all_jvp(pieces.at(y), v)
+    a_sub, da_sub = pieces.jvp(pieces.at(y), idx, pieces.whole_pattern(), np.tile(v, (70, 1)))
+    a, da = pieces.ends(y, v)
     np.testing.assert_allclose(a, a_sub, rtol=1e-14, atol=1e-15)
     np.testing.assert_allclose(da, da_sub, rtol=1e-13, atol=1e-15)
 
@@ -150,7 +150,7 @@ def test_a_dip_inside_a_step_is_flagged():
         k.solver.f = np.zeros_like(y)
         k.solver.K[0][off] = -c
         k.solver.f[off] = c
-        k._ends_key = None
+        k.pieces._ends_cache = None
         assert k._dips(y, 1.0, y.copy()).tolist() == ([0] if dips else [])
 
 
@@ -266,7 +266,7 @@ def test_cross_and_cross_back_within_one_step():
     roots = np.sort(np.roots([1.6, -1.6, 0.3]))
     assert len(segs) == 2
     np.testing.assert_allclose([s[3] for s in segs], roots, atol=1e-9)
-    assert np.array_equal(final[0], k.pieces.pat[0])            # back to the pattern it started with
+    assert np.array_equal(final[0], k.pieces.pattern(0))            # back to the pattern it started with
 
 
 # ---------------------------------------------------------- whole flows

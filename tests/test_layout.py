@@ -151,17 +151,15 @@ def test_the_public_datasets_are_the_backends():
 
 
 def test_a_missing_operation_names_the_operation_and_the_backend():
-    remote = object.__new__(DistributedDataset)      # no cluster needed: the refusal comes first
-    with pytest.raises(BackendLacks, match=r"the Dask backend has no 'frozen_gradient' pass: it needs the points "
-                                           r"here \(use a local truncflow.Dataset"):
-        remote.frozen_gradient(None)
-    with pytest.raises(ValueError, match="the CUDA backend has no 'subset_jvp' pass"):
-        object.__new__(DeviceDataset).subset_jvp(np.zeros(1, dtype=np.int64))
+    remote = object.__new__(DeviceDataset)      # no GPU needed: the refusal comes first
+    with pytest.raises(BackendLacks, match=r"the CUDA backend has no 'frozen_points' pass: it needs the points "
+                                           r"here \(use dataset.to\('cpu'\)"):
+        remote.frozen_points(None, 1024)
     err = BackendLacks("observe", "test")
     assert (err.operation, err.backend) == ("observe", "test") and isinstance(err, ValueError)
 
 
-def test_local_pattern_passes_are_the_kernels():
+def test_local_frozen_points_hold_the_patterns_of_the_points():
     from truncflow.kernels import config
     from truncflow.kernels.forward import patterns_kernel
     from truncflow.tiles import kernel_arrays
@@ -170,6 +168,12 @@ def test_local_pattern_passes_are_the_kernels():
     p = tf.Params.random(2, 3, seed=1)
     chunk = config.chunk_size(40)
     whole = patterns_kernel(ds.points, *kernel_arrays(p), chunk)
-    np.testing.assert_array_equal(ds.patterns(*kernel_arrays(p), chunk), whole)
+    fp = ds.frozen_points(kernel_arrays(p), chunk)
+    np.testing.assert_array_equal(fp.whole_pattern(), whole)
     idx = np.array([3, 7, 20])
-    np.testing.assert_array_equal(ds.subset_patterns(idx, *kernel_arrays(p), config.chunk_size(3)), whole[idx])
+    np.testing.assert_array_equal(fp.pattern(idx), whole[idx])
+    fp.set_pattern(idx, np.zeros((3,) + whole.shape[1:], np.uint64))
+    assert not fp.pattern(idx).any() and np.array_equal(fp.pattern([4]), whole[[4]])
+    pts, lab, rows = fp.data(idx)
+    np.testing.assert_array_equal(pts[rows], ds.points[idx])
+    np.testing.assert_array_equal(lab[rows], ds.labels[idx])

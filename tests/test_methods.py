@@ -39,7 +39,7 @@ def plan(m, **options):
 def test_registry_entries_are_the_methods_and_the_old_names_are_derived():
     assert METHOD_NAMES == METHODS == ("rk45", "gd", "sgd", "events", "kinks")
     assert CHECKPOINT_METHODS == tuple(m.name for m in ALL if m.checkpoints) == ("rk45", "gd", "sgd", "kinks")
-    assert DISTRIBUTED_METHODS == tuple(m.name for m in ALL if not m.needs_points_here) == ("rk45", "gd", "sgd")
+    assert DISTRIBUTED_METHODS == tuple(m.name for m in ALL if m.runs_on(DISTRIBUTED)) == ("rk45", "gd", "sgd", "kinks")
     assert ADAPTIVE_METHODS == tuple(m.name for m in ALL if m.adaptive) == ("rk45", "kinks")
     assert supporting(HERE) == METHOD_NAMES
     assert supporting(DEVICE) == supporting(DISTRIBUTED) == ("rk45", "gd", "sgd")

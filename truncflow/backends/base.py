@@ -28,19 +28,20 @@ chunks, which the caller adds in chunk order; a GPU returns its fixed-order sums
   rows(idx)                 (points[idx] as float64, labels[idx]): a data sample, brought here.
   with_targets(targets)     the same points and labels with other targets.
 
-The frozen-pattern passes of the kink integrator (``engine.kinks``; ``kernels.crossing``),
-each the kernel of that name with the dataset's points (and labels) first:
+The kink integrator's per-point side (``engine.kinks``; ``backends.frozen`` says what it is):
 
-  patterns(cw, cb, edges_t, chunk)                       ``kernels.forward.patterns_kernel``
-  subset_patterns(idx, cw, cb, edges_t, chunk)           the same for the points idx only
-  frozen_gradient(patterns, *tiles, ...)                 gradient with JVP and mismatch flags
-  subset_contributions(idx, ...), subset_preacts(idx, ...),   passes over the flagged points only
-  subset_jvp(idx, ...), preacts_jvp(patterns, ...)
+  frozen_points(kern, chunk)  an object that holds every point's frozen activation pattern
+        where the points are and runs the integrator's passes over all of them (the
+        frozen-pattern gradient with its flagged points, pre-activations and their rates at
+        a step's ends, the Hermite dip test, first-order sign flips, points on hyperplanes),
+        returning sums and sorted index lists; the integrator brings the rows of the few
+        flagged points to this process for the rest.
 
-Only the local backend implements them today (``method="kinks"`` needs the points here);
-a backend that lacks an operation raises :class:`BackendLacks` naming the operation and the
-backend. Adding a pass means adding a method here (raising), one per backend that runs it,
-and its name to that backend's ``Capabilities.operations``.
+The local and Dask backends implement it; the CUDA backend lacks it today (``method="kinks"``
+on a GPU asks for the points here). A backend that lacks an operation raises
+:class:`BackendLacks` naming the operation and the backend. Adding a pass means adding a
+method here (raising), one per backend that runs it, and its name to that backend's
+``Capabilities.operations``.
 """
 from __future__ import annotations
 
@@ -51,9 +52,8 @@ __all__ = ["Backend", "BackendLacks", "Capabilities", "OPERATIONS", "FROZEN_PASS
 
 #: The named operations every placement is asked for.
 OPERATIONS = ("gradient_sums", "statistics_sums", "observe", "cluster_sums", "rows", "with_targets")
-#: The kink integrator's frozen-pattern passes (the local backend only, today).
-FROZEN_PASSES = ("patterns", "subset_patterns", "frozen_gradient", "subset_contributions", "preacts_jvp", "subset_preacts",
-                 "subset_jvp")
+#: The kink integrator's per-point side (``backends.frozen``).
+FROZEN_PASSES = ("frozen_points",)
 
 
 class BackendLacks(ValueError):
@@ -128,27 +128,9 @@ class Backend:
     def with_targets(self, targets):
         self._lacks("with_targets")
 
-    # ------------------------------------- the kink integrator's frozen-pattern passes
-    def patterns(self, cw, cb, edges_t, chunk: int):
-        self._lacks("patterns")
-
-    def subset_patterns(self, idx, cw, cb, edges_t, chunk: int):
-        self._lacks("subset_patterns")
-
-    def frozen_gradient(self, patterns, *args):
-        self._lacks("frozen_gradient")
-
-    def subset_contributions(self, idx, *args):
-        self._lacks("subset_contributions")
-
-    def preacts_jvp(self, patterns, *args):
-        self._lacks("preacts_jvp")
-
-    def subset_preacts(self, idx, *args):
-        self._lacks("subset_preacts")
-
-    def subset_jvp(self, idx, *args):
-        self._lacks("subset_jvp")
+    # ------------------------------------- the kink integrator's per-point side
+    def frozen_points(self, kern, chunk: int):
+        self._lacks("frozen_points")
 
 
 def capabilities_of(dataset) -> Capabilities | None:

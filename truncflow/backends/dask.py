@@ -41,7 +41,7 @@ from ..kernels import config
 from ..kernels.gradient import gradient_kernel_serial
 from ..kernels.observe import cluster_sums_kernel, observe_kernel_serial
 from ..kernels.statistics import statistics_kernel_serial
-from .base import OPERATIONS, Backend, Capabilities, register_placement
+from .base import FROZEN_PASSES, OPERATIONS, Backend, Capabilities, register_placement
 
 __all__ = ["distribute", "DistributedDataset", "ClusterError", "require_dask", "describe_cluster", "DASK"]
 
@@ -49,7 +49,8 @@ INSTALL = 'pip install "truncflow[distributed]"'
 
 DASK = Capabilities(
     name="Dask", where="on a Dask cluster", points_here=False, serial_steps=False, checkpoints=False,
-    methods=frozenset({"rk45", "gd", "sgd"}), float32=True, ensembles=False, operations=frozenset(OPERATIONS),
+    methods=frozenset({"rk45", "gd", "sgd", "kinks"}), float32=True, ensembles=False,
+    operations=frozenset(OPERATIONS + FROZEN_PASSES),
     bring_here="use a local truncflow.Dataset (DistributedDataset.gather() makes one, if it fits)")
 
 
@@ -123,7 +124,7 @@ class DistributedDataset(DatasetElsewhere, Backend):
     ``points`` and ``labels`` as ``dask.array`` views of the persisted partitions (use
     :meth:`gather` for a local :class:`truncflow.Dataset`, if it fits). Accepted by
     ``cost``, ``gradient``, ``cluster_statistics``, ``observe`` and ``simulate``
-    (``method`` "rk45" or "gd").
+    (``method`` "rk45", "kinks", "gd" or "sgd").
 
     The Dask backend: each named operation (``truncflow.backends.base``) sends the same serial
     kernel, by name, to every partition and concatenates the per-chunk results in partition
@@ -248,6 +249,11 @@ class DistributedDataset(DatasetElsewhere, Backend):
                              f"Q = {self.n_clusters} clusters: distribute the points again for other clusters")
         return DistributedDataset(self.client, self._parts, self.bounds, self.n_points, self.width, self.dtype,
                                   tgt, self.class_ids, self.counts, self.chunk, self.timeout)
+
+    def frozen_points(self, kern, chunk: int):
+        """The kink integrator's per-point side on the workers (``backends.dask_frozen``)."""
+        from .dask_frozen import DaskFrozenPoints
+        return DaskFrozenPoints(self, kern, chunk)
 
     def gather(self):
         """A local :class:`truncflow.Dataset` of the same points, labels and targets (it must fit here)."""

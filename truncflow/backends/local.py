@@ -10,7 +10,6 @@ import numpy as np
 
 from .. import threads
 from .._scratch import per_point_array
-from ..kernels.forward import patterns_kernel
 from ..kernels.gradient import gradient_kernel, gradient_kernel_serial
 from ..kernels.observe import cluster_sums_kernel, observe_kernel, observe_kernel_serial
 from ..kernels.statistics import statistics_kernel, statistics_kernel_serial
@@ -55,30 +54,7 @@ class LocalBackend(Backend):
         distinct.sort()                 # in place: no second copy of N hashes
         return parts, distinct, hashes
 
-    # ------------------------------------- the kink integrator's frozen-pattern passes
-    # (``kernels.crossing`` is imported at the first of them: only method="kinks" compiles it)
-    def patterns(self, cw, cb, edges_t, chunk: int):
-        return patterns_kernel(self.points, cw, cb, edges_t, chunk)
-
-    def subset_patterns(self, idx, cw, cb, edges_t, chunk: int):
-        return patterns_kernel(np.ascontiguousarray(self.points[idx]), cw, cb, edges_t, chunk)
-
-    def frozen_gradient(self, patterns, *args):
-        from ..kernels.crossing import frozen_gradient_kernel
-        return frozen_gradient_kernel(self.points, self.labels, patterns, *args)
-
-    def subset_contributions(self, idx, *args):
-        from ..kernels.crossing import subset_contributions_kernel
-        return subset_contributions_kernel(self.points, self.labels, np.asarray(idx, np.int64), *args)
-
-    def preacts_jvp(self, patterns, *args):
-        from ..kernels.crossing import preacts_jvp_kernel
-        return preacts_jvp_kernel(self.points, patterns, *args)
-
-    def subset_preacts(self, idx, *args):
-        from ..kernels.crossing import subset_preacts_kernel
-        return subset_preacts_kernel(self.points, np.asarray(idx, np.int64), *args)
-
-    def subset_jvp(self, idx, *args):
-        from ..kernels.crossing import subset_jvp_kernel
-        return subset_jvp_kernel(self.points, np.asarray(idx, np.int64), *args)
+    # ------------------------------------- the kink integrator's per-point side
+    def frozen_points(self, kern, chunk: int):
+        from .frozen import LocalFrozenPoints
+        return LocalFrozenPoints(self, kern, chunk)

@@ -203,7 +203,7 @@ def _plan(params, dataset, t_end, *, kind, wrt, method, train, frozen_layers, rt
                           precision=precision)
     distributed = not problem.dataset.capabilities.points_here      # on a Dask cluster or a GPU
     where = type(problem.dataset).__name__
-    if distributed and spec(method).needs_points_here:
+    if distributed and not spec(method).runs_on(where):
         raise ValueError(placement_refusal(method, where))
     if distributed and checkpoint is not None:
         raise ValueError(f"checkpoint does not apply to a {where} (its per-point state stays where its points "

@@ -86,7 +86,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            placements=(HERE,), float32=False, ensembles="one by one", options=("record_truncation_times",),
            why_float64="decides every kink exactly"),
     Method("kinks", "experimental: locates pattern changes, follows sliding modes", adaptive=True,
-           checkpoints=True, placements=(HERE,), float32=False, ensembles="one by one",
+           checkpoints=True, placements=(HERE, DISTRIBUTED), float32=False, ensembles="one by one",
            options=ADAPTIVE_OPTIONS + ("max_evals",),
            why_float64=("decides each point's side of every hyperplane from its pre-activations, which a "
                         "float32 sweep rounds at 1e-7 relative, far above the tolerances it keeps (float32 "
@@ -133,8 +133,10 @@ def either(names, quote: str = "'") -> str:
 
 def placement_refusal(method: str, where: str) -> str:
     """simulate on a dataset ``where`` (a class name) that ``method`` does not run on."""
-    return (f"method={method!r} needs the points here, in a truncflow.Dataset: for a {where} "
-            f"use method {either(supporting(where))}")
+    m = spec(method)
+    needs = "the points here, in a truncflow.Dataset" if m.needs_points_here else \
+        f"a {' or a '.join(m.placements)}"
+    return f"method={method!r} needs {needs}: for a {where} use method {either(supporting(where))}"
 
 
 def checkpoint_refusal(method: str) -> str:

@@ -41,32 +41,58 @@ def frozen_gradient_kernel(points, labels, patterns, targets, cw, cb, inv, back,
     the point's frozen-pattern pre-activations disagree in sign with its pattern
     (``a > 0`` on a cleared bit or ``a <= 0`` on a set bit), i.e. where it crossed.
     """
+    sq, g_w, g_b, g_ow, g_ob, mismatch = _frozen_sums(points, cw, out_w, n_slots, chunk)
+    for c in prange(sq.shape[0]):
+        # np.int64: prange's index is uint64, the serial kernel's int64 (one compilation of the chunk)
+        _frozen_chunk(np.int64(c), points, labels, patterns, targets, cw, cb, inv, back, out_w, out_b, output_cost,
+                      n_slots, chunk, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c], mismatch)
+    return sq, g_w, g_b, g_ow, g_ob, mismatch
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def frozen_gradient_kernel_serial(points, labels, patterns, targets, cw, cb, inv, back, out_w, out_b, output_cost,
+                                  n_slots, chunk):
+    """``frozen_gradient_kernel`` without a parallel region (the same chunks, the same bits): one
+    partition's pass on a Dask worker (``backends.dask_frozen``)."""
+    sq, g_w, g_b, g_ow, g_ob, mismatch = _frozen_sums(points, cw, out_w, n_slots, chunk)
+    for c in range(sq.shape[0]):
+        _frozen_chunk(c, points, labels, patterns, targets, cw, cb, inv, back, out_w, out_b, output_cost,
+                      n_slots, chunk, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c], mismatch)
+    return sq, g_w, g_b, g_ow, g_ob, mismatch
+
+
+@njit(**JIT_OPTIONS)
+def _frozen_sums(points, cw, out_w, n_slots, chunk):
+    """The zeroed per-chunk sums of a frozen-pattern pass and its (N,) uint8 flags."""
     N = points.shape[0]
     L, M, _ = cw.shape
     P = out_w.shape[0]
     C = (N + chunk - 1) // chunk
-    sq = np.zeros((C, n_slots))
-    g_w = np.zeros((C, n_slots, L, M, M))
-    g_b = np.zeros((C, n_slots, L, M))
-    g_ow = np.zeros((C, n_slots, P, M))
-    g_ob = np.zeros((C, n_slots, P))
-    mismatch = np.zeros(N, dtype=np.uint8)
-    for c in prange(C):
-        z, act, sg, cn, u, u_next, um, r, wt, lab, idx, pw, words = _buffers(L, M, P)
-        flags = np.zeros(TILE, dtype=np.uint8)
-        stop = min(N, (c + 1) * chunk)
-        for start in range(c * chunk, stop, TILE):
-            nb = min(TILE, stop - start)
-            for t in range(nb):
-                idx[t] = start + t
-            _load_tile(points, labels, start, nb, z[0], lab)
-            flags[:nb] = 0
-            _forward_tile_pat(cw, cb, inv, patterns, idx, z, act, sg, cn, words, flags, points.shape[1], nb)
-            for t in range(nb):
-                mismatch[start + t] = flags[t]
-            _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, sg, lab, lab, pw, False,
-                           nb, u, u_next, um, r, wt, sq[c], g_w[c], g_b[c], g_ow[c], g_ob[c])
-    return sq, g_w, g_b, g_ow, g_ob, mismatch
+    return (np.zeros((C, n_slots)), np.zeros((C, n_slots, L, M, M)), np.zeros((C, n_slots, L, M)),
+            np.zeros((C, n_slots, P, M)), np.zeros((C, n_slots, P)), np.zeros(N, dtype=np.uint8))
+
+
+@njit(**JIT_OPTIONS_REDUCTION)
+def _frozen_chunk(c, points, labels, patterns, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, chunk,
+                  sq, g_w, g_b, g_ow, g_ob, mismatch):
+    """Chunk c of a frozen-pattern pass: its sums into sq, g_w, g_b, g_ow, g_ob, its flags into mismatch."""
+    N = points.shape[0]
+    L, M, _ = cw.shape
+    P = out_w.shape[0]
+    z, act, sg, cn, u, u_next, um, r, wt, lab, idx, pw, words = _buffers(L, M, P)
+    flags = np.zeros(TILE, dtype=np.uint8)
+    stop = min(N, (c + 1) * chunk)
+    for start in range(c * chunk, stop, TILE):
+        nb = min(TILE, stop - start)
+        for t in range(nb):
+            idx[t] = start + t
+        _load_tile(points, labels, start, nb, z[0], lab)
+        flags[:nb] = 0
+        _forward_tile_pat(cw, cb, inv, patterns, idx, z, act, sg, cn, words, flags, points.shape[1], nb)
+        for t in range(nb):
+            mismatch[start + t] = flags[t]
+        _tile_gradient(back, targets, out_w, out_b, output_cost, n_slots, z, act, sg, lab, lab, pw, False,
+                       nb, u, u_next, um, r, wt, sq, g_w, g_b, g_ow, g_ob)
 
 
 @njit(**JIT_OPTIONS_REDUCTION)
@@ -331,6 +357,19 @@ def preacts_jvp_kernel(points, pats, cw, cb, edges_t, dcw, dcb, dedges_t, chunk)
     return a_out, d_out
 
 
+@njit(**JIT_OPTIONS)
+def preacts_jvp_serial(points, pats, cw, cb, edges_t, dcw, dcb, dedges_t):
+    """``preacts_jvp_kernel`` in the calling thread (per point, the same bits): a Dask partition's pass."""
+    N, M = points.shape
+    L = cw.shape[0]
+    a_out = np.empty((N, L, M))
+    d_out = np.empty((N, L, M))
+    z, dz, a, da = np.empty(M), np.empty(M), np.empty(M), np.empty(M)
+    for i in range(N):
+        _jvp_point(points[i], pats[i], cw, cb, edges_t, dcw, dcb, dedges_t, z, dz, a, da, a_out[i], d_out[i])
+    return a_out, d_out
+
+
 @njit(parallel=True, **JIT_OPTIONS)
 def hermite_dips_kernel(pats, a0, da0, a1, da1, h, margin, chunk):
     """Points that may touch or cross a hyperplane inside a step and come back: (N,) uint8.
@@ -344,43 +383,59 @@ def hermite_dips_kernel(pats, a0, da0, a1, da1, h, margin, chunk):
     path that is a cubic in time; the flagged points are then examined on the
     step's dense output.
     """
-    N, L, M = a0.shape
+    N = a0.shape[0]
     flags = np.zeros(N, dtype=np.uint8)
     C = (N + chunk - 1) // chunk
     for c in prange(C):
         for i in range(c * chunk, min(N, (c + 1) * chunk)):
-            for l in range(L):
-                for k in range(M):
-                    free = (pats[i, l, k // 64] >> np.uint64(k % 64)) & np.uint64(1) == np.uint64(1)
-                    sig = 1.0 if free else -1.0
-                    p0 = sig * a0[i, l, k]
-                    p1 = sig * a1[i, l, k]
-                    if not (p0 > 0.0 and p1 > 0.0):
-                        continue
-                    m0 = sig * da0[i, l, k] * h
-                    m1 = sig * da1[i, l, k] * h
-                    c1 = m0
-                    c2 = -3.0 * p0 - 2.0 * m0 + 3.0 * p1 - m1
-                    c3 = 2.0 * p0 + m0 - 2.0 * p1 + m1
-                    lo = margin * min(p0, p1)
-                    # interior critical points of p: c1 + 2 c2 s + 3 c3 s^2 = 0
-                    qa, qb, qc = 3.0 * c3, 2.0 * c2, c1
-                    hit = False
-                    if qa == 0.0:
-                        if qb != 0.0:
-                            s = -qc / qb
-                            if 0.0 < s < 1.0 and p0 + s * (c1 + s * (c2 + s * c3)) < lo:
-                                hit = True
-                    else:
-                        disc = qb * qb - 4.0 * qa * qc
-                        if disc >= 0.0:
-                            r = np.sqrt(disc)
-                            for s in ((-qb - r) / (2.0 * qa), (-qb + r) / (2.0 * qa)):
-                                if 0.0 < s < 1.0 and p0 + s * (c1 + s * (c2 + s * c3)) < lo:
-                                    hit = True
-                    if hit:
-                        flags[i] = 1
+            flags[i] = _dips_point(pats[i], a0[i], da0[i], a1[i], da1[i], h, margin)
     return flags
+
+
+@njit(**JIT_OPTIONS)
+def hermite_dips_serial(pats, a0, da0, a1, da1, h, margin):
+    """``hermite_dips_kernel`` in the calling thread (a Dask partition's pass)."""
+    N = a0.shape[0]
+    flags = np.zeros(N, dtype=np.uint8)
+    for i in range(N):
+        flags[i] = _dips_point(pats[i], a0[i], da0[i], a1[i], da1[i], h, margin)
+    return flags
+
+
+@njit(**JIT_OPTIONS)
+def _dips_point(pat, a0, da0, a1, da1, h, margin):
+    """1 where a coordinate of one point (pattern (L, W), values and rates (L, M) at both ends)
+    dips towards its hyperplane inside the step (``hermite_dips_kernel``), else 0."""
+    L, M = a0.shape
+    for l in range(L):
+        for k in range(M):
+            free = (pat[l, k // 64] >> np.uint64(k % 64)) & np.uint64(1) == np.uint64(1)
+            sig = 1.0 if free else -1.0
+            p0 = sig * a0[l, k]
+            p1 = sig * a1[l, k]
+            if not (p0 > 0.0 and p1 > 0.0):
+                continue
+            m0 = sig * da0[l, k] * h
+            m1 = sig * da1[l, k] * h
+            c1 = m0
+            c2 = -3.0 * p0 - 2.0 * m0 + 3.0 * p1 - m1
+            c3 = 2.0 * p0 + m0 - 2.0 * p1 + m1
+            lo = margin * min(p0, p1)
+            # interior critical points of p: c1 + 2 c2 s + 3 c3 s^2 = 0
+            qa, qb, qc = 3.0 * c3, 2.0 * c2, c1
+            if qa == 0.0:
+                if qb != 0.0:
+                    s = -qc / qb
+                    if 0.0 < s < 1.0 and p0 + s * (c1 + s * (c2 + s * c3)) < lo:
+                        return 1
+            else:
+                disc = qb * qb - 4.0 * qa * qc
+                if disc >= 0.0:
+                    r = np.sqrt(disc)
+                    for s in ((-qb - r) / (2.0 * qa), (-qb + r) / (2.0 * qa)):
+                        if 0.0 < s < 1.0 and p0 + s * (c1 + s * (c2 + s * c3)) < lo:
+                            return 1
+    return 0
 
 
 @njit(**JIT_OPTIONS)

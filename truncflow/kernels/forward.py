@@ -63,17 +63,35 @@ def patterns_kernel(points, cw, cb, edges_t, chunk):
     """
     N, M = points.shape
     L = cw.shape[0]
-    n_words = (M + 63) // 64
-    out = np.zeros((N, L, n_words), dtype=np.uint64)
+    out = np.zeros((N, L, (M + 63) // 64), dtype=np.uint64)
     n_chunks = (N + chunk - 1) // chunk
-    one = np.uint64(1)
     for c in prange(n_chunks):
         images = np.empty((L + 1, M))
         acts = np.empty((L, M))
         for i in range(c * chunk, min(N, (c + 1) * chunk)):
-            forward_point(points[i], cw, cb, edges_t, L, images, acts)
-            for l in range(L):
-                for k in range(M):
-                    if acts[l, k] > 0.0:
-                        out[i, l, k // 64] |= one << np.uint64(k % 64)
+            _pattern_point(points[i], cw, cb, edges_t, images, acts, out[i])
     return out
+
+
+@njit(**JIT_OPTIONS)
+def patterns_serial(points, cw, cb, edges_t):
+    """``patterns_kernel`` in the calling thread (per point, the same bits): a Dask partition's pass."""
+    N, M = points.shape
+    L = cw.shape[0]
+    out = np.zeros((N, L, (M + 63) // 64), dtype=np.uint64)
+    images = np.empty((L + 1, M))
+    acts = np.empty((L, M))
+    for i in range(N):
+        _pattern_point(points[i], cw, cb, edges_t, images, acts, out[i])
+    return out
+
+
+@njit(**JIT_OPTIONS)
+def _pattern_point(x, cw, cb, edges_t, images, acts, out):
+    """One point's bit-packed pattern into out (L, W) (zeroed), images and acts work buffers."""
+    L, M, _ = cw.shape
+    forward_point(x, cw, cb, edges_t, L, images, acts)
+    for l in range(L):
+        for k in range(M):
+            if acts[l, k] > 0.0:
+                out[l, k // 64] |= np.uint64(1) << np.uint64(k % 64)

@@ -57,7 +57,7 @@ class BulkCorrector:
         after the crossing and the pattern at the step's start (``subset_matrix(..., pairs=True)``
         takes their difference, the piece's jump)."""
         pc = self.model
-        W = pc.pat.shape[1:]
+        W = (pc.L, pc.n_words)
         n = len(segs)
         if n == 0:
             return np.zeros(0, np.int64), np.zeros((0,) + W, np.uint64), np.zeros(0), np.zeros(0)
@@ -76,7 +76,7 @@ class BulkCorrector:
         point, a_, b_, after = point[keep], a_[keep], b_[keep], after[keep]
         m = point.size
         pats = np.empty((2 * m,) + W, np.uint64)
-        pats[0::2], pats[1::2] = after, pc.pat[point]
+        pats[0::2], pats[1::2] = after, pc.pattern(point)
         return np.repeat(point, 2), pats, np.repeat(a_, 2), np.repeat(b_, 2)
 
     def node_deltas(self, segs, nodes_y, t0, t1):
@@ -171,7 +171,7 @@ class BulkCorrector:
                     n_late += int(late.size)
                     cand = np.union1d(cand, late)
                     pos = np.searchsorted(cand, late)
-                    final_pats = np.insert(final_pats, pos - np.arange(late.size), self.model.pat[late], axis=0)
+                    final_pats = np.insert(final_pats, pos - np.arange(late.size), self.model.pattern(late), axis=0)
             if not segs_n:
                 break
         delta = E[-1]

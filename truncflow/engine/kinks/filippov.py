@@ -87,20 +87,20 @@ def switch_decision(model, y, coords, located, reg):
     """
     pc = model
     at, ev = pc.at(y), pc.full(y)
-    a_all, _ = pc.all_jvp(at, ev.v)
-    zero = 64 * np.finfo(float).eps * max(1.0, float(np.max(np.abs(a_all))))
     listed = list(dict.fromkeys((int(i), int(l), int(k)) for (i, l, k) in coords))
+    planes = {(c[1], c[2]) for c in listed}
+    zero, near, a_at = pc.near_planes(y, ev.v, planes, [c[0] for c in listed + list(pc.sliding)],
+                                      64 * np.finfo(float).eps)
     group = list(dict.fromkeys(listed + [tuple(c) for c in pc.sliding]
-                               + [(int(i), l, k) for (l, k) in {(c[1], c[2]) for c in listed}
-                                  for i in np.flatnonzero(np.abs(a_all[:, l, k]) <= zero)]))
+                               + [(int(i), l, k) for (l, k) in planes for i in near[(l, k)]]))
     was_sliding = {tuple(c) for c in pc.sliding}
     idx = np.array([c[0] for c in group], np.int64)
-    pat = pc.pat
+    pats = pc.pattern(idx)
     D = pc.jumps(at, group)                                   # (size, n): free minus truncated
-    _, dd = pc.jvp(at, idx, pat[idx], D.T.copy())
+    _, dd = pc.jvp(at, idx, pats, D.T.copy())
     c_sign = np.array([dd[j, l, k] for j, (i, l, k) in enumerate(group)])      # c_j |n_j|^2
-    free_now = np.array([bit(pat[i], l, k) for (i, l, k) in group])
-    a_now = np.array([a_all[i, l, k] for (i, l, k) in group])
+    free_now = np.array([bit(pats[j], l, k) for j, (i, l, k) in enumerate(group)])
+    a_now = np.array([a_at[i][l, k] for (i, l, k) in group])
     # g0 holds each coordinate's current side (sliding ones truncated, their s_j aside)
     g_base = ev.g0 - D[:, free_now].sum(axis=1)
     to_free = np.zeros(len(group), bool)
@@ -139,7 +139,7 @@ def exits(model, ev, y, margin):
     n = len(held)
     idx = np.array([c[0] for c in held] * 2, np.int64)
     # rates along v and along the coordinate's own jump: n_j.v and n_j.d_j = c_j |n_j|^2
-    a, dd = pc.jvp(pc.at(y), idx, pc.pat[idx], np.concatenate([np.repeat(ev.v[None], n, 0), ev.D[:, at_bound].T]))
+    a, dd = pc.jvp(pc.at(y), idx, pc.pattern(idx), np.concatenate([np.repeat(ev.v[None], n, 0), ev.D[:, at_bound].T]))
     out = []
     with np.errstate(divide="ignore", invalid="ignore"):
         for e, (j, (i, l, k)) in enumerate(zip(at_bound, held)):
@@ -197,7 +197,7 @@ def newton_projection(model, y, tol):
     y_new = y
     for _ in range(3):
         at = pc.at(y_new)
-        pats = pc.pat[idx]
+        pats = pc.pattern(np.array(idx, np.int64))
         a = pc.preacts(at, idx, pats)
         av = np.array([a[j, l, k] for j, (i, l, k) in enumerate(held)])
         if np.max(np.abs(av)) <= tol:

@@ -81,8 +81,6 @@ class KinkIntegrator(Loop):
         self.quad = Quadrature(options.nodes)
         self.failure = None     # (time, reason) of the last frozen-flow state that could not be evaluated
         self.intervals = []     # [i, l, k, t_in, t_out]
-        self._ends = None       # (pattern version, a, da) at the end of the last step ...
-        self._ends_key = None   # ... and the state there (bytes)
         self._pieces = None
 
     @property
@@ -122,7 +120,8 @@ class KinkIntegrator(Loop):
         pieces = self.pieces
         if pieces is not None and pieces.sliding:
             pairs = np.array(sorted({(c[0], c[1]) for c in pieces.sliding}), dtype=np.int64)
-            np.add.at(counts, (pairs[:, 1], self.problem.dataset.labels[pairs[:, 0]]), 1)
+            _, labels, rows = pieces.points.data(pairs[:, 0])       # the labels, where the points are
+            np.add.at(counts, (pairs[:, 1], labels[rows]), 1)
         return counts
 
     def start(self, t, y, h):
@@ -171,7 +170,7 @@ class KinkIntegrator(Loop):
         intervals = np.array([[float(v) if v is not None else np.nan for v in it] for it in self.intervals],
                              dtype=np.float64).reshape(-1, 5)
         arrays = {"y": np.array(s.y), "f": np.array(s.f), "last_y": np.array(last.y),
-                  "patterns": np.array(pc.pat), "intervals": intervals}
+                  "patterns": pc.whole_pattern(), "intervals": intervals}
         return scalars, arrays
 
     def _restore(self, scalars, arrays):
@@ -325,16 +324,9 @@ class KinkIntegrator(Loop):
 
         The end-point test (pattern against signs at y1) cannot see them. One pass over all
         points at y1 (pre-activations and their rates along the velocity, kept for the next
-        step's start) and a cubic Hermite test per coordinate (``FrozenModel.dip_flags``).
+        step's start) and a cubic Hermite test per coordinate (``FrozenModel.dips``).
         """
-        pc = self.pieces
-        if ya.tobytes() == self._ends_key and self._ends[0] == pc.version:
-            _, a0, da0 = self._ends
-        else:
-            a0, da0 = pc.all_jvp(pc.at(ya), self.solver.K[0])
-        a1, da1 = pc.all_jvp(pc.at(y1), self.solver.f)
-        self._ends, self._ends_key = (pc.version, a1, da1), y1.tobytes()
-        found = np.flatnonzero(pc.dip_flags(a0, da0, a1, da1, h, self.options.dip_margin))
+        found = self.pieces.dips(ya, self.solver.K[0], y1, self.solver.f, h, self.options.dip_margin)
         self.stats["dip_candidates"] += int(found.size)
         return found
 

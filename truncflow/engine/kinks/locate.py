@@ -1,7 +1,7 @@
 """The crossing locator: which points change pattern within a step, where, and when exactly.
 
 * **Dips.** A point can cross a hyperplane and come back inside one step, which the end-point
-  test cannot see: :meth:`FrozenModel.dip_flags` (a cubic Hermite test per coordinate between the
+  test cannot see: :meth:`FrozenModel.dips` (a cubic Hermite test per coordinate between the
   step's two ends) flags those that come within ``KinkOptions.dip_margin`` of their end distances.
 * **Crossing times.** For the flagged points only, the pre-activations are sampled along the
   step's dense output at ``KinkOptions.nodes`` Chebyshev-Lobatto nodes (:class:`Quadrature`),
@@ -54,7 +54,7 @@ def crossing_paths(model, quad, cand, nodes_t, nodes_y, t0, t1, scan):
     LM = L * M
     ats = [pc.at(y) for y in nodes_y]
     n = cand.size
-    pats = pc.pat[cand].copy()
+    pats = pc.pattern(cand)
     start = np.full(n, -1.0)                  # in x in [-1, 1]
     just = np.full(n, -1)                     # flat coordinate flipped last
     held = np.zeros((n, LM), bool)
@@ -102,22 +102,20 @@ def crossing_paths(model, quad, cand, nodes_t, nodes_y, t0, t1, scan):
 def candidates(model, ev, y):
     """Points whose pattern differs from their signs at y (sliding coordinates excepted)."""
     pc = model
-    flags = ev.mismatch
     if not pc.sliding:
-        return np.flatnonzero(flags)
+        return ev.flagged
     sl_pts = sorted({c[0] for c in pc.sliding})
-    flags = flags.copy()
-    flags[sl_pts] = 0
-    cand = list(np.flatnonzero(flags))
+    cand = list(np.setdiff1d(ev.flagged, sl_pts))
     at = pc.at(y)
-    a = pc.preacts(at, sl_pts, pc.pat[sl_pts])
+    sl_pats = pc.pattern(np.array(sl_pts, np.int64))
+    a = pc.preacts(at, sl_pts, sl_pats)
     held = {(c[0], c[1], c[2]) for c in pc.sliding}
     for e, i in enumerate(sl_pts):
         for l in range(pc.L):
             for k in range(pc.M):
                 if (i, l, k) in held:
                     continue
-                if (a[e, l, k] > 0) != bit(pc.pat[i], l, k):
+                if (a[e, l, k] > 0) != bit(sl_pats[e], l, k):
                     cand.append(i)
                     break
             else:
@@ -129,14 +127,7 @@ def candidates(model, ev, y):
 
 def late_candidates(model, cand, y1, y_end):
     """Points outside ``cand`` whose sign at y_end (to first order from y1) differs from their pattern."""
-    pc = model
-    a1, da = pc.all_jvp(pc.at(y1), y_end - y1)
-    free = bits(pc.pat, pc.M)
-    flip = np.any(((a1 + da) > 0) != free, axis=(1, 2))
-    flip[cand] = False
-    if pc.sliding:
-        flip[[c[0] for c in pc.sliding]] = False
-    return np.flatnonzero(flip)
+    return model.flips(y1, y_end - y1, cand)
 
 
 class Quadrature:
@@ -193,8 +184,8 @@ def polish_crossing(model, dense, crossing, t0, t_end_step, y_end_step, h):
     step's end (the state there is the stepper's, not the dense output's)."""
     pc = model
     i, l, k, tau = crossing.point, crossing.layer, crossing.coord, crossing.tau
-    free_before = bit(pc.pat[i], l, k)
-    pat_i = pc.pat[i][None].copy()
+    pat_i = pc.pattern(np.array([i], np.int64))
+    free_before = bit(pat_i[0], l, k)
 
     def a_of(t):
         return pc.preacts(pc.at(dense(t)), [i], pat_i)[0, l, k]
@@ -236,12 +227,13 @@ def past_planes(model, y):
     coords = []
     if cand.size:
         at = pc.at(y)
-        a = pc.preacts(at, cand, pc.pat[cand])
+        pats = pc.pattern(cand)
+        a = pc.preacts(at, cand, pats)
         held = {tuple(c[:3]) for c in pc.sliding}
         for e, i in enumerate(cand):
             for l in range(pc.L):
                 for k in range(pc.M):
-                    if (int(i), l, k) not in held and (a[e, l, k] > 0) != bit(pc.pat[i], l, k):
+                    if (int(i), l, k) not in held and (a[e, l, k] > 0) != bit(pats[e], l, k):
                         coords.append((int(i), l, k))
                         break
                 else:

@@ -18,9 +18,7 @@ import numpy as np
 
 from ...compute import Gradient, aligned_scale_gradient, cumulative_to_layer_gradient, kernel_arrays, tile_arrays
 from ...kernels import config
-from ...kernels.crossing import (frozen_gradient_kernel, hermite_dips_kernel, preacts_jvp_kernel,
-                                 subset_contributions_kernel, subset_jvp_kernel,
-                                 subset_preacts_kernel)
+from ...kernels.crossing import subset_contributions_kernel, subset_jvp_kernel, subset_preacts_kernel
 from ...kernels.forward import patterns_kernel
 from .bits import set_bit
 from .filippov import least_squares
@@ -42,9 +40,10 @@ class _At:
 
 class _Eval:
     """One evaluation under the pattern and sliding set of its time: cost, g0 (the gradient with the
-    sliding coordinates truncated), v (the velocity, -(g0 + D s)), mismatch (per point: pattern and
-    signs differ), s and D (the sliding weights and jumps; None without sliding), grad_norm (|v|)."""
-    __slots__ = ("cost", "g0", "v", "mismatch", "s", "D", "grad_norm")
+    sliding coordinates truncated), v (the velocity, -(g0 + D s)), flagged (sorted int64: the points
+    whose pattern and signs differ), s and D (the sliding weights and jumps; None without sliding),
+    grad_norm (|v|)."""
+    __slots__ = ("cost", "g0", "v", "flagged", "s", "D", "grad_norm")
 
 
 class FrozenModel:
@@ -64,12 +63,15 @@ class FrozenModel:
         arr = tile_arrays(p, ds.targets, self.kind)
         Mp, P = arr[1].shape[1], arr[5].shape[0]
         self.chunk = config.chunk_size(self.N, 8 * (1 + self.L * Mp * (Mp + 1) + P * (Mp + 1)))
-        self._pat = patterns_kernel(ds.points, *kernel_arrays(p), config.chunk_size(self.N))
-        self._sliding = []         # (i, l, k) held at a = 0, bit cleared in self._pat
+        # the per-point side (patterns, passes over all points) lives where the points do
+        self.points = ds.frozen_points(kernel_arrays(p), config.chunk_size(self.N))
+        self.n_words = (self.M + 63) // 64
+        self._sliding = []         # (i, l, k) held at a = 0, bit cleared in the pattern
         self.version = 0           # changes with pattern or sliding set: keys the caches
         self._at_cache = {}
         self._ev_cache = {}
         self.last_ev = None
+        self._ends_cache = None
         self.n_full = 0
 
     # ---------------------------------------------------------------- states
@@ -84,12 +86,16 @@ class FrozenModel:
         return hit
 
     # ------------------------------------------------- pattern and sliding set
-    @property
-    def pat(self):
-        """(N, L, W) uint64, read-only: every point's pattern (sliding coordinates truncated)."""
-        view = self._pat.view()
-        view.flags.writeable = False
-        return view
+    def pattern(self, idx):
+        """A copy of the patterns of points idx (an index array: (n, L, W) uint64; one index: (L, W)),
+        sliding coordinates truncated."""
+        if np.ndim(idx) == 0:
+            return self.points.pattern(np.array([idx], np.int64))[0]
+        return self.points.pattern(idx)
+
+    def whole_pattern(self):
+        """(N, L, W) uint64: every point's pattern (a copy, for checkpoints)."""
+        return self.points.whole_pattern()
 
     @property
     def sliding(self):
@@ -101,16 +107,28 @@ class FrozenModel:
         self._ev_cache.clear()
 
     def set_patterns(self, idx, pats):
-        """Set the patterns of points idx (crossings found by the locator, or true patterns)."""
-        self._pat[idx] = pats
+        """Set the patterns of points idx (distinct; crossings found by the locator, or true patterns)."""
+        self.points.set_pattern(idx, pats)
         self._changed()
 
     def apply_crossings(self, crossings):
         """Give each crossing's point its pattern after it, in the order given (time order: a point's
         last crossing sets its pattern)."""
-        for c in crossings:
-            self._pat[c.point] = c.pattern
+        last = {c.point: c.pattern for c in crossings}
+        if last:
+            self.points.set_pattern(np.fromiter(last, np.int64, len(last)), np.stack(list(last.values())))
         self._changed()
+
+    def _edit(self, coords, free):
+        """Set coordinate (i, l, k) of each of ``coords`` free or truncated (``free[j]``), in order."""
+        pts = np.array(sorted({int(c[0]) for c in coords}), np.int64)
+        if pts.size == 0:
+            return
+        pats = self.points.pattern(pts)
+        row = {int(i): e for e, i in enumerate(pts)}
+        for (i, l, k), f in zip(coords, free):
+            pats[row[i]] = set_bit(pats[row[i]], l, k, bool(f))
+        self.points.set_pattern(pts, pats)
 
     def set_sides(self, group, sliding, free):
         """Put each coordinate (i, l, k) of ``group`` into the sliding set (``sliding[j]``: truncated in
@@ -122,31 +140,29 @@ class FrozenModel:
         entered, left = [], []
         for j, (i, l, k) in enumerate(group):
             if sliding[j]:
-                self._pat[i] = set_bit(self._pat[i], l, k, False)
                 self._sliding.append((i, l, k))
                 if (i, l, k) not in was:
                     entered.append((i, l, k))
-            else:
-                self._pat[i] = set_bit(self._pat[i], l, k, bool(free[j]))
-                if (i, l, k) in was:
-                    left.append((i, l, k))
+            elif (i, l, k) in was:
+                left.append((i, l, k))
+        self._edit(group, [bool(free[j]) and not sliding[j] for j in range(len(group))])
         self._changed()
         return entered, left
 
     def release(self, releases):
         """Release sliding coordinates: ``releases`` (index in the sliding set, free) pairs; each goes to
         its side. Returns the released coordinates, in the order released."""
-        out = []
+        out, sides = [], []
         for e, free in sorted(releases, reverse=True):
-            i, l, k = self._sliding.pop(e)
-            self._pat[i] = set_bit(self._pat[i], l, k, free)
-            out.append((i, l, k))
+            out.append(self._sliding.pop(e))
+            sides.append(free)
+        self._edit(out, sides)
         self._changed()
         return out
 
     def restore(self, pat, sliding):
         """Take back the pattern (N, L, W) uint64 and sliding set of a checkpoint (checked there)."""
-        self._pat[...] = pat
+        self.points.restore_pattern(pat)
         self._sliding = [tuple(int(v) for v in c) for c in sliding]
         self._changed()
 
@@ -165,24 +181,54 @@ class FrozenModel:
         """Set the listed points' patterns (cand sorted) to their true patterns at y, sliding
         coordinates kept truncated. Returns how many differed (0: nothing changed, caches kept)."""
         at = self.at(y)
-        true = patterns_kernel(np.ascontiguousarray(self.ds.points[cand]), *at.kern, config.chunk_size(cand.size))
+        pts, _, rows = self.points.data(cand)
+        true = patterns_kernel(np.ascontiguousarray(pts[rows]), *at.kern, config.chunk_size(cand.size))
         for (i, l, k) in self._sliding:
             w = np.flatnonzero(cand == i)
             if w.size:
                 true[w[0]] = set_bit(true[w[0]], l, k, False)
-        diff = np.any(true != self._pat[cand], axis=(1, 2))
+        diff = np.any(true != self.points.pattern(cand), axis=(1, 2))
         if diff.any():
-            self._pat[cand] = true
+            self.points.set_pattern(cand[diff], true[diff])
             self._changed()
         return int(diff.sum())
 
-    def dip_flags(self, a0, da0, a1, da1, h, margin):
-        """Per point: whether a coordinate's cubic Hermite path between the step's ends comes within
-        ``margin`` of its end distances (``hermite_dips_kernel``); sliding points are not flagged."""
-        flags = hermite_dips_kernel(self._pat, a0, da0, a1, da1, h, margin, config.chunk_size(self.N))
+    def _unslid(self, idx):
+        """idx without the sliding points."""
         if self._sliding:
-            flags[[c[0] for c in self._sliding]] = 0
-        return flags
+            return np.setdiff1d(idx, [c[0] for c in self._sliding])
+        return idx
+
+    def ends(self, y, v, fresh=False):
+        """A handle of every point's frozen-pattern pre-activations at y and their rates along v (for
+        :meth:`dips`), kept for the next step's start: the step's end state y1 with the stepper's
+        velocity there, which is the next step's first stage (the cached one is returned whenever y
+        and the pattern match, unless ``fresh``)."""
+        key = (self.version, y.tobytes())
+        if fresh or self._ends_cache is None or self._ends_cache[0] != key:
+            self._ends_cache = (key, self.points.ends(self.at(y).kern, self._tangent(self.at(y).params, v)))
+        return self._ends_cache[1]
+
+    def dips(self, ya, va, y1, v1, h, margin):
+        """Sorted points (sliding ones excepted) whose coordinate's cubic Hermite path between the
+        step's ends (states ya, y1, velocities va, v1, length h) comes within ``margin`` of its end
+        distances (``hermite_dips_kernel``)."""
+        e0 = self.ends(ya, va)
+        return self._unslid(self.points.dips(e0, self.ends(y1, v1, fresh=True), h, margin))
+
+    def flips(self, y, dy, exclude):
+        """Sorted points outside ``exclude`` and the sliding set whose sign at y + dy, to first order
+        from y, differs from their pattern."""
+        found = self.points.flips(self.at(y).kern, self._tangent(self.at(y).params, dy))
+        return self._unslid(np.setdiff1d(found, exclude))
+
+    def near_planes(self, y, v, planes, extra, rel):
+        """(zero, near, a): the round-off scale zero = rel * max(1, max |a|) of the frozen-pattern
+        pre-activations a at y (over all points), per hyperplane (l, k) of ``planes`` the sorted
+        points with |a_lk| <= zero, and the (L, M) pre-activations of those and of ``extra``
+        (a dict by point)."""
+        at = self.at(y)
+        return self.points.near_planes(at.kern, self._tangent(at.params, v), planes, extra, rel)
 
     # ----------------------------------------------------------- gradients
     def _vector(self, params, gw, gb, gow, gob):
@@ -208,12 +254,11 @@ class FrozenModel:
         at = self.at(y)
         self.problem.n_evaluations += bool(count)
         self.n_full += 1
-        sq, gw, gb, gow, gob, mm = frozen_gradient_kernel(self.ds.points, self.ds.labels, self._pat, *at.tiles,
-                                                          self.output, 1, self.chunk)
+        (sq, gw, gb, gow, gob), ev_flagged = self.points.frozen_gradient(at.tiles, self.output, self.chunk)
         ev = _Eval()
         ev.cost = float(sq.sum() / (2 * self.N))
         ev.g0 = self._vector(at.params, gw.sum(0)[0], gb.sum(0)[0], gow.sum(0)[0], gob.sum(0)[0])
-        ev.mismatch = mm
+        ev.flagged = ev_flagged
         ev.s, ev.D = None, None
         if self._sliding:
             ev.D = self.jumps(at, self._sliding)
@@ -242,8 +287,9 @@ class FrozenModel:
         ``pairs``: entries 2p and 2p + 1 are one point under two patterns (after a crossing, and
         before it) and ``weights`` has a column per pair, applied to their difference (a jump)."""
         weights = np.asarray(weights, np.float64)
-        gw, gb, gow, gob = subset_contributions_kernel(self.ds.points, self.ds.labels, np.asarray(idx, np.int64),
-                                                       np.ascontiguousarray(pats), *at.tiles, self.output)
+        pts, lab, rows = self.points.data(idx)
+        gw, gb, gow, gob = subset_contributions_kernel(pts, lab, rows, np.ascontiguousarray(pats), *at.tiles,
+                                                       self.output)
         if pairs:
             gw, gb, gow, gob = (g[0::2] - g[1::2] for g in (gw, gb, gow, gob))
         S = weights.shape[0]
@@ -285,29 +331,29 @@ class FrozenModel:
         """(size, n) columns d_j = contribution with coordinate j free minus truncated (others as now)."""
         n = len(coords)
         idx = np.empty(2 * n, np.int64)
-        pats = np.empty((2 * n,) + self._pat.shape[1:], np.uint64)
+        pats = np.empty((2 * n, self.L, self.n_words), np.uint64)
+        now = self.pattern(np.array([c[0] for c in coords], np.int64))
         for j, (i, l, k) in enumerate(coords):
-            base = self._pat[i].copy()
+            base = now[j]
             idx[2 * j] = idx[2 * j + 1] = i
             pats[2 * j] = set_bit(base, l, k, True)
             pats[2 * j + 1] = set_bit(base, l, k, False)
         weights = np.tile([1.0, -1.0], n)
         return self.subset(at, idx, pats, weights, np.repeat(np.arange(n), 2), n).T
 
-    def all_jvp(self, at, v):
-        """(a, da) (N, L, M): every point's frozen-pattern pre-activations and their rate along velocity v."""
-        dcw, dcb, dedges_t = self._tangents(at.params, v[None])
-        return preacts_jvp_kernel(self.ds.points, self._pat, *at.kern, dcw[0], dcb[0], dedges_t[0],
-                                  config.chunk_size(self.N))
+    def _tangent(self, params, v):
+        """The kernels' tangent arrays along one y-direction v: (dcw, dcb, dedges_t) of shapes
+        (L, M, M), (L, M), (L, M, M)."""
+        return tuple(np.ascontiguousarray(t[0]) for t in self._tangents(params, v[None]))
 
     def preacts(self, at, idx, pats):
-        return subset_preacts_kernel(self.ds.points, np.asarray(idx, np.int64), np.ascontiguousarray(pats),
-                                     *at.kern)
+        pts, _, rows = self.points.data(idx)
+        return subset_preacts_kernel(pts, rows, np.ascontiguousarray(pats), *at.kern)
 
     def jvp(self, at, idx, pats, dirs):
         """Frozen-pattern pre-activations of entries and their derivatives along dirs[e] (y-space)."""
-        return subset_jvp_kernel(self.ds.points, np.asarray(idx, np.int64), np.ascontiguousarray(pats),
-                                 *at.kern, *self._tangents(at.params, dirs))
+        pts, _, rows = self.points.data(idx)
+        return subset_jvp_kernel(pts, rows, np.ascontiguousarray(pats), *at.kern, *self._tangents(at.params, dirs))
 
     def _tangents(self, params, dirs):
         """The kernels' tangent arrays along y-directions dirs (n, size): (dcw, dcb, dedges_t),
