@@ -143,6 +143,62 @@ def test_points_exactly_on_hyperplanes_give_the_cpus_patterns_and_gradient():
     assert np.array_equal(s.truncated_counts, s0.truncated_counts)
 
 
+def test_the_kink_integrators_passes_match_the_cpu():
+    # the frozen patterns, pre-activations and rates, dip and flip tests, points on hyperplanes:
+    # the CPU's bit for bit; the frozen-pattern gradient to round-off, with the same flagged points
+    from truncflow.engine.kinks.bits import set_bit
+    from truncflow.kernels import config
+    from truncflow.tiles import kernel_arrays, tile_arrays
+    params, pts, labels, targets = kink_problem()
+    ds = tf.Dataset(pts, labels, targets)
+    kern = kernel_arrays(params)
+    N, M, L = pts.shape[0], pts.shape[1], params.n_layers
+    cpu, gpu = ds.frozen_points(kern, config.chunk_size(N)), ds.to("cuda").frozen_points(kern, config.chunk_size(N))
+    assert np.array_equal(gpu.whole_pattern(), cpu.whole_pattern())
+    changed = np.arange(0, N, 7)                 # frozen patterns that differ from the signs
+    rng = np.random.default_rng(3)
+    pats = np.stack([set_bit(cpu.pattern([i])[0], int(rng.integers(L)), int(rng.integers(M)),
+                             bool(rng.integers(2))) for i in changed])
+    for fp in (cpu, gpu):
+        fp.set_pattern(changed, pats)
+    assert np.array_equal(gpu.pattern([3, 7, 14]), cpu.pattern([3, 7, 14]))
+    for kind in ("input", "output"):
+        p = params if kind == "input" else tf.Params.from_layers(params.weights, params.biases,
+                                                                 out_weight=rng.standard_normal((2, M)),
+                                                                 out_bias=np.zeros(2))
+        tiles = tile_arrays(p, targets if kind == "input" else rng.standard_normal((2, 2)), kind)
+        (s0, flagged0), (s1, flagged1) = (fp.frozen_gradient(tiles, kind == "output", config.chunk_size(N))
+                                          for fp in (cpu, gpu))
+        assert flagged0.size > 0 and np.array_equal(flagged0, flagged1)
+        for a, b in zip(s0, s1):
+            assert_close(b.sum(0), a.sum(0), 1e-12, "frozen-pattern sums")
+    tangent = tuple(rng.standard_normal(a.shape) for a in kern)
+    (a0, d0), (a1, d1) = cpu.ends(kern, tangent), gpu.ends(kern, tangent)
+    assert np.array_equal(a1.copy_to_host(), a0) and np.array_equal(d1.copy_to_host(), d0)
+    later = tuple(t + 0.1 * rng.standard_normal(t.shape) for t in kern)
+    e0, e1 = cpu.ends(later, tangent), gpu.ends(later, tangent)
+    assert np.array_equal(gpu.dips((a1, d1), e1, 0.3, 0.5), cpu.dips((a0, d0), e0, 0.3, 0.5))
+    assert np.array_equal(gpu.flips(kern, tangent), cpu.flips(kern, tangent))
+    planes, extra = {(0, 1), (1, 2), (1, 0)}, [5, 9]
+    z0, near0, rows0 = cpu.near_planes(kern, tangent, planes, extra, 64 * np.finfo(float).eps)
+    z1, near1, rows1 = gpu.near_planes(kern, tangent, planes, extra, 64 * np.finfo(float).eps)
+    assert z0 == z1 and all(np.array_equal(near0[q], near1[q]) for q in planes) and sum(map(len, near0.values()))
+    assert rows0.keys() == rows1.keys() and all(np.array_equal(rows0[i], rows1[i]) for i in rows0)
+    pts_gpu, lab_gpu, r = gpu.data([4, 2])
+    assert np.array_equal(pts_gpu[r], pts[[4, 2]]) and np.array_equal(lab_gpu[r], labels[[4, 2]])
+
+
+def test_a_kinks_flow_on_the_device_follows_the_cpu():
+    pr = make_problem(14, L=2, M=3, N=60, Q=2)
+    options = dict(method="kinks", wrt="layers", rtol=1e-6, atol=1e-8, n_records=3)
+    r = tf.simulate(pr.params, on_device(pr), 0.05, **options)
+    r0 = tf.simulate(pr.params, pr.dataset(), 0.05, **options)
+    assert r.status == r0.status == "t_end"
+    assert r.config["kinks"]["corrected_crossings"] + r.config["kinks"]["events_located"] > 0
+    assert_close(r.cost, r0.cost, 1e-9, "recorded costs")
+    assert_close(r.cum_weights, r0.cum_weights, 1e-9, "recorded weights")
+
+
 # ------------------------------------------------------------------ forward on device arrays
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_truncate_and_patterns_take_and_return_device_arrays(dtype):
@@ -258,8 +314,11 @@ def test_simulate_on_the_device_follows_the_cpu_flow(method, options):
 def test_simulate_refusals_name_the_device_dataset(tmp_path):
     pr = make_problem(15, L=1, M=2, N=20, Q=2)
     dev = on_device(pr)
-    with pytest.raises(ValueError, match="DeviceDataset"):
-        tf.simulate(pr.params, dev, 0.1, method="kinks")
+    with pytest.raises(ValueError, match="method='events' needs the points here.*DeviceDataset"):
+        tf.simulate(pr.params, dev, 0.1, method="events")
+    streamed = pr.dataset().to("cuda", batch_points=8)
+    with pytest.raises(ValueError, match="needs the points resident on the GPU"):
+        tf.simulate(pr.params, streamed, 0.1, method="kinks")
     with pytest.raises(ValueError, match="checkpoint does not apply to a DeviceDataset"):
         tf.simulate(pr.params, dev, 0.1, checkpoint=tmp_path / "c.npz")
     with pytest.raises(ValueError, match="run each member with simulate"):

@@ -57,13 +57,14 @@ def arrays(dtype, L=3, Mp=8, M=7, P=2, G=4, T=128, S=3, K=50):
                 acc=np.zeros((G, S, K)), zero=f.type(0))
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_gradient_kernel_compiles(dtype):
+@pytest.mark.parametrize("dtype,frozen", [("float64", False), ("float32", False), ("float64", True)])
+def test_gradient_kernel_compiles(dtype, frozen):
     from truncflow.kernels.cuda import gradient
     a = arrays(dtype)
-    code = ptx(gradient.build(dtype), a["points"], a["labels"], 100, a["targets"], a["cw"], a["cb"], a["inv"],
-               a["back"], a["out_w"], a["out_b"], True, True, True, True, 7, a["offsets"], a["z"], a["act"],
-               a["u"], a["r"], a["rr"], a["zero"], a["acc"])
+    code = ptx(gradient.build(dtype, frozen), a["points"], a["labels"], 100, a["targets"], a["cw"], a["cb"], a["inv"],
+               a["back"], a["out_w"], a["out_b"], True, True, not frozen, not frozen, 7, a["offsets"], a["z"],
+               a["act"], a["u"], a["r"], a["rr"], a["zero"], a["acc"], np.zeros((100, 3, 1), np.uint64),
+               np.zeros(100, np.uint8))
     # the forward sweep's products and sums are the rounded, never-contracted ones
     op = "mul.rn.f64" if dtype == "float64" else "mul.rn.f32"
     assert op in code
@@ -72,7 +73,7 @@ def test_gradient_kernel_compiles(dtype):
 def test_forward_observe_and_sums_kernels_compile():
     from truncflow.kernels.cuda import forward, launch, observe
     a = arrays("float64")
-    _, _, truncate_kernel, patterns_kernel = forward.build("float64")
+    truncate_kernel, patterns_kernel = forward.build("float64")[2:4]
     ptx(truncate_kernel, a["points"].astype(np.float32), 2, a["cw"], a["cb"], a["inv"], a["z"], a["act"], 0.0,
         np.zeros((100, 7)))
     ptx(patterns_kernel, a["points"], a["cw"], a["cb"], a["inv"], a["z"], a["act"], 0.0,
@@ -86,3 +87,20 @@ def test_forward_observe_and_sums_kernels_compile():
     ptx(launch._reduce_kernel, a["acc"], np.zeros((3, 50)))
     ptx(launch._zero_kernel, np.zeros(10))
     ptx(launch._count_nonfinite_kernel, a["points"], np.zeros(1, np.int64))
+
+
+def test_the_kink_integrators_kernels_compile():
+    from truncflow.kernels.cuda import frozen
+    k = frozen.build()
+    N, L, M = 100, 3, 7
+    pts, pats = np.zeros((N, M)), np.zeros((N, L, 1), np.uint64)
+    cw, cb = np.zeros((L, M, M)), np.zeros((L, M))
+    a, flags = np.zeros((N, L, M)), np.zeros(N, np.uint8)
+    code = ptx(k["ends"], pts, pats, cw, cb, cw, cw, cb, cw, np.zeros((64, M)), np.zeros((64, M)), a, a)
+    assert "mul.rn.f64" in code and "fma" not in code.split("// .globl")[1]     # rounded as on the CPU
+    ptx(k["dips"], pats, a, a, a, a, 0.1, 0.5, flags)
+    ptx(k["flips"], pats, a, a, flags)
+    ptx(k["absmax"], a, np.zeros(1))
+    ptx(k["near"], a, np.zeros((2, 2), np.int64), 1e-12, np.zeros(N, np.uint64))
+    ptx(k["take"], np.zeros((N, 3), np.uint64), np.zeros(5, np.int64), np.zeros((5, 3), np.uint64))
+    ptx(k["put"], np.zeros((N, 3), np.uint64), np.zeros(5, np.int64), np.zeros((5, 3), np.uint64))

@@ -151,10 +151,15 @@ def test_the_public_datasets_are_the_backends():
 
 
 def test_a_missing_operation_names_the_operation_and_the_backend():
-    remote = object.__new__(DeviceDataset)      # no GPU needed: the refusal comes first
-    with pytest.raises(BackendLacks, match=r"the CUDA backend has no 'frozen_points' pass: it needs the points "
-                                           r"here \(use dataset.to\('cpu'\)"):
-        remote.frozen_points(None, 1024)
+    class Bare(Backend):
+        capabilities = Capabilities(name="bare", where="nowhere", points_here=False, serial_steps=False,
+                                    checkpoints=False, methods=frozenset(), float32=False, ensembles=False,
+                                    operations=frozenset(), bring_here="bring them here")
+    with pytest.raises(BackendLacks, match=r"the bare backend has no 'frozen_points' pass: it needs the points "
+                                           r"here \(bring them here\)"):
+        Bare().frozen_points(None, 1024)
+    with pytest.raises(BackendLacks, match=r"the bare backend has no 'observe' pass$"):
+        Bare().observe(*[None] * 10)
     err = BackendLacks("observe", "test")
     assert (err.operation, err.backend) == ("observe", "test") and isinstance(err, ValueError)
 

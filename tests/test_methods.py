@@ -42,7 +42,7 @@ def test_registry_entries_are_the_methods_and_the_old_names_are_derived():
     assert DISTRIBUTED_METHODS == tuple(m.name for m in ALL if m.runs_on(DISTRIBUTED)) == ("rk45", "gd", "sgd", "kinks")
     assert ADAPTIVE_METHODS == tuple(m.name for m in ALL if m.adaptive) == ("rk45", "kinks")
     assert supporting(HERE) == METHOD_NAMES
-    assert supporting(DEVICE) == supporting(DISTRIBUTED) == ("rk45", "gd", "sgd")
+    assert supporting(DEVICE) == supporting(DISTRIBUTED) == ("rk45", "gd", "sgd", "kinks")
     for m in ALL:
         assert spec(m.name) is m and m.description and "\n" not in m.description
         assert dataclasses.is_dataclass(m)

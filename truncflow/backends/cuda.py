@@ -26,7 +26,7 @@ import numpy as np
 from .._validate import choice, format_bytes
 from ..data import Dataset, DatasetElsewhere, EmptyClusterWarning, check_targets
 from ..tiles import pad_to_width, padded_width
-from .base import OPERATIONS, Backend, Capabilities
+from .base import FROZEN_PASSES, OPERATIONS, Backend, Capabilities
 
 __all__ = ["DeviceDataset", "CUDA", "DEVICES", "RESIDENT_FRACTION", "DEFAULT_BATCH"]
 
@@ -38,7 +38,8 @@ DEFAULT_BATCH = 1 << 22
 
 CUDA = Capabilities(
     name="CUDA", where="on a GPU", points_here=False, serial_steps=False, checkpoints=False,
-    methods=frozenset({"rk45", "gd", "sgd"}), float32=True, ensembles=False, operations=frozenset(OPERATIONS),
+    methods=frozenset({"rk45", "gd", "sgd", "kinks"}), float32=True, ensembles=False,
+    operations=frozenset(OPERATIONS + FROZEN_PASSES),
     bring_here="use dataset.to('cpu')")
 
 
@@ -133,6 +134,11 @@ class DeviceDataset(DatasetElsewhere, Backend):
                                                               out_labels)
         return out.copy_to_host(), out_labels.copy_to_host()
 
+    def frozen_points(self, kern, chunk: int):
+        """The kink integrator's per-point side on the GPU (``backends.cuda_frozen``; resident points)."""
+        from .cuda_frozen import DeviceFrozenPoints
+        return DeviceFrozenPoints(self, kern, chunk)
+
     # ------------------------------------------------------------ passes
     def _batches(self):
         """(start, stop) of each batch of the points."""
@@ -198,7 +204,7 @@ class DeviceDataset(DatasetElsewhere, Backend):
             return sets
         return self._buffers(("sweep", G, T, L, Mp, R, np.dtype(dtype).name), make)
 
-    def _gradient_plan(self, L, Mp, P, dtype, S, moments, second):
+    def _gradient_plan(self, L, Mp, P, dtype, S, moments, second, frozen=False):
         """(layout, G, T, kernel, scratch, offsets on the device) of a gradient pass of this shape:
         made at its first pass and kept, so an evaluation of a flow only uploads its parameters."""
         from ..kernels.cuda import gradient as gk
@@ -210,15 +216,21 @@ class DeviceDataset(DatasetElsewhere, Backend):
             scratch = self._sweep_scratch(G, T, L, Mp, max(Mp, P), dtype, 1 if self.resident else 2)
             names = ("g_w", "g_b", "g_ow", "g_ob", "truncated", "free1", "con1", "free2", "con2")
             offsets = self._cuda.to_device(np.array([lay.get(name, 0) for name in names], dtype=np.int64))
-            return lay, G, T, gk.build(dtype.name), scratch, offsets
-        return self._buffers(("gradient plan", L, Mp, P, dtype.name, S, moments, second), make)
+            unused = self._cuda.device_array((1, 1, 1), dtype=np.uint64), self._cuda.device_array(1, dtype=np.uint8)
+            return lay, G, T, gk.build(dtype.name, frozen), scratch, offsets, unused
+        return self._buffers(("gradient plan", L, Mp, P, dtype.name, S, moments, second, frozen), make)
 
-    def _gradient_pass(self, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, moments, second):
-        """The gradient (and, with ``moments``, statistics) sums: dict name -> array (S, ...)."""
+    def _gradient_pass(self, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, moments, second,
+                       frozen=None):
+        """The gradient (and, with ``moments``, statistics) sums: dict name -> array (S, ...).
+        ``frozen``: (patterns (N, L, W) uint64, flags (N,) uint8) on the device, resident points
+        only: the frozen-pattern pass of the kink integrator (``backends.cuda_frozen``)."""
         cuda = self._cuda
         L, Mp, M, P = cw.shape[0], cw.shape[1], self.width, out_w.shape[0]
         dtype, S = cw.dtype, int(n_slots)
-        lay, G, T, kernel, scratch, offsets = self._gradient_plan(L, Mp, P, dtype, S, bool(moments), bool(second))
+        lay, G, T, kernel, scratch, offsets, unused = self._gradient_plan(L, Mp, P, dtype, S, bool(moments),
+                                                                          bool(second), frozen is not None)
+        pats, flags = unused if frozen is None else frozen
         K = lay["K"]
         # per evaluation only the parameters go up
         d = [cuda.to_device(np.ascontiguousarray(a)) for a in (targets, cw, cb, inv, back, out_w, out_b)] + [offsets]
@@ -227,7 +239,8 @@ class DeviceDataset(DatasetElsewhere, Backend):
         def launch(points, labels, n, acc, s, stream, _):
             z, act, u, r, rr = scratch[s]
             kernel[G, T, stream](points, labels, n, d[0], d[1], d[2], d[3], d[4], d[5], d[6], bool(output_cost),
-                                 S > 1, bool(moments), bool(second), M, d[7], z, act, u, r, rr, zero, acc)
+                                 S > 1, bool(moments), bool(second), M, d[7], z, act, u, r, rr, zero, acc, pats,
+                                 flags)
 
         sums, _ = self._run(("gradient", G, S, K), (G, S, K), launch)
         shapes = {"sq": (), "g_w": (L, Mp, Mp), "g_b": (L, Mp), "g_ow": (P, Mp), "g_ob": (P,),

@@ -86,7 +86,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            placements=(HERE,), float32=False, ensembles="one by one", options=("record_truncation_times",),
            why_float64="decides every kink exactly"),
     Method("kinks", "experimental: locates pattern changes, follows sliding modes", adaptive=True,
-           checkpoints=True, placements=(HERE, DISTRIBUTED), float32=False, ensembles="one by one",
+           checkpoints=True, placements=_EVERYWHERE, float32=False, ensembles="one by one",
            options=ADAPTIVE_OPTIONS + ("max_evals",),
            why_float64=("decides each point's side of every hyperplane from its pre-activations, which a "
                         "float32 sweep rounds at 1e-7 relative, far above the tolerances it keeps (float32 "

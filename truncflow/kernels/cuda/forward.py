@@ -41,6 +41,32 @@ def build(dtype_name: str):
                 zg[l + 1, k, t] = s
 
     @device_function
+    def forward_frozen(cw, cb, inv, zg, ag, t, n_layers, zero, pats, i, m_true, flags):
+        """``forward`` truncating by point i's pattern pats[i] (L, W) uint64 (bit set: free; the
+        padding coordinates k >= 64 W: truncated) instead of the signs, as
+        ``kernels.crossing._forward_tile_pat`` does; flags[i] = 1 where a sign of a (a > 0)
+        disagrees with the pattern on one of the first ``m_true`` coordinates (the points' width)."""
+        Mp = cw.shape[1]
+        W = pats.shape[2]
+        M = min(Mp, 64 * W)
+        for l in range(n_layers):
+            for k in range(Mp):
+                s = cb[l, k]
+                for j in range(Mp):
+                    s = add(s, mul(cw[l, k, j], zg[l, j, t]))
+                ag[l, k, t] = s
+            for k in range(Mp):
+                s = zg[l, k, t]
+                for j in range(Mp):
+                    a = ag[l, j, t]
+                    free = j < M and (pats[i, l, j // 64] >> np.uint64(j % 64)) & np.uint64(1) == np.uint64(1)
+                    if k == 0 and j < m_true and (a > zero) != free:
+                        flags[i] = 1
+                    c = zero if free else -a
+                    s = add(s, mul(inv[l, k, j], c))
+                zg[l + 1, k, t] = s
+
+    @device_function
     def load(points, i, zg, t):
         """Point i into column t of z[0] (cast to the sweep dtype, rounded to nearest)."""
         for j in range(points.shape[1]):
@@ -82,4 +108,4 @@ def build(dtype_name: str):
                                 word |= np.uint64(1) << np.uint64(b)
                         out[i, l, w] = word
 
-    return forward, load, truncate_kernel, patterns_kernel
+    return forward, load, truncate_kernel, patterns_kernel, forward_frozen

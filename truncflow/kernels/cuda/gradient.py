@@ -41,13 +41,25 @@ def layout(L: int, Mp: int, M: int, P: int, moments: bool, second: bool) -> dict
 
 
 @functools.lru_cache(maxsize=None)
-def build(dtype_name: str):
-    """The gradient kernel for one sweep dtype (compiled on first launch)."""
-    forward, load, _, _ = forward_module.build(dtype_name)
+def build(dtype_name: str, frozen: bool = False):
+    """The gradient kernel for one sweep dtype (compiled on first launch). ``frozen``: the
+    kink integrator's frozen-pattern pass (``kernels.crossing.frozen_gradient_kernel``): each
+    point truncated by its pattern ``pats[i]`` (L, W) uint64 instead of its signs, and
+    ``flags[i]`` set to 1 where they disagree; otherwise ``pats`` and ``flags`` are not read."""
+    forward, load, _, _, forward_frozen = forward_module.build(dtype_name)
+
+    @device_function
+    def free_at(ag, pats, i, l, k, t, zero):
+        """Whether coordinate k of layer l of point i (column t) is free: its pattern bit when
+        frozen (padding coordinates k >= 64 W truncated), else a > 0."""
+        if frozen:
+            return k < 64 * pats.shape[2] and \
+                (pats[i, l, k // 64] >> np.uint64(k % 64)) & np.uint64(1) == np.uint64(1)
+        return ag[l, k, t] > zero
 
     @cuda.jit
     def gradient_kernel(points, labels, n, targets, cw, cb, inv, back, out_w, out_b, output_cost, per_cluster,
-                        moments, second, M, offsets, z, act, u, r, rr, zero, acc):
+                        moments, second, M, offsets, z, act, u, r, rr, zero, acc, pats, flags):
         """Add the sums of points 0..n-1 of (points, labels) into acc[g] (block g's row).
 
         offsets (9,) int64: g_w, g_b, g_ow, g_ob, truncated, free1, con1, free2, con2 of
@@ -74,15 +86,17 @@ def build(dtype_name: str):
                 q = labels[i]
                 lab[t] = q
                 load(points, i, zg, t)
-                forward(cw, cb, inv, zg, ag, t, L, zero)
+                if frozen:
+                    forward_frozen(cw, cb, inv, zg, ag, t, L, zero, pats, i, M, flags)
+                else:
+                    forward(cw, cb, inv, zg, ag, t, L, zero)
                 s2 = np.float64(0.0)
                 if output_cost:
                     for p in range(P):
                         v = out_b[p] - targets[q, p]
                         for j in range(Mp):
-                            a = ag[L - 1, j, t]
-                            if a > zero:
-                                v += out_w[p, j] * a
+                            if free_at(ag, pats, i, L - 1, j, t, zero):
+                                v += out_w[p, j] * ag[L - 1, j, t]
                         rg[p, t] = v
                         s2 += v * v
                     for j in range(Mp):
@@ -116,8 +130,9 @@ def build(dtype_name: str):
                         run += rr[g, tt]
                     elif e < 1 + P * Mp:
                         p = (e - 1) // Mp
-                        a = ag[L - 1, (e - 1) - p * Mp, tt]
-                        run += rg[p, tt] * (a if a > zero else zero)
+                        j = (e - 1) - p * Mp
+                        a = ag[L - 1, j, tt]
+                        run += rg[p, tt] * (a if free_at(ag, pats, start + tt, L - 1, j, tt, zero) else zero)
                     else:
                         run += rg[e - 1 - P * Mp, tt]
                 accg[cur, _top_dest(e, Mp, P, o_ow, o_ob)] += run
@@ -143,13 +158,14 @@ def build(dtype_name: str):
                                 j = e - k * Mp
                                 uk = ug[c, k, tt]
                                 xj = zg[l + 1, j, tt]
-                                term = -(uk * (xj - zg[l, j, tt])) if ag[l, k, tt] > zero else -(uk * xj)
+                                term = -(uk * (xj - zg[l, j, tt])) if free_at(ag, pats, start + tt, l, k, tt, zero) \
+                                    else -(uk * xj)
                                 if top:
                                     term += uk * zg[L, j, tt]
                             else:
                                 k = e - Mp * Mp
                                 uk = ug[c, k, tt]
-                                term = zero if ag[l, k, tt] > zero else -uk
+                                term = zero if free_at(ag, pats, start + tt, l, k, tt, zero) else -uk
                                 if top:
                                     term += uk
                             run += term
@@ -160,7 +176,7 @@ def build(dtype_name: str):
                     for k in range(Mp):
                         h = zero
                         for j in range(Mp):
-                            if ag[l, j, t] > zero:
+                            if free_at(ag, pats, start + t, l, j, t, zero):
                                 h += back[l - 1, k, j] * ug[c, j, t]
                         ug[1 - c, k, t] = h
                 c = 1 - c

@@ -27,7 +27,7 @@ def row_size(L: int, M: int) -> int:
 @functools.lru_cache(maxsize=None)
 def build():
     """The observation kernel (float64 sweep)."""
-    forward, load, _, _ = forward_module.build("float64")
+    forward, load = forward_module.build("float64")[:2]
 
     @cuda.jit
     def observe_kernel(points, labels, n, targets, shift, cw, cb, inv, out_w, out_b, output_cost,
