@@ -462,12 +462,18 @@ def test_output_cost_reference_at_rtol_1e10_atol_1e12():
     assert r.status == "t_end", r.message
 
 
-@pytest.mark.parametrize("seed,rtol", [(11, 1e-10), pytest.param(14, 1e-6, marks=pytest.mark.long)])   # 14: 8 s
+@pytest.mark.parametrize("seed,rtol", [(11, 1e-10), pytest.param(14, 1e-6, marks=pytest.mark.long),
+                                       pytest.param(14, 1e-4, marks=pytest.mark.long)])   # 14: 8 s, 2 s
 def test_a_stepper_failure_in_bulk_mode_is_retried_locating_every_crossing(seed, rtol):
     """Two problems of bench/kinks_robustness.py whose bulk-corrected steps made the stepper fail
     (step size below spacing; problem 14: 22 points of one face of layer 1 meeting a hyperplane
     of layer 2 at once): the run now locates every crossing for a while from there, and reaches
-    t_end. Before, it stopped with status "failed" at t = 0.6576 and 0.8205."""
+    t_end. Before, it stopped with status "failed" at t = 0.6576 and 0.8205. Problem 14 at rtol 1e-4
+    then stopped at t = 0.9476 ("200 events in a row without progress"): 15 points held at a bound
+    on one hyperplane, one taken off it at the end of a step of 0.71 was released at the step's
+    start (its weight at the bound there by round-off), where it sat on the plane and crossed
+    back at once, again and again; a weight at its bound from the step's start now exits at the
+    step's end (``filippov.exit_time``)."""
     rng = np.random.default_rng(100 + seed)
     N = (16, 24, 32, 48, 64)[seed % 5]
     kind = "input" if seed % 2 == 0 else "output"

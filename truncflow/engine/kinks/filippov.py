@@ -169,10 +169,12 @@ def exit_time(model, exits, y_of, t0, t1):
         def bounded(t):
             return pc.full(y_of(t)).s[j] - bound
         xtol = 1e-14 * max(1.0, abs(t1))
-        if bounded(t0) == 0.0:
+        b0 = bounded(t0)
+        if b0 == 0.0 or away(b0):
+            # at its bound from the step's start (the bounded weights stay in [0, 1]: beyond a bound
+            # by round-off only): the step was integrated with it there, as if released, so it
+            # exits at the step's end, where its velocity was seen to take it off the plane
             te = t1
-        elif away(bounded(t0)):
-            te = t0
         elif not away(free(t0)) and away(free(t1)):
             te = brentq(free, t0, t1, xtol=xtol, rtol=4 * np.finfo(float).eps)
         else:
