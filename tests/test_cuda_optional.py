@@ -44,8 +44,8 @@ n_points = 50
 centers = [[-2.0, -2.0], [2.0, 2.0]]
 targets = "centers"
 [network]
-init = "random"
-layers = 2
+init = "{init}"
+layers = 2{network}
 [flow]
 method = "{method}"
 {flow}
@@ -57,7 +57,9 @@ t_end = 0.1
 
 def job(tmp_path, method="gd", flow="lr = 0.05", run=""):
     path = tmp_path / "job.toml"
-    path.write_text(JOB.format(method=method, flow=flow, run=run))
+    init, network, flow = (("aligned", "\nthresholds = [[-5.0, -5.0], [-5.0, -5.0]]", 'wrt = "aligned"\n' + flow)
+                           if method == "events" else ("random", "", flow))
+    path.write_text(JOB.format(method=method, flow=flow, run=run, init=init, network=network))
     return str(path)
 
 
@@ -78,7 +80,7 @@ def test_a_gpu_run_without_numba_cuda_is_one_line_and_writes_nothing(tmp_path, c
     ("gd", "lr = 0.05", 'device = "gpu"', "device"),
     ("gd", "lr = 0.05", 'precision = "float16"', "precision"),
     ("kinks", "", 'precision = "float32"', "applies to method"),
-    ("kinks", "", 'device = "cuda"', "a GPU runs method"),
+    ("events", "", 'device = "cuda"', "a GPU runs method"),
 ])
 def test_run_section_refusals(tmp_path, capsys, method, flow, run, message):
     from truncflow.cli import main
@@ -96,9 +98,12 @@ def test_device_and_cluster_together_are_refused(tmp_path, capsys):
 
 def test_command_line_overrides_are_checked_against_the_method(tmp_path, capsys):
     from truncflow.cli import main
-    path = job(tmp_path, "kinks", "")
+    path = job(tmp_path, "events", "")
     assert main(["run", path, "--device", "cuda", "--check"]) == 2
     assert "--device cuda: a GPU runs method" in capsys.readouterr().err
+    path = job(tmp_path, "kinks", "")
+    assert main(["run", path, "--device", "cuda", "--check"]) == 0      # kinks runs on a GPU
+    capsys.readouterr()
     assert main(["run", path, "--precision", "float32", "--check"]) == 2
     assert "--precision float32 applies to method" in capsys.readouterr().err
     assert main(["run", path, "--device", "cpu", "--precision", "float64", "--check"]) == 0
