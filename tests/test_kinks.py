@@ -482,4 +482,6 @@ def test_a_stepper_failure_in_bulk_mode_is_retried_locating_every_crossing(seed,
     r = tf.simulate(p, ds, 2.5, kind=kind, wrt="cumulative", method="kinks", rtol=rtol, atol=rtol * 1e-2,
                     record_times=[2.5], max_evals=50000)
     assert r.status == "t_end", r.message
-    assert r.config["kinks"]["located_stretches"] >= 1
+    # problem 11 no longer fails a step since coordinates on their plane to round-off keep
+    # their side (``locate.ON_PLANE``); problem 14 still needs the fallback
+    assert r.config["kinks"]["located_stretches"] >= (seed == 14)

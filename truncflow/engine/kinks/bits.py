@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["set_bit", "bit", "bits"]
+__all__ = ["set_bit", "bit", "bits", "pack"]
 
 
 def set_bit(pat_i, l, k, free):
@@ -27,3 +27,12 @@ def bits(pats, M):
     k = np.arange(M)
     words = pats[:, :, k // 64]
     return ((words >> (k % 64).astype(np.uint64)) & np.uint64(1)).astype(bool)
+
+
+def pack(free, n_words):
+    """Bit-packed patterns (n, L, W) uint64 of free bits (n, L, M) bool (the inverse of :func:`bits`)."""
+    n, L, M = free.shape
+    out = np.zeros((n, L, n_words), np.uint64)
+    for k in range(M):
+        out[:, :, k // 64] |= free[:, :, k].astype(np.uint64) << np.uint64(k % 64)
+    return out

@@ -39,6 +39,10 @@ class Crossing(NamedTuple):
     slope: float         #: da/dt along the path at the crossing
 
 
+#: A pre-activation within ON_PLANE * max(1, max |a|) of zero is on its hyperplane to round-off.
+ON_PLANE = 64 * np.finfo(float).eps
+
+
 def crossing_paths(model, quad, cand, nodes_t, nodes_y, t0, t1, scan):
     """Crossings of the flagged points along the step, in order per point.
 
@@ -68,6 +72,9 @@ def crossing_paths(model, quad, cand, nodes_t, nodes_y, t0, t1, scan):
             break
         m = active.size
         vals = np.stack([pc.preacts(at, cand[active], pats[active]) for at in ats])   # (K, m, L, M)
+        if _round == 0:     # on the plane to round-off all along the step: no side to cross to
+            flat = np.abs(vals).reshape(len(ats), n, LM)
+            held_flat |= np.max(flat, axis=0) <= ON_PLANE * max(1.0, float(np.max(flat)))
         coef = serial_product(q.Vinv, vals.reshape(len(ats), m * LM))
         free = bits(pats[active], M).reshape(-1)
         thr = np.repeat(start[active], LM)

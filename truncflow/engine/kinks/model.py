@@ -20,9 +20,9 @@ from ...compute import Gradient, aligned_scale_gradient, cumulative_to_layer_gra
 from ...kernels import config
 from ...kernels.crossing import subset_contributions_kernel, subset_jvp_kernel, subset_preacts_kernel
 from ...kernels.forward import patterns_kernel
-from .bits import set_bit
+from .bits import bits, pack, set_bit
 from .filippov import least_squares
-from .locate import serial_product
+from .locate import ON_PLANE, serial_product
 from .options import DEFAULT
 
 __all__ = ["FrozenModel"]
@@ -187,7 +187,17 @@ class FrozenModel:
             w = np.flatnonzero(cand == i)
             if w.size:
                 true[w[0]] = set_bit(true[w[0]], l, k, False)
-        diff = np.any(true != self.points.pattern(cand), axis=(1, 2))
+        now = self.points.pattern(cand)
+        # a coordinate on its hyperplane to round-off keeps its side (either is right to round-off)
+        a = subset_preacts_kernel(pts, rows, now, *at.kern)
+        flat = np.abs(a)
+        on = flat <= ON_PLANE * max(1.0, float(np.max(flat))) if flat.size else flat.astype(bool)
+        if on.any():
+            keep = bits(now, self.M) & on
+            set_ = bits(true, self.M)
+            want = np.where(on, keep, set_)
+            true = pack(want, self.n_words)
+        diff = np.any(true != now, axis=(1, 2))
         if diff.any():
             self.points.set_pattern(cand[diff], true[diff])
             self._changed()
