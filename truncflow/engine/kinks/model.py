@@ -10,7 +10,13 @@ their bit cleared in the pattern, MODEL.md section 5) and evaluates the flow and
 Only its methods change the pattern or the sliding set (:meth:`FrozenModel.set_patterns`,
 :meth:`~FrozenModel.apply_crossings`, :meth:`~FrozenModel.set_sides`,
 :meth:`~FrozenModel.release`), and each keeps the caches right: ``version`` changes and the cached
-evaluations are dropped. Outside, ``pat`` is a read-only view and ``sliding`` a tuple.
+evaluations are dropped. Outside, :meth:`~FrozenModel.pattern` gives copies of rows and
+``sliding`` is a tuple.
+
+The patterns themselves, and every pass over all points, live where the points are: the
+dataset's ``frozen_points`` (``backends.frozen``: in this process, on a Dask cluster's workers
+or on a GPU). The model asks it for sums and sorted lists of flagged points and works on the
+rows of those points here.
 """
 from __future__ import annotations
 
