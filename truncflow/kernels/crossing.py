@@ -22,6 +22,10 @@ piece the pattern names.
                              one direction (the flow's velocity)
     hermite_dips_kernel      from those at both ends of a step: the points that may
                              touch a hyperplane inside the step and come back
+
+The all-points kernels have serial twins (``*_serial``: the same chunk or point bodies,
+the same bits, no parallel region) that a Dask worker runs on its partition
+(``backends.dask_frozen``).
 """
 import numpy as np
 from numba import njit, prange
