@@ -485,3 +485,22 @@ def test_a_stepper_failure_in_bulk_mode_is_retried_locating_every_crossing(seed,
     # problem 11 no longer fails a step since coordinates on their plane to round-off keep
     # their side (``locate.ON_PLANE``); problem 14 still needs the fallback
     assert r.config["kinks"]["located_stretches"] >= (seed == 14)
+
+
+@pytest.mark.long  # 15 s and 3 s
+@pytest.mark.parametrize("seed,rtol", [(14, 1e-10), (11, 1e-12)])
+def test_coordinates_on_their_plane_to_round_off_keep_their_side(seed, rtol):
+    """Two runs of bench/kinks_robustness.py in which points sliding on one hyperplane of layer 2
+    crossed the other back and forth at round-off amplitude (steps of 1e-9, rates of 1e-6;
+    tens of thousands of evaluations, thousands of redone steps, t_end never reached). A
+    coordinate within ``locate.ON_PLANE`` of its plane now keeps its side; both reach t_end
+    (28,211 and 6,982 evaluations here)."""
+    rng = np.random.default_rng(100 + seed)
+    N = (16, 24, 32, 48, 64)[seed % 5]
+    kind = "input" if seed % 2 == 0 else "output"
+    p = tf.Params.random(2, 2, scale=0.5, bias_scale=0.5, out_dim=2 if kind == "output" else None, seed=100 + seed)
+    ds = tf.Dataset(rng.standard_normal((N, 2)), np.arange(N) % 2, rng.standard_normal((2, 2)))
+    r = tf.simulate(p, ds, 2.5, kind=kind, wrt="cumulative", method="kinks", rtol=rtol, atol=rtol * 1e-2,
+                    record_times=[2.5], max_evals=60000)
+    assert r.status == "t_end", r.message
+    assert r.config["kinks"]["redone_steps"] < 200
