@@ -57,7 +57,7 @@ t_end = 0.1
 
 def job(tmp_path, method="gd", flow="lr = 0.05", run=""):
     path = tmp_path / "job.toml"
-    init, network, flow = (("aligned", "\nthresholds = [[-5.0, -5.0], [-5.0, -5.0]]", 'wrt = "aligned"\n' + flow)
+    init, network, flow = (("aligned", "\nthresholds = [[-50.0, -50.0], [-50.0, -50.0]]", 'wrt = "aligned"\n' + flow)
                            if method == "events" else ("random", "", flow))
     path.write_text(JOB.format(method=method, flow=flow, run=run, init=init, network=network))
     return str(path)
