@@ -462,6 +462,15 @@ def test_output_cost_reference_at_rtol_1e10_atol_1e12():
     assert r.status == "t_end", r.message
 
 
+def robustness_problem(seed):
+    """(params, dataset, kind) of problem ``seed`` of bench/kinks_robustness.py (its cumulative ones)."""
+    rng = np.random.default_rng(100 + seed)
+    N = (16, 24, 32, 48, 64)[seed % 5]
+    kind = "input" if seed % 2 == 0 else "output"
+    p = tf.Params.random(2, 2, scale=0.5, bias_scale=0.5, out_dim=2 if kind == "output" else None, seed=100 + seed)
+    return p, tf.Dataset(rng.standard_normal((N, 2)), np.arange(N) % 2, rng.standard_normal((2, 2))), kind
+
+
 @pytest.mark.parametrize("seed,rtol", [(11, 1e-10), pytest.param(14, 1e-6, marks=pytest.mark.long),
                                        pytest.param(14, 1e-4, marks=pytest.mark.long)])   # 14: 8 s, 2 s
 def test_a_stepper_failure_in_bulk_mode_is_retried_locating_every_crossing(seed, rtol):
@@ -474,11 +483,7 @@ def test_a_stepper_failure_in_bulk_mode_is_retried_locating_every_crossing(seed,
     start (its weight at the bound there by round-off), where it sat on the plane and crossed
     back at once, again and again; a weight at its bound from the step's start now exits at the
     step's end (``filippov.exit_time``)."""
-    rng = np.random.default_rng(100 + seed)
-    N = (16, 24, 32, 48, 64)[seed % 5]
-    kind = "input" if seed % 2 == 0 else "output"
-    p = tf.Params.random(2, 2, scale=0.5, bias_scale=0.5, out_dim=2 if kind == "output" else None, seed=100 + seed)
-    ds = tf.Dataset(rng.standard_normal((N, 2)), np.arange(N) % 2, rng.standard_normal((2, 2)))
+    p, ds, kind = robustness_problem(seed)
     r = tf.simulate(p, ds, 2.5, kind=kind, wrt="cumulative", method="kinks", rtol=rtol, atol=rtol * 1e-2,
                     record_times=[2.5], max_evals=50000)
     assert r.status == "t_end", r.message
@@ -495,11 +500,7 @@ def test_coordinates_on_their_plane_to_round_off_keep_their_side(seed, rtol):
     tens of thousands of evaluations, thousands of redone steps, t_end never reached). A
     coordinate within ``locate.ON_PLANE`` of its plane now keeps its side; both reach t_end
     (28,211 and 6,982 evaluations here)."""
-    rng = np.random.default_rng(100 + seed)
-    N = (16, 24, 32, 48, 64)[seed % 5]
-    kind = "input" if seed % 2 == 0 else "output"
-    p = tf.Params.random(2, 2, scale=0.5, bias_scale=0.5, out_dim=2 if kind == "output" else None, seed=100 + seed)
-    ds = tf.Dataset(rng.standard_normal((N, 2)), np.arange(N) % 2, rng.standard_normal((2, 2)))
+    p, ds, kind = robustness_problem(seed)
     r = tf.simulate(p, ds, 2.5, kind=kind, wrt="cumulative", method="kinks", rtol=rtol, atol=rtol * 1e-2,
                     record_times=[2.5], max_evals=60000)
     assert r.status == "t_end", r.message

@@ -18,16 +18,15 @@ import numpy as np
 
 from ..tiles import pad_to_width, padded_width
 from .base import BackendLacks
+from .frozen import KeptRows
 
 __all__ = ["DeviceFrozenPoints"]
 
 #: Threads per block of the per-point kernels.
 THREADS = 128
-#: The host forgets the rows it keeps when it holds more than this many points' rows.
-KEPT_ROWS = 1 << 16
 
 
-class DeviceFrozenPoints:
+class DeviceFrozenPoints(KeptRows):
     """The frozen patterns of a resident :class:`~truncflow.backends.cuda.DeviceDataset`'s points
     and the passes over them, on its GPU."""
 
@@ -43,7 +42,7 @@ class DeviceFrozenPoints:
         self.n_points = N = dataset.n_points
         cw, cb, et = kern
         L, M = cw.shape[0], cw.shape[1]
-        self.L, self.M, self.W = L, M, (M + 63) // 64
+        self.L, self.M, self.W, self.row_dtype = L, M, (M + 63) // 64, np.float64
         self.k = build()
         self.blocks = max(1, min(math.ceil(N / THREADS), 4096))
         n_threads = self.blocks * THREADS
@@ -59,67 +58,41 @@ class DeviceFrozenPoints:
         act = cuda.device_array((G, L, Mp, T))
         fk.build("float64")[3][G, T](dataset.points, *(cuda.to_device(np.ascontiguousarray(a)) for a in padded), z,
                                      act, np.float64(0.0), self._pat)
-        self._known = {}        # point -> its pattern (L, W): the host's true copy
-        self._dirty = set()     # points whose pattern changed here, not yet on the device
-        self._rows = {}         # point -> (point row, label)
+        self._keep_rows()
 
     # ------------------------------------------------------------ helpers
     def _up(self, *arrays):
         return [self.cuda.to_device(np.ascontiguousarray(a)) for a in arrays]
 
     def _flush(self):
-        if self._dirty:
-            idx = np.array(sorted(self._dirty), np.int64)
-            rows = np.stack([self._known[int(i)] for i in idx]).reshape(idx.size, -1)
-            d_idx, d_rows = self._up(idx, rows)
+        changes = self._take_changes()
+        if changes is not None:
+            idx, pats = changes
+            d_idx, d_rows = self._up(idx, pats.reshape(idx.size, -1))
             self.k["put"][math.ceil(idx.size / THREADS), THREADS](self._pat.reshape(self.n_points, -1), d_idx,
                                                                    d_rows)
-            self._dirty.clear()
-        if len(self._known) > KEPT_ROWS:
-            self._known.clear()
-        if len(self._rows) > KEPT_ROWS:
-            self._rows.clear()
 
     def _flagged(self):
         return np.flatnonzero(self.flags.copy_to_host())
 
+    # ------------------------------------------------------------ what the kept rows fetch
+    def _fetch_patterns(self, idx):
+        out = self.cuda.device_array((idx.size, self.L * self.W), dtype=np.uint64)
+        self.k["take"][math.ceil(idx.size / THREADS), THREADS](self._pat.reshape(self.n_points, -1),
+                                                                *self._up(idx), out)
+        return out.copy_to_host().reshape(-1, self.L, self.W)
+
+    def _fetch_rows(self, idx):
+        return self.ds.rows(idx)
+
     # ------------------------------------------------------------ patterns
-    def pattern(self, idx):
-        idx = np.asarray(idx, np.int64)
-        missing = np.array(sorted({int(i) for i in idx if int(i) not in self._known}), np.int64)
-        if missing.size:
-            out = self.cuda.device_array((missing.size, self.L * self.W), dtype=np.uint64)
-            self.k["take"][math.ceil(missing.size / THREADS), THREADS](self._pat.reshape(self.n_points, -1),
-                                                                        *self._up(missing), out)
-            self._known.update(zip(missing.tolist(), out.copy_to_host().reshape(-1, self.L, self.W)))
-        if idx.size == 0:
-            return np.zeros((0, self.L, self.W), np.uint64)
-        return np.stack([self._known[int(i)] for i in idx])
-
-    def set_pattern(self, idx, pats):
-        for i, row in zip(np.asarray(idx, np.int64).tolist(), pats):
-            self._known[i] = np.array(row, np.uint64)
-            self._dirty.add(i)
-
     def whole_pattern(self):
         self._flush()
         return self._pat.copy_to_host()
 
     def restore_pattern(self, pat):
-        self._known.clear()
-        self._dirty.clear()
+        self._forget()
         self._pat.copy_to_device(np.ascontiguousarray(pat, dtype=np.uint64))
-
-    def data(self, idx):
-        idx = np.asarray(idx, np.int64)
-        missing = np.array(sorted({int(i) for i in idx if int(i) not in self._rows}), np.int64)
-        if missing.size:
-            pts, lab = self.ds.rows(missing)
-            self._rows.update(zip(missing.tolist(), zip(pts, lab)))
-        if idx.size == 0:
-            return np.zeros((0, self.M)), np.zeros(0, np.int64), idx
-        rows = [self._rows[int(i)] for i in idx]
-        return np.stack([r[0] for r in rows]), np.array([r[1] for r in rows], np.int64), np.arange(idx.size)
 
     # ------------------------------------------------- passes over all points
     def frozen_gradient(self, tiles, output, chunk):

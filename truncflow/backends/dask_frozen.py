@@ -17,13 +17,9 @@ import numpy as np
 
 from ..kernels.crossing import frozen_gradient_kernel_serial, hermite_dips_serial, preacts_jvp_serial
 from ..kernels.forward import patterns_serial
-from .frozen import flipped, near_plane_rows
+from .frozen import KeptRows, flipped, near_plane_rows
 
 __all__ = ["DaskFrozenPoints"]
-
-#: The client forgets the rows it keeps when it holds more than this many points' rows.
-KEPT_ROWS = 1 << 16
-
 
 # ------------------------------------------------------------------ worker side
 def _patterns(part, kern):
@@ -74,7 +70,7 @@ def _near(ends, planes, zero, extra):
 
 
 # ------------------------------------------------------------------ client side
-class DaskFrozenPoints:
+class DaskFrozenPoints(KeptRows):
     """The frozen patterns of a :class:`~truncflow.backends.dask.DistributedDataset`'s points, on
     its workers, and the passes over them (``backends.frozen``)."""
 
@@ -83,10 +79,10 @@ class DaskFrozenPoints:
         self.client = dataset.client
         self.n_points = dataset.n_points
         self.starts = np.array([a for a, _ in dataset.bounds], np.int64)
+        self.L, self.M = kern[0].shape[0], dataset.width
+        self.W, self.row_dtype = (self.M + 63) // 64, dataset.dtype
         self._pat = [self.client.submit(_patterns, part, kern, pure=False) for part in dataset._parts]
-        self._known = {}          # point -> its pattern (L, W): the client's true copy
-        self._dirty = set()       # points whose pattern changed here, not yet on the workers
-        self._rows = {}           # point -> (point row, label)
+        self._keep_rows()
 
     # ------------------------------------------------------------ helpers
     def _split(self, idx):
@@ -116,63 +112,39 @@ class DaskFrozenPoints:
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def _flush(self):
-        if self._dirty:
-            idx = np.array(sorted(self._dirty), np.int64)
+        changes = self._take_changes()
+        if changes is not None:
+            idx, pats = changes
             for p, pos, rows in self._split(idx):
-                pats = np.stack([self._known[int(i)] for i in idx[pos]])
-                self._pat[p] = self.client.submit(_put, self._pat[p], rows, pats, pure=False)
-            self._dirty.clear()
-        if len(self._known) > KEPT_ROWS:
-            self._known.clear()
-        if len(self._rows) > KEPT_ROWS:
-            self._rows.clear()
+                self._pat[p] = self.client.submit(_put, self._pat[p], rows, pats[pos], pure=False)
+
+    # ------------------------------------------------------------ what the kept rows fetch
+    def _fetch_patterns(self, idx):
+        split = self._split(idx)
+        got = self._gather([self.client.submit(_take, self._pat[p], rows, pure=False) for p, _, rows in split],
+                           "reading patterns")
+        out = np.empty((idx.size, self.L, self.W), np.uint64)
+        for (_, pos, _), pats in zip(split, got):
+            out[pos] = pats
+        return out
+
+    def _fetch_rows(self, idx):
+        split = self._split(idx)
+        got = self._gather([self.client.submit(_data, self.ds._parts[p], rows, pure=False) for p, _, rows in split],
+                           "reading the rows of flagged points")
+        pts, lab = np.empty((idx.size, self.M), self.row_dtype), np.empty(idx.size, np.int64)
+        for (_, pos, _), (x, y) in zip(split, got):
+            pts[pos], lab[pos] = x, y
+        return pts, lab
 
     # ------------------------------------------------------------ patterns
-    def pattern(self, idx):
-        idx = np.asarray(idx, np.int64)
-        missing = np.array(sorted({int(i) for i in idx if int(i) not in self._known}), np.int64)
-        if missing.size:
-            split = self._split(missing)
-            got = self._gather([self.client.submit(_take, self._pat[p], rows, pure=False) for p, _, rows in split],
-                               "reading patterns")
-            for (_, pos, _), pats in zip(split, got):
-                self._known.update(zip(missing[pos].tolist(), pats))
-        if idx.size == 0:
-            return np.zeros((0,) + self._shape(), np.uint64)
-        return np.stack([self._known[int(i)] for i in idx])
-
-    def _shape(self):
-        if self._known:
-            return next(iter(self._known.values())).shape
-        return self.pattern(np.zeros(1, np.int64)).shape[1:]
-
-    def set_pattern(self, idx, pats):
-        for i, row in zip(np.asarray(idx, np.int64).tolist(), pats):
-            self._known[i] = np.array(row, np.uint64)
-            self._dirty.add(i)
-
     def whole_pattern(self):
         self._flush()
         return np.concatenate(self._gather(list(self._pat), "reading the patterns"))
 
     def restore_pattern(self, pat):
-        self._known.clear()
-        self._dirty.clear()
+        self._forget()
         self._pat = [self.client.submit(np.array, pat[a:b], pure=False) for a, b in self.ds.bounds]
-
-    def data(self, idx):
-        idx = np.asarray(idx, np.int64)
-        missing = np.array(sorted({int(i) for i in idx if int(i) not in self._rows}), np.int64)
-        if missing.size:
-            split = self._split(missing)
-            got = self._gather([self.client.submit(_data, self.ds._parts[p], rows, pure=False)
-                                for p, _, rows in split], "reading the rows of flagged points")
-            for (_, pos, _), (pts, lab) in zip(split, got):
-                self._rows.update(zip(missing[pos].tolist(), zip(pts, lab)))
-        if idx.size == 0:
-            return np.zeros((0, self.ds.width), self.ds.dtype), np.zeros(0, np.int64), idx
-        rows = [self._rows[int(i)] for i in idx]
-        return np.stack([r[0] for r in rows]), np.array([r[1] for r in rows], np.int64), np.arange(idx.size)
 
     # ------------------------------------------------- passes over all points
     def frozen_gradient(self, tiles, output, chunk):

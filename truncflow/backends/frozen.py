@@ -30,7 +30,7 @@ import numpy as np
 from ..kernels import config
 from ..kernels.forward import patterns_kernel
 
-__all__ = ["LocalFrozenPoints", "flipped", "near_plane_rows"]
+__all__ = ["LocalFrozenPoints", "KeptRows", "flipped", "near_plane_rows"]
 
 
 def flipped(a, da, pat):
@@ -98,3 +98,68 @@ class LocalFrozenPoints:
         near = near_plane_rows(a, planes, zero)
         want = np.union1d(np.asarray(extra, np.int64), np.concatenate([np.zeros(0, np.int64), *near.values()]))
         return zero, near, dict(zip(want.tolist(), a[want]))
+
+
+class KeptRows:
+    """The rows a remote per-point side (Dask, GPU) keeps in this process: the patterns and the
+    data rows of the points the integrator has read or written. This process is the only one
+    that writes a pattern, so its copies stay true; changed patterns are sent in one batch
+    before the next pass over all points (:meth:`_take_changes`). A subclass sets ``L``, ``W``,
+    ``M`` and ``row_dtype`` and fetches what is missing: ``_fetch_patterns(idx)`` -> (n, L, W)
+    and ``_fetch_rows(idx)`` -> (points (n, M), labels (n,)), idx sorted."""
+
+    #: Rows kept at most: more, and the kept ones are forgotten (after the changes are sent).
+    KEPT = 1 << 16
+
+    def _keep_rows(self):
+        self._known = {}        # point -> its pattern (L, W)
+        self._dirty = set()     # points whose pattern changed here, not yet sent
+        self._rows = {}         # point -> (point row, label)
+
+    @staticmethod
+    def _missing(idx, kept):
+        return np.array(sorted({int(i) for i in idx if int(i) not in kept}), np.int64)
+
+    def pattern(self, idx):
+        idx = np.asarray(idx, np.int64)
+        missing = self._missing(idx, self._known)
+        if missing.size:
+            self._known.update(zip(missing.tolist(), self._fetch_patterns(missing)))
+        if idx.size == 0:
+            return np.zeros((0, self.L, self.W), np.uint64)
+        return np.stack([self._known[int(i)] for i in idx])
+
+    def set_pattern(self, idx, pats):
+        for i, row in zip(np.asarray(idx, np.int64).tolist(), pats):
+            self._known[i] = np.array(row, np.uint64)
+            self._dirty.add(i)
+
+    def data(self, idx):
+        idx = np.asarray(idx, np.int64)
+        missing = self._missing(idx, self._rows)
+        if missing.size:
+            pts, lab = self._fetch_rows(missing)
+            self._rows.update(zip(missing.tolist(), zip(pts, lab)))
+        if idx.size == 0:
+            return np.zeros((0, self.M), self.row_dtype), np.zeros(0, np.int64), idx
+        rows = [self._rows[int(i)] for i in idx]
+        return np.stack([r[0] for r in rows]), np.array([r[1] for r in rows], np.int64), np.arange(idx.size)
+
+    def _take_changes(self):
+        """(idx sorted, patterns (n, L, W)) changed here since the last call, or None; forgets the
+        kept rows when there are more than :attr:`KEPT`."""
+        out = None
+        if self._dirty:
+            idx = np.array(sorted(self._dirty), np.int64)
+            out = idx, np.stack([self._known[int(i)] for i in idx])
+            self._dirty.clear()
+        if len(self._known) > self.KEPT:
+            self._known.clear()
+        if len(self._rows) > self.KEPT:
+            self._rows.clear()
+        return out
+
+    def _forget(self):
+        """Drop the kept patterns (all of them were replaced)."""
+        self._known.clear()
+        self._dirty.clear()

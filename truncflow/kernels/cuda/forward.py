@@ -20,6 +20,17 @@ def build(dtype_name: str):
     mul, add = rounded_ops(dtype_name)
 
     @device_function
+    def preacts(cw, cb, zg, ag, t, l):
+        """act[l] = W^(l+1) z[l] + b^(l+1), column t: each row summed bias first, then j = 0, 1, ...,
+        each product and sum rounded on its own (``kernels.gradient._matvec`` on the CPU)."""
+        Mp = cw.shape[1]
+        for k in range(Mp):
+            s = cb[l, k]
+            for j in range(Mp):
+                s = add(s, mul(cw[l, k, j], zg[l, j, t]))
+            ag[l, k, t] = s
+
+    @device_function
     def forward(cw, cb, inv, zg, ag, t, n_layers, zero):
         """act[l] = W^(l+1) z[l] + b^(l+1) and z[l+1] = z[l] + A^(l+1) cn, cn = -a on truncated
         coordinates (a <= 0) and 0 on free ones: column t of zg, ag. Each row summed bias
@@ -27,11 +38,7 @@ def build(dtype_name: str):
         ``kernels.gradient._forward_tile`` does on the CPU."""
         Mp = cw.shape[1]
         for l in range(n_layers):
-            for k in range(Mp):
-                s = cb[l, k]
-                for j in range(Mp):
-                    s = add(s, mul(cw[l, k, j], zg[l, j, t]))
-                ag[l, k, t] = s
+            preacts(cw, cb, zg, ag, t, l)
             for k in range(Mp):
                 s = zg[l, k, t]
                 for j in range(Mp):
@@ -47,24 +54,24 @@ def build(dtype_name: str):
         ``kernels.crossing._forward_tile_pat`` does; flags[i] = 1 where a sign of a (a > 0)
         disagrees with the pattern on one of the first ``m_true`` coordinates (the points' width)."""
         Mp = cw.shape[1]
-        W = pats.shape[2]
-        M = min(Mp, 64 * W)
+        M = min(Mp, 64 * pats.shape[2])
         for l in range(n_layers):
-            for k in range(Mp):
-                s = cb[l, k]
-                for j in range(Mp):
-                    s = add(s, mul(cw[l, k, j], zg[l, j, t]))
-                ag[l, k, t] = s
+            preacts(cw, cb, zg, ag, t, l)
+            for j in range(m_true):
+                if (ag[l, j, t] > zero) != is_free(pats, i, l, j, M):
+                    flags[i] = 1
             for k in range(Mp):
                 s = zg[l, k, t]
                 for j in range(Mp):
                     a = ag[l, j, t]
-                    free = j < M and (pats[i, l, j // 64] >> np.uint64(j % 64)) & np.uint64(1) == np.uint64(1)
-                    if k == 0 and j < m_true and (a > zero) != free:
-                        flags[i] = 1
-                    c = zero if free else -a
+                    c = zero if is_free(pats, i, l, j, M) else -a
                     s = add(s, mul(inv[l, k, j], c))
                 zg[l + 1, k, t] = s
+
+    @device_function
+    def is_free(pats, i, l, j, M):
+        """Bit j of point i's layer-l pattern (coordinates j >= M: truncated)."""
+        return j < M and (pats[i, l, j // 64] >> np.uint64(j % 64)) & np.uint64(1) == np.uint64(1)
 
     @device_function
     def load(points, i, zg, t):
