@@ -248,19 +248,63 @@ def test_observe_matches_the_cpu(kind):
     assert_close(o.collapse_ratio, o0.collapse_ratio, 1e-12, "collapse ratio", floor=1.0)
 
 
-# ------------------------------------------------------------------ streaming
-def test_streamed_batches_agree_with_resident_points():
+# ------------------------------------------------------------------ streaming, and the same bits everywhere
+def all_sums(params, dev, kind):
+    """Every pass's results on one dataset: gradient (total, per cluster), statistics, observation."""
+    c, g = tf.gradient(params, dev, kind)
+    cq, gq = tf.gradient(params, dev, kind, per_cluster=True)
+    st = tf.cluster_statistics(params, dev, kind)
+    o = tf.observe(params, dev, kind)
+    return [c, g.weights, g.biases, cq, gq.weights, gq.biases, st.truncated_counts, st.free_sums, st.constrained_sums, o.cost, o.pattern_hash] + \
+        ([g.out_weight, g.out_bias] if kind == "output" else [])
+
+
+@pytest.mark.parametrize("kind", ["input", "output"])
+def test_streamed_batches_give_the_resident_bits(kind):
+    """A batch is a whole number of chunks and writes their rows: every batch size gives the
+    resident pass's bits, and the CPU's results to round-off."""
     pr = make_problem(12, L=2, M=4, N=230, Q=3, P=2)
-    resident = on_device(pr, "output")
-    streamed = on_device(pr, "output", batch_points=41)
-    assert resident.resident and not streamed.resident and streamed.batch_points == 41
-    c, g = tf.gradient(pr.params, streamed, "output", per_cluster=True)
-    c0, g0 = tf.gradient(pr.params, resident, "output", per_cluster=True)
-    assert_close(c, c0, 1e-12, "cost")
-    assert_gradients_close(g, g0)
-    o, o0 = tf.observe(pr.params, streamed, "output"), tf.observe(pr.params, pr.dataset("output"), "output")
-    assert np.array_equal(o.pattern_hash, o0.pattern_hash)
-    assert_close(o.cost, o0.cost, 1e-12, "observed cost")
+    resident = on_device(pr, kind)
+    want = all_sums(pr.params, resident, kind)
+    for batch in (41, 150):            # 4 batches of one chunk (64 points here), 2 of two
+        streamed = on_device(pr, kind, batch_points=batch)
+        assert resident.resident and not streamed.resident and streamed.batch_points == batch
+        got = all_sums(pr.params, streamed, kind)
+        for a, b in zip(got, want):
+            assert np.array_equal(a, b), batch
+    c0, g0 = tf.gradient(pr.params, pr.dataset(kind), kind, per_cluster=True)
+    assert_close(want[3], c0, 1e-12, "cost")
+    assert_close(want[4], g0.weights, 1e-12, "dC/dW")
+    assert np.array_equal(want[10], tf.observe(pr.params, pr.dataset(kind), kind).pattern_hash)
+
+
+def test_the_bits_do_not_depend_on_the_blocks_launched(monkeypatch):
+    """The partition into chunks depends on N only: launching 1 or 3 blocks (as GPUs with fewer
+    or more multiprocessors would) gives the same bits in every pass."""
+    from truncflow.kernels.cuda import launch
+    pr = make_problem(13, L=2, M=5, N=200, Q=3, P=2)
+    want = all_sums(pr.params, on_device(pr, "output"), "output")
+    monkeypatch.setattr(launch, "BLOCKS_SIMULATED", 1)
+    got = all_sums(pr.params, on_device(pr, "output"), "output")
+    for a, b in zip(got, want):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["input", "output"])
+def test_the_kernel_compiled_for_the_shape_agrees_with_the_generic_one(kind, monkeypatch):
+    """``kernels.cuda.sweep`` (the shape's constants, registers, the block's GEMM) against the
+    generic kernel it replaces for the gradient: the same cost and gradient to round-off, per
+    cluster too, and the same flagged points in the frozen pass on points exactly on kinks."""
+    from truncflow.kernels.cuda import sweep
+    pr = make_problem(14, L=3, M=6, N=260, Q=3, P=2)
+    dev = on_device(pr, kind)
+    assert sweep.plan("float64", 6, 3, 2 if kind == "output" else 0, kind == "output", 1, False) is not None
+    fast = [tf.gradient(pr.params, dev, kind, per_cluster=pc) for pc in (False, True)]
+    monkeypatch.setattr(sweep, "plan", lambda *args: None)
+    generic = [tf.gradient(pr.params, on_device(pr, kind), kind, per_cluster=pc) for pc in (False, True)]
+    for (c, g), (c0, g0) in zip(fast, generic):
+        assert_close(c, c0, 1e-13, "cost")
+        assert_gradients_close(g, g0, 1e-13)
 
 
 # ------------------------------------------------------------------ precision

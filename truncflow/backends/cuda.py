@@ -6,12 +6,12 @@ the named operations of ``truncflow.backends.base`` with the CUDA kernels of
 
 Two placements:
   resident  the points and labels live in device memory for as long as the dataset;
-  streamed  when they do not fit (or when ``batch_points`` is given): they stay in pinned
-            host memory and every pass streams them in batches of ``batch_points``
-            points on two CUDA streams, the copy of one batch overlapping the kernel of
-            the other. Each stream adds into its own per-block sums; the sums are added
-            in a fixed order, so the result differs from the resident one by the order
-            of summation only.
+  streamed  when they do not fit (or when ``batch_points`` is given): they stay in host
+            memory and every pass streams them in batches through two pinned staging
+            buffers on two CUDA streams, the copy of one batch overlapping the kernel of
+            the other. A batch is a whole number of the pass's chunks
+            (``kernels.cuda.launch.chunking``) and writes their rows of the partial sums,
+            so a streamed pass gives the resident pass's bits.
 
 Nothing here imports ``numba.cuda``: the dataset is handed the ``numba.cuda`` module by
 :func:`truncflow.device.to_device`.
@@ -35,6 +35,8 @@ DEVICES = ("cpu", "cuda")
 RESIDENT_FRACTION = 0.7
 #: Points per batch when streaming and no batch size is given.
 DEFAULT_BATCH = 1 << 22
+#: Device memory kept free of resident points for the passes' scratch and partial sums (bytes).
+SCRATCH_RESERVE = 3 * 256 * 2**20
 
 CUDA = Capabilities(
     name="CUDA", where="on a GPU", points_here=False, serial_steps=False, checkpoints=False,
@@ -60,9 +62,11 @@ class DeviceDataset(DatasetElsewhere, Backend):
         self._n_points, self._width = dataset.n_points, dataset.width
         self.dtype = dataset.points.dtype
         N, M = self._n_points, self._width
-        need = N * (M * self.dtype.itemsize + 8)
+        # resident: the points, labels and an observation's per-point hashes in RESIDENT_FRACTION of the
+        # free memory, and room for the passes' scratch and partial sums besides
+        need = N * (M * self.dtype.itemsize + 8 + 8)
         free = cuda.current_context().get_memory_info()[0]
-        self.resident = batch_points is None and need <= RESIDENT_FRACTION * free
+        self.resident = batch_points is None and need + SCRATCH_RESERVE <= RESIDENT_FRACTION * free
         if self.resident:
             self.points, self.labels = _on_device(f"the points ({format_bytes(need)})", lambda: (
                 cuda.to_device(np.ascontiguousarray(dataset.points)),
@@ -72,15 +76,9 @@ class DeviceDataset(DatasetElsewhere, Backend):
             if batch_points is None:
                 batch_points = min(DEFAULT_BATCH, max(1, int(free * RESIDENT_FRACTION / 2 / (M * 16 + 8))))
             self.batch_points = min(int(batch_points), N)
-            try:
-                self.points = cuda.pinned_array((N, M), dtype=self.dtype)
-                self.labels = cuda.pinned_array((N,), dtype=np.int64)
-            except Exception as exc:   # the host cannot pin that much
-                raise MemoryError(f"cannot pin {format_bytes(need)} of host memory for streaming the points to "
-                                  f"the GPU ({type(exc).__name__}: {exc})") from None
-            for a in range(0, N, 1 << 22):          # blockwise: a memory-mapped source is read once
-                self.points[a:a + (1 << 22)] = dataset.points[a:a + (1 << 22)]
-            self.labels[:] = dataset.labels
+            # the host's arrays as they are (a memory map is read batch by batch); each batch goes through
+            # one of two pinned staging buffers (``_run``), never the whole dataset pinned
+            self.points, self.labels = dataset.points, dataset.labels
         self._scratch = {}
 
     def __repr__(self) -> str:
@@ -140,58 +138,66 @@ class DeviceDataset(DatasetElsewhere, Backend):
         return DeviceFrozenPoints(self, kern, chunk)
 
     # ------------------------------------------------------------ passes
-    def _batches(self):
-        """(start, stop) of each batch of the points."""
-        b = self.batch_points
-        return [(a, min(a + b, self.n_points)) for a in range(0, self.n_points, b)]
-
     def _buffers(self, key, make):
-        """Scratch made once per (pass kind, shapes) and kept: no allocation per evaluation."""
+        """Device or pinned memory made once per (use, shapes) and kept: no allocation per evaluation."""
         if key not in self._scratch:
             self._scratch[key] = _on_device(f"the scratch of a pass ({key[0]})", make)
         return self._scratch[key]
 
-    def _run(self, key, n_rows, launch, per_point=False):
-        """Launch a pass: ``launch(points, labels, n, acc, scratch_index, stream, hashes)`` per
-        batch, on one or two streams, into per-stream sums acc (G, S, K) = ``n_rows`` (kept under
-        ``key``); returns the sums of all rows added in a fixed order, (S, K) float64, and with
+    def _run(self, key, chunk, rows, launch, per_point=False):
+        """One pass: ``launch(points, labels, n, base, acc, stream_index, stream, hashes)`` over the
+        points (resident: once; streamed: per batch, ``base`` its first chunk) into the partial sums
+        of its chunks of ``chunk`` points, acc (chunks, S, K) = ``rows`` float64, zeroed first; returns their sum in
+        the fixed order of ``launch.reduce_chunks``, (S, K) float64 on the host, and with
         ``per_point`` the pattern hashes (N,) uint64 the kernel wrote."""
         from ..kernels.cuda import launch as lc
         cuda = self._cuda
-        G, S, K = n_rows
-        n_streams = 1 if self.resident else 2
-        acc = self._buffers(("acc",) + key, lambda: cuda.device_array((n_streams * G, S, K), dtype=np.float64))
+        R, S, K = rows
+        acc = self._buffers(("acc",) + key, lambda: cuda.device_array((R, S, K), dtype=np.float64))
+        fold = self._buffers(("fold",) + key, lambda: cuda.device_array(lc.fold_scratch_rows(R) * S * K))
+        out = self._buffers(("sums",) + key, lambda: cuda.device_array((S, K), dtype=np.float64))
+        host = self._buffers(("sums host",) + key, lambda: cuda.pinned_array((S, K), dtype=np.float64))
         lc.zero(acc)
         if self.resident:
-            hashes = cuda.device_array(self.n_points, dtype=np.uint64) if per_point else None
-            launch(self.points, self.labels, self.n_points, acc[:G], 0, 0, hashes)
-            cuda.synchronize()
-            sums = lc.reduce_rows(acc)
-            return sums, (hashes.copy_to_host() if per_point else None)
-        cuda.synchronize()              # the zeroed sums, before two other streams add into them
+            hashes = self._buffers(("hashes",), lambda: cuda.device_array(self.n_points, dtype=np.uint64)) \
+                if per_point else None
+            launch(self.points, self.labels, self.n_points, 0, acc, 0, 0, hashes)
+            lc.reduce_chunks(acc, R, fold, out)
+            out.copy_to_host(host)
+            return np.array(host), (hashes.copy_to_host() if per_point else None)
+        B = max(chunk, self.batch_points // chunk * chunk)          # batches start on chunk bounds
         streams = self._buffers(("streams",), lambda: [cuda.stream() for _ in range(2)])
-        B, M = self.batch_points, self.width
-        staging = self._buffers(("staging",), lambda: [
-            (cuda.device_array((B, M), dtype=self.dtype), cuda.device_array(B, dtype=np.int64),
-             cuda.device_array(B, dtype=np.uint64)) for _ in range(2)])
-        host_hashes = self._buffers(("hashes",), lambda: cuda.pinned_array(self.n_points, dtype=np.uint64)) \
-            if per_point else None
-        for b, (a, z) in enumerate(self._batches()):
-            s = b % 2
-            pts, lab, hsh = staging[s]
+        ring = self._buffers(("ring", B), lambda: [
+            (cuda.pinned_array((B, self.width), dtype=self.dtype), cuda.pinned_array(B, dtype=np.int64),
+             cuda.device_array((B, self.width), dtype=self.dtype), cuda.device_array(B, dtype=np.int64),
+             cuda.device_array(B, dtype=np.uint64), cuda.pinned_array(B, dtype=np.uint64)) for _ in range(2)])
+        all_hashes = np.empty(self.n_points, dtype=np.uint64) if per_point else None
+        cuda.synchronize()                      # the zeroed sums, before two other streams write into them
+        pending = [None, None]                  # per stream: the batch whose hashes are on their way back
+        for b, a in enumerate(range(0, self.n_points, B)):
+            s, z = b % 2, min(a + B, self.n_points)
+            host_pts, host_lab, pts, lab, hsh, host_hsh = ring[s]
+            streams[s].synchronize()            # the stream's previous batch is done with its buffers
+            _take_hashes(pending, s, host_hsh, all_hashes)
             n = z - a
-            pts[:n].copy_to_device(self.points[a:z], stream=streams[s])
-            lab[:n].copy_to_device(self.labels[a:z], stream=streams[s])
-            launch(pts, lab, n, acc[s * G:(s + 1) * G], s, streams[s], hsh if per_point else None)
+            host_pts[:n] = self.points[a:z]
+            host_lab[:n] = self.labels[a:z]
+            pts[:n].copy_to_device(host_pts[:n], stream=streams[s])
+            lab[:n].copy_to_device(host_lab[:n], stream=streams[s])
+            launch(pts, lab, n, a // chunk, acc, s, streams[s], hsh if per_point else None)
             if per_point:
-                hsh[:n].copy_to_host(host_hashes[a:z], stream=streams[s])
+                hsh[:n].copy_to_host(host_hsh[:n], stream=streams[s])
+                pending[s] = (a, z)
         cuda.synchronize()
-        sums = lc.reduce_rows(acc)
-        return sums, (np.array(host_hashes) if per_point else None)
+        for s in range(2):
+            _take_hashes(pending, s, ring[s][5], all_hashes)
+        lc.reduce_chunks(acc, R, fold, out)
+        out.copy_to_host(host)
+        return np.array(host), all_hashes
 
     def _sweep_scratch(self, G, T, L, Mp, R, dtype, n_streams):
-        """Per stream: z, act, u, r in the sweep dtype and rr (float64), the kernels' scratch (one set
-        per stream: kernels of two streams run at once)."""
+        """Per stream: z, act, u, r in the sweep dtype and rr (float64), the generic kernels' scratch
+        (one set per stream: kernels of two streams run at once)."""
         cuda = self._cuda
 
         def make():
@@ -204,45 +210,93 @@ class DeviceDataset(DatasetElsewhere, Backend):
             return sets
         return self._buffers(("sweep", G, T, L, Mp, R, np.dtype(dtype).name), make)
 
+    def _gradient_pass(self, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, moments, second,
+                       frozen=None):
+        """The gradient (and, with ``moments``, statistics) sums: dict name -> array (S, ...), padded to
+        the width of ``cw``. ``frozen``: (patterns (N, L, W) uint64, flags (N,) uint8) on the device,
+        resident points only: the frozen-pattern pass of the kink integrator (``backends.cuda_frozen``).
+        The kernel compiled for the shape (``kernels.cuda.sweep``) where its block fits in shared
+        memory and no moments are asked for, else the generic one (``kernels.cuda.gradient``)."""
+        from ..kernels.cuda import sweep
+        L, M, P = cw.shape[0], self.width, out_w.shape[0]
+        shape = None if moments else sweep.plan(cw.dtype.name, M, L, P, bool(output_cost), int(n_slots),
+                                                frozen is not None)
+        if shape is None:
+            return self._generic_gradient_pass(targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots,
+                                               moments, second, frozen)
+        return self._specialised_gradient_pass(shape, targets, cw, cb, inv, back, out_w, out_b, frozen)
+
+    def _specialised_gradient_pass(self, shape, targets, cw, cb, inv, back, out_w, out_b, frozen):
+        """The gradient sums with ``kernels.cuda.sweep``'s kernel for ``shape``: the parameters go up in
+        one packed copy, the sums come down in one; every buffer is kept from the first pass."""
+        from ..kernels.cuda import launch as lc
+        from ..kernels.cuda import sweep
+        cuda = self._cuda
+        M, L, P, S, T = shape.M, shape.L, shape.P, shape.S, shape.T
+        lay = sweep.layout(M, L, P)
+        K = lay["K"]
+        chunk, R = lc.chunking(self.n_points, S * K * 8)
+        kernel = sweep.build(shape)
+        size = sweep.param_offsets(M, L, P)["targets"] + targets.shape[0] * (P if P else M)
+        host_par = self._buffers(("params host", shape, size), lambda: cuda.pinned_array(size, dtype=cw.dtype))
+        par = self._buffers(("params", shape, size), lambda: cuda.device_array(size, dtype=cw.dtype))
+        sweep.pack(cw, cb, inv, back, out_w, out_b, targets, M, out=host_par)
+        par.copy_to_device(host_par)
+        pats, flags = frozen if frozen is not None else self._buffers(("unused",), lambda: (
+            cuda.device_array((1, 1, 1), dtype=np.uint64), cuda.device_array(1, dtype=np.uint8)))
+
+        def launch(points, labels, n, base, acc, _, stream, __):
+            n_chunks = -(-n // chunk)
+            kernel[n_chunks, T, stream](points, labels, n, base, chunk // T, par, acc, pats, flags)
+
+        sums, _ = self._run(("sweep", shape, R), chunk, (R, S, K), launch)
+        Mp = cw.shape[1]
+        out = {"sq": sums[:, 0], "g_ob": sums[:, lay["g_ob"]:lay["g_ob"] + P]}
+        out["g_ow"] = np.zeros((S, P, Mp))
+        out["g_ow"][:, :, :M] = sums[:, 1:1 + P * M].reshape(S, P, M)
+        layers = sums[:, lay["top"]:].reshape(S, L, M * M + M)
+        out["g_w"], out["g_b"] = np.zeros((S, L, Mp, Mp)), np.zeros((S, L, Mp))
+        out["g_w"][:, :, :M, :M] = layers[:, :, :M * M].reshape(S, L, M, M)
+        out["g_b"][:, :, :M] = layers[:, :, M * M:]
+        return out
+
     def _gradient_plan(self, L, Mp, P, dtype, S, moments, second, frozen=False):
-        """(layout, G, T, kernel, scratch, offsets on the device) of a gradient pass of this shape:
-        made at its first pass and kept, so an evaluation of a flow only uploads its parameters."""
+        """(layout, chunking, G, T, kernel, scratch, offsets on the device) of a generic gradient pass of
+        this shape: made at its first pass and kept, so an evaluation of a flow only uploads its parameters."""
         from ..kernels.cuda import gradient as gk
-        from ..kernels.cuda.launch import geometry
+        from ..kernels.cuda import launch as lc
 
         def make():
             lay = gk.layout(L, Mp, self.width, P, moments, second)
-            G, T = geometry(self.n_points, S * lay["K"] * 8)
+            chunk, R = lc.chunking(self.n_points, S * lay["K"] * 8)
+            G, T = lc.blocks(R), lc.threads()
             scratch = self._sweep_scratch(G, T, L, Mp, max(Mp, P), dtype, 1 if self.resident else 2)
             names = ("g_w", "g_b", "g_ow", "g_ob", "truncated", "free1", "con1", "free2", "con2")
             offsets = self._cuda.to_device(np.array([lay.get(name, 0) for name in names], dtype=np.int64))
             unused = self._cuda.device_array((1, 1, 1), dtype=np.uint64), self._cuda.device_array(1, dtype=np.uint8)
-            return lay, G, T, gk.build(dtype.name, frozen), scratch, offsets, unused
+            return lay, (chunk, R), G, T, gk.build(dtype.name, frozen), scratch, offsets, unused
         return self._buffers(("gradient plan", L, Mp, P, dtype.name, S, moments, second, frozen), make)
 
-    def _gradient_pass(self, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, moments, second,
-                       frozen=None):
-        """The gradient (and, with ``moments``, statistics) sums: dict name -> array (S, ...).
-        ``frozen``: (patterns (N, L, W) uint64, flags (N,) uint8) on the device, resident points
-        only: the frozen-pattern pass of the kink integrator (``backends.cuda_frozen``)."""
+    def _generic_gradient_pass(self, targets, cw, cb, inv, back, out_w, out_b, output_cost, n_slots, moments,
+                               second, frozen):
+        """``_gradient_pass`` with the generic kernel (every width, the statistics' moments)."""
         cuda = self._cuda
         L, Mp, M, P = cw.shape[0], cw.shape[1], self.width, out_w.shape[0]
         dtype, S = cw.dtype, int(n_slots)
-        lay, G, T, kernel, scratch, offsets, unused = self._gradient_plan(L, Mp, P, dtype, S, bool(moments),
-                                                                          bool(second), frozen is not None)
+        lay, (chunk, R), G, T, kernel, scratch, offsets, unused = self._gradient_plan(
+            L, Mp, P, dtype, S, bool(moments), bool(second), frozen is not None)
         pats, flags = unused if frozen is None else frozen
         K = lay["K"]
-        # per evaluation only the parameters go up
         d = [cuda.to_device(np.ascontiguousarray(a)) for a in (targets, cw, cb, inv, back, out_w, out_b)] + [offsets]
         zero = dtype.type(0)
 
-        def launch(points, labels, n, acc, s, stream, _):
+        def launch(points, labels, n, base, acc, s, stream, _):
             z, act, u, r, rr = scratch[s]
-            kernel[G, T, stream](points, labels, n, d[0], d[1], d[2], d[3], d[4], d[5], d[6], bool(output_cost),
-                                 S > 1, bool(moments), bool(second), M, d[7], z, act, u, r, rr, zero, acc, pats,
-                                 flags)
+            kernel[G, T, stream](points, labels, n, base, chunk // T, d[0], d[1], d[2], d[3], d[4], d[5], d[6],
+                                 bool(output_cost), S > 1, bool(moments), bool(second), M, d[7], z, act, u, r, rr,
+                                 zero, acc, pats, flags)
 
-        sums, _ = self._run(("gradient", G, S, K), (G, S, K), launch)
+        sums, _ = self._run(("gradient", S, K, R), chunk, (R, S, K), launch)
         shapes = {"sq": (), "g_w": (L, Mp, Mp), "g_b": (L, Mp), "g_ow": (P, Mp), "g_ob": (P,),
                   "truncated": (L, M), "free1": (L, M, M), "con1": (L, M, M), "free2": (L, M, M, M),
                   "con2": (L, M, M, M)}
@@ -275,22 +329,23 @@ class DeviceDataset(DatasetElsewhere, Backend):
         return self._cluster_sums(n_clusters)[None]
 
     def _cluster_sums(self, n_clusters: int) -> np.ndarray:
-        from ..kernels.cuda.launch import geometry
+        from ..kernels.cuda import launch as lc
         from ..kernels.cuda.observe import cluster_sums_kernel
         Q, M = int(n_clusters), self.width
-        G, T = geometry(self.n_points, Q * M * 8)
+        chunk, R = lc.chunking(self.n_points, Q * M * 8)
+        G, T = lc.blocks(R), lc.threads()
 
-        def launch(points, labels, n, acc, s, stream, _):
-            cluster_sums_kernel[G, T, stream](points, labels, n, acc)
+        def launch(points, labels, n, base, acc, s, stream, _):
+            cluster_sums_kernel[G, T, stream](points, labels, n, base, chunk // T, acc)
 
-        sums, _ = self._run(("cluster_sums", G, Q, M), (G, Q, M), launch)
+        sums, _ = self._run(("cluster_sums", Q, M, R), chunk, (R, Q, M), launch)
         return sums
 
     def observe(self, targets, shift, cw, cb, et, ow, ob, output_cost: bool, Q: int, chunk: int):
         """The observation pass: (sums with a leading axis of one "chunk", the distinct pattern
         hashes sorted, the per-point hashes (N,) uint64 on the host)."""
+        from ..kernels.cuda import launch as lc
         from ..kernels.cuda import observe as ok
-        from ..kernels.cuda.launch import geometry
         cuda = self._cuda
         L, M = cw.shape[0], self.width
         Mp, P = padded_width(M), ow.shape[0]
@@ -298,18 +353,19 @@ class DeviceDataset(DatasetElsewhere, Backend):
         cwp, cbp, invp = (pad_to_width(cw, Mp, (1, 2)), pad_to_width(cb, Mp, (1,)),
                           pad_to_width(np.swapaxes(et, 1, 2), Mp, (1, 2)))
         K = ok.row_size(L, M)
-        G, T = geometry(self.n_points, Q * K * 8)
+        chunk, R = lc.chunking(self.n_points, Q * K * 8)
+        G, T = lc.blocks(R), lc.threads()
         kernel = ok.build()
         scratch = self._sweep_scratch(G, T, L, Mp, Mp, np.dtype(np.float64), 1 if self.resident else 2)
         d = [cuda.to_device(np.ascontiguousarray(a, dtype=np.float64))
              for a in (targets, shift, cwp, cbp, invp, ow, ob)]
 
-        def launch(points, labels, n, acc, s, stream, hashes):
+        def launch(points, labels, n, base, acc, s, stream, hashes):
             z, act, _, _, rr = scratch[s]
-            kernel[G, T, stream](points, labels, n, d[0], d[1], d[2], d[3], d[4], d[5], d[6], bool(output_cost),
+            kernel[G, T, stream](points, labels, n, base, chunk // T, d[0], d[1], d[2], d[3], d[4], d[5], d[6], bool(output_cost),
                                  z, act, rr, np.float64(0.0), hashes, acc)
 
-        sums, hashes = self._run(("observe", G, Q, K), (G, Q, K), launch, per_point=True)
+        sums, hashes = self._run(("observe", Q, K, R), chunk, (R, Q, K), launch, per_point=True)
         # a row: sq | truncated (L, M) | any_trunc (L) | all_trunc (L) | s1 (L, M) | s2 (L, M)
         sq, LM = sums[:, 0], L * M
         count = lambda a: np.rint(a).astype(np.int64)
@@ -320,6 +376,14 @@ class DeviceDataset(DatasetElsewhere, Backend):
         s2 = sums[:, 1 + 2 * LM + 2 * L:].reshape(Q, L, M).swapaxes(0, 1)
         parts = tuple(np.ascontiguousarray(a)[None] for a in (sq, truncated, any_trunc, all_trunc, s1, s2))
         return parts, np.sort(np.unique(hashes)), hashes
+
+
+def _take_hashes(pending, s, host_hashes, all_hashes):
+    """Copy stream s's last batch of hashes (its pinned buffer, after the stream is done) into place."""
+    if pending[s] is not None:
+        a, z = pending[s]
+        all_hashes[a:z] = host_hashes[:z - a]
+        pending[s] = None
 
 
 def _on_device(what: str, make):

@@ -58,9 +58,10 @@ def build(dtype_name: str, frozen: bool = False):
         return ag[l, k, t] > zero
 
     @cuda.jit
-    def gradient_kernel(points, labels, n, targets, cw, cb, inv, back, out_w, out_b, output_cost, per_cluster,
+    def gradient_kernel(points, labels, n, base, chunk_tiles, targets, cw, cb, inv, back, out_w, out_b, output_cost, per_cluster,
                         moments, second, M, offsets, z, act, u, r, rr, zero, acc, pats, flags):
-        """Add the sums of points 0..n-1 of (points, labels) into acc[g] (block g's row).
+        """Add the sums of points 0..n-1 of (points, labels) into acc: chunk c of chunk_tiles tiles
+        (``launch.chunking``) into row base + c; block g takes chunks g, g + G, ...
 
         offsets (9,) int64: g_w, g_b, g_ow, g_ob, truncated, free1, con1, free2, con2 of
         :func:`layout` (sq at 0). Scratch: z (G, L+1, Mp, T), act (G, L, Mp, T), u (G, 2, Mp, T),
@@ -71,116 +72,119 @@ def build(dtype_name: str, frozen: bool = False):
         L, Mp = cw.shape[0], cw.shape[1]
         P = out_w.shape[0]
         lab = cuda.shared.array(THREADS, np.int64)
-        zg, ag, ug, rg, accg = z[g], act[g], u[g], r[g], acc[g]
+        zg, ag, ug, rg = z[g], act[g], u[g], r[g]
         o_w, o_b, o_ow, o_ob = offsets[0], offsets[1], offsets[2], offsets[3]
         o_tr, o_f1, o_c1, o_f2, o_c2 = offsets[4], offsets[5], offsets[6], offsets[7], offsets[8]
         n_top = 1 + P * Mp + P
         n_grad = Mp * Mp + Mp
         n_mom = (M + 2 * M * M + (2 * M * M * M if second else 0)) if moments else 0
-        for tile in range(g, (n + T - 1) // T, G):
-            start = tile * T
-            nb = min(T, n - start)
-            # ---- the thread's point: forward sweep, residual, top of the reverse sweep
-            if t < nb:
-                i = start + t
-                q = labels[i]
-                lab[t] = q
-                load(points, i, zg, t)
-                if frozen:
-                    forward_frozen(cw, cb, inv, zg, ag, t, L, zero, pats, i, M, flags)
-                else:
-                    forward(cw, cb, inv, zg, ag, t, L, zero)
-                s2 = np.float64(0.0)
-                if output_cost:
-                    for p in range(P):
-                        v = out_b[p] - targets[q, p]
-                        for j in range(Mp):
-                            if free_at(ag, pats, i, L - 1, j, t, zero):
-                                v += out_w[p, j] * ag[L - 1, j, t]
-                        rg[p, t] = v
-                        s2 += v * v
-                    for j in range(Mp):
-                        h = zero
-                        for p in range(P):
-                            h += out_w[p, j] * rg[p, t]
-                        ug[0, j, t] = h
-                else:
-                    for k in range(Mp):
-                        v = zg[L, k, t] - targets[q, k]
-                        rg[k, t] = v
-                        s2 += v * v
-                    for k in range(Mp):
-                        h = zero
-                        for j in range(Mp):
-                            h += back[L - 1, k, j] * rg[j, t]
-                        ug[0, k, t] = h
-                rr[g, t] = s2
-            cuda.syncthreads()
-            # ---- owners: squared residuals and the output layer
-            for e in range(t, n_top, T):
-                cur = lab[0] if per_cluster else 0
-                run = np.float64(0.0)
-                for tt in range(nb):
-                    s = lab[tt] if per_cluster else 0
-                    if s != cur:
-                        accg[cur, _top_dest(e, Mp, P, o_ow, o_ob)] += run
-                        run = np.float64(0.0)
-                        cur = s
-                    if e == 0:
-                        run += rr[g, tt]
-                    elif e < 1 + P * Mp:
-                        p = (e - 1) // Mp
-                        j = (e - 1) - p * Mp
-                        a = ag[L - 1, j, tt]
-                        run += rg[p, tt] * (a if free_at(ag, pats, start + tt, L - 1, j, tt, zero) else zero)
+        n_tiles = (n + T - 1) // T
+        for c in range(g, (n_tiles + chunk_tiles - 1) // chunk_tiles, G):
+            accg = acc[base + c]
+            for tile in range(c * chunk_tiles, min(n_tiles, (c + 1) * chunk_tiles)):
+                start = tile * T
+                nb = min(T, n - start)
+                # ---- the thread's point: forward sweep, residual, top of the reverse sweep
+                if t < nb:
+                    i = start + t
+                    q = labels[i]
+                    lab[t] = q
+                    load(points, i, zg, t)
+                    if frozen:
+                        forward_frozen(cw, cb, inv, zg, ag, t, L, zero, pats, i, M, flags)
                     else:
-                        run += rg[e - 1 - P * Mp, tt]
-                accg[cur, _top_dest(e, Mp, P, o_ow, o_ob)] += run
-            # ---- owners per layer, top down; then each thread carries its u one layer down
-            c = 0
-            for l in range(L - 1, -1, -1):
-                top = output_cost and l == L - 1
-                for e in range(t, n_grad + n_mom, T):
+                        forward(cw, cb, inv, zg, ag, t, L, zero)
+                    s2 = np.float64(0.0)
+                    if output_cost:
+                        for p in range(P):
+                            v = out_b[p] - targets[q, p]
+                            for j in range(Mp):
+                                if free_at(ag, pats, i, L - 1, j, t, zero):
+                                    v += out_w[p, j] * ag[L - 1, j, t]
+                            rg[p, t] = v
+                            s2 += v * v
+                        for j in range(Mp):
+                            h = zero
+                            for p in range(P):
+                                h += out_w[p, j] * rg[p, t]
+                            ug[0, j, t] = h
+                    else:
+                        for k in range(Mp):
+                            v = zg[L, k, t] - targets[q, k]
+                            rg[k, t] = v
+                            s2 += v * v
+                        for k in range(Mp):
+                            h = zero
+                            for j in range(Mp):
+                                h += back[L - 1, k, j] * rg[j, t]
+                            ug[0, k, t] = h
+                    rr[g, t] = s2
+                cuda.syncthreads()
+                # ---- owners: squared residuals and the output layer
+                for e in range(t, n_top, T):
                     cur = lab[0] if per_cluster else 0
                     run = np.float64(0.0)
-                    dest = _layer_dest(e, l, L, Mp, M, n_grad, o_w, o_b, o_tr, o_f1, o_c1, o_f2, o_c2)
-                    if dest < 0:
-                        continue            # the lower triangle of a second moment: left zero
                     for tt in range(nb):
                         s = lab[tt] if per_cluster else 0
                         if s != cur:
-                            accg[cur, dest] += run
+                            accg[cur, _top_dest(e, Mp, P, o_ow, o_ob)] += run
                             run = np.float64(0.0)
                             cur = s
-                        if e < n_grad:
-                            if e < Mp * Mp:
-                                k = e // Mp
-                                j = e - k * Mp
-                                uk = ug[c, k, tt]
-                                xj = zg[l + 1, j, tt]
-                                term = -(uk * (xj - zg[l, j, tt])) if free_at(ag, pats, start + tt, l, k, tt, zero) \
-                                    else -(uk * xj)
-                                if top:
-                                    term += uk * zg[L, j, tt]
-                            else:
-                                k = e - Mp * Mp
-                                uk = ug[c, k, tt]
-                                term = zero if free_at(ag, pats, start + tt, l, k, tt, zero) else -uk
-                                if top:
-                                    term += uk
-                            run += term
+                        if e == 0:
+                            run += rr[g, tt]
+                        elif e < 1 + P * Mp:
+                            p = (e - 1) // Mp
+                            j = (e - 1) - p * Mp
+                            a = ag[L - 1, j, tt]
+                            run += rg[p, tt] * (a if free_at(ag, pats, start + tt, L - 1, j, tt, zero) else zero)
                         else:
-                            run += moment_term(e - n_grad, l, M, zg, ag, tt, zero)
-                    accg[cur, dest] += run
-                if l > 0 and t < nb:
-                    for k in range(Mp):
-                        h = zero
-                        for j in range(Mp):
-                            if free_at(ag, pats, start + t, l, j, t, zero):
-                                h += back[l - 1, k, j] * ug[c, j, t]
-                        ug[1 - c, k, t] = h
-                c = 1 - c
-                cuda.syncthreads()
+                            run += rg[e - 1 - P * Mp, tt]
+                    accg[cur, _top_dest(e, Mp, P, o_ow, o_ob)] += run
+                # ---- owners per layer, top down; then each thread carries its u one layer down
+                c = 0
+                for l in range(L - 1, -1, -1):
+                    top = output_cost and l == L - 1
+                    for e in range(t, n_grad + n_mom, T):
+                        cur = lab[0] if per_cluster else 0
+                        run = np.float64(0.0)
+                        dest = _layer_dest(e, l, L, Mp, M, n_grad, o_w, o_b, o_tr, o_f1, o_c1, o_f2, o_c2)
+                        if dest < 0:
+                            continue            # the lower triangle of a second moment: left zero
+                        for tt in range(nb):
+                            s = lab[tt] if per_cluster else 0
+                            if s != cur:
+                                accg[cur, dest] += run
+                                run = np.float64(0.0)
+                                cur = s
+                            if e < n_grad:
+                                if e < Mp * Mp:
+                                    k = e // Mp
+                                    j = e - k * Mp
+                                    uk = ug[c, k, tt]
+                                    xj = zg[l + 1, j, tt]
+                                    term = -(uk * (xj - zg[l, j, tt])) if free_at(ag, pats, start + tt, l, k, tt, zero) \
+                                        else -(uk * xj)
+                                    if top:
+                                        term += uk * zg[L, j, tt]
+                                else:
+                                    k = e - Mp * Mp
+                                    uk = ug[c, k, tt]
+                                    term = zero if free_at(ag, pats, start + tt, l, k, tt, zero) else -uk
+                                    if top:
+                                        term += uk
+                                run += term
+                            else:
+                                run += moment_term(e - n_grad, l, M, zg, ag, tt, zero)
+                        accg[cur, dest] += run
+                    if l > 0 and t < nb:
+                        for k in range(Mp):
+                            h = zero
+                            for j in range(Mp):
+                                if free_at(ag, pats, start + t, l, j, t, zero):
+                                    h += back[l - 1, k, j] * ug[c, j, t]
+                            ug[1 - c, k, t] = h
+                    c = 1 - c
+                    cuda.syncthreads()
 
     return gradient_kernel
 

@@ -23,8 +23,14 @@ THREADS_SIMULATED = 32
 #: Blocks per multiprocessor, and the number of blocks under the simulator.
 BLOCKS_PER_SM = 4
 BLOCKS_SIMULATED = 3
-#: Budget for the per-block partial sums of one pass (bytes).
+#: Budget for the per-chunk partial sums of one pass (bytes).
 PARTIALS_BUDGET = 256 * 2**20
+#: Points per chunk of partial sums at the least (a multiple of every tile), on a GPU and
+#: under the simulator (whose problems have hundreds of points: several chunks each).
+CHUNK_POINTS = 1024
+CHUNK_POINTS_SIMULATED = 64
+#: Rows added per thread in each round of the fixed-order reduction of the chunks' rows.
+FOLD = 32
 
 
 def simulated() -> bool:
@@ -49,17 +55,34 @@ def rounded_ops(dtype):
     return libdevice.dmul_rn, libdevice.dadd_rn
 
 
-def geometry(n_points: int, row_bytes: int) -> tuple[int, int]:
-    """(blocks G, threads T) for a pass over ``n_points`` whose per-block partial sums take
-    ``row_bytes``. Depends on the device and the problem only, never on a batch size."""
-    threads = THREADS_SIMULATED if simulated() else THREADS
+def threads() -> int:
+    """Threads per block of the generic kernels (points per tile)."""
+    return THREADS_SIMULATED if simulated() else THREADS
+
+
+def chunking(n_points: int, row_bytes: int) -> tuple[int, int]:
+    """(points per chunk, chunks) of a pass over ``n_points`` whose partial sums take
+    ``row_bytes`` a chunk: ``CHUNK_POINTS`` times the smallest power of two that keeps all
+    rows within ``PARTIALS_BUDGET``. Depends on N and the row only: never on the GPU, the
+    launch or a batch size, so the sums are the same bits everywhere."""
+    chunk = CHUNK_POINTS_SIMULATED if simulated() else CHUNK_POINTS
+    while math.ceil(n_points / chunk) * max(int(row_bytes), 1) > PARTIALS_BUDGET and chunk < n_points:
+        chunk *= 2
+    return chunk, max(1, math.ceil(n_points / chunk))
+
+
+def blocks(n_chunks: int) -> int:
+    """Blocks to launch for a pass of ``n_chunks`` chunks (each block takes chunks g, g + G, ...;
+    the result does not depend on this)."""
     if simulated():
-        most = BLOCKS_SIMULATED
-    else:
-        most = BLOCKS_PER_SM * cuda.get_current_device().MULTIPROCESSOR_COUNT
-    tiles = max(1, math.ceil(n_points / threads))
-    budget = max(1, PARTIALS_BUDGET // max(int(row_bytes), 1))
-    return max(1, min(most, tiles, budget)), threads
+        return max(1, min(BLOCKS_SIMULATED, n_chunks))
+    return max(1, min(BLOCKS_PER_SM * cuda.get_current_device().MULTIPROCESSOR_COUNT, n_chunks))
+
+
+def geometry(n_points: int, row_bytes: int) -> tuple[int, int]:
+    """(blocks G, threads T) of a per-point kernel with one scratch column per thread (the
+    truncation map, the patterns): results per point, so G changes nothing."""
+    return blocks(chunking(n_points, row_bytes)[1]), threads()
 
 
 @cuda.jit
@@ -77,26 +100,45 @@ def zero(array, stream=0):
 
 
 @cuda.jit
-def _reduce_kernel(acc, out):
-    """out[s, e] = sum over rows r = 0, 1, ... of acc[r, s, e], in that order."""
+def _fold_kernel(src, rows, dst):
+    """dst[g] = src[FOLD g] + src[FOLD g + 1] + ... (at most FOLD rows, in order), for g < ceil(rows / FOLD);
+    src, dst (R, S*K) flattened rows. One thread per (g, entry): threads along the entries coalesce."""
     i = cuda.grid(1)
-    S, K = out.shape
-    if i < S * K:
-        s = i // K
-        e = i - s * K
+    width = src.shape[1]
+    groups = (rows + FOLD - 1) // FOLD
+    if i < groups * width:
+        g = i // width
+        e = i - g * width
         total = np.float64(0.0)
-        for r in range(acc.shape[0]):
-            total += acc[r, s, e]
-        out[s, e] = total
+        for r in range(g * FOLD, min(rows, g * FOLD + FOLD)):
+            total += src[r, e]
+        dst[g, e] = total
 
 
-def reduce_rows(acc, stream=0) -> np.ndarray:
-    """(S, K) float64 on the host: the rows of ``acc`` (R, S, K) added in order on the device."""
-    R, S, K = acc.shape
-    out = cuda.device_array((S, K), dtype=np.float64, stream=stream)
-    if S * K:
-        _reduce_kernel[math.ceil(S * K / 128), 128, stream](acc, out)
-    return out.copy_to_host(stream=stream)
+def reduce_chunks(acc, rows: int, scratch, out, stream=0):
+    """The sum over the first ``rows`` rows of ``acc`` (R, S, K) into ``out`` (S, K) on the device,
+    in a fixed tree: groups of ``FOLD`` rows in order, then groups of those, until one row is
+    left. The order depends on ``rows`` only. ``scratch``: float64 device memory of
+    ``fold_scratch_rows(rows)`` rows of S*K (kept by the caller: nothing is allocated here)."""
+    width = acc.shape[1] * acc.shape[2]
+    if width == 0:
+        return out
+    src, dst_out = acc.reshape(acc.shape[0], width), out.reshape(1, width)
+    half = math.ceil(rows / FOLD)
+    bufs = scratch.reshape(scratch.size // width, width)
+    which = 0
+    while True:
+        groups = math.ceil(rows / FOLD)
+        dst = dst_out if groups == 1 else bufs[which * half:which * half + groups]
+        _fold_kernel[math.ceil(groups * width / 128), 128, stream](src, rows, dst)
+        if groups == 1:
+            return out
+        src, rows, which = dst, groups, 1 - which
+
+
+def fold_scratch_rows(rows: int) -> int:
+    """Rows of S*K float64 the fold scratch of :func:`reduce_chunks` needs for ``rows`` rows."""
+    return 2 * max(1, math.ceil(rows / FOLD))
 
 
 @cuda.jit

@@ -30,7 +30,7 @@ def build():
     forward, load = forward_module.build("float64")[:2]
 
     @cuda.jit
-    def observe_kernel(points, labels, n, targets, shift, cw, cb, inv, out_w, out_b, output_cost,
+    def observe_kernel(points, labels, n, base, chunk_tiles, targets, shift, cw, cb, inv, out_w, out_b, output_cost,
                        z, act, rr, zero, hashes, acc):
         """Sums of points 0..n-1 into acc[g] (G, Q, K); hashes[i] for each point.
 
@@ -43,55 +43,58 @@ def build():
         L = cw.shape[0]
         P = out_w.shape[0]
         lab = cuda.shared.array(THREADS, np.int64)
-        zg, ag, accg = z[g], act[g], acc[g]
+        zg, ag = z[g], act[g]
         n_entries = 1 + L * (3 * M + 2)
-        for tile in range(g, (n + T - 1) // T, G):
-            start = tile * T
-            nb = min(T, n - start)
-            if t < nb:
-                i = start + t
-                q = labels[i]
-                lab[t] = q
-                load(points, i, zg, t)
-                forward(cw, cb, inv, zg, ag, t, L, zero)
-                h = _FNV_OFFSET
-                for l in range(L):
-                    word = np.uint64(0)
-                    for k in range(M):
-                        if ag[l, k, t] > zero:
-                            word |= np.uint64(1) << np.uint64(k % 64)
-                        if k % 64 == 63 or k == M - 1:
-                            h = (h ^ word) * _FNV_PRIME
-                            word = np.uint64(0)
-                hashes[i] = h
-                s2 = np.float64(0.0)
-                if output_cost:
-                    for p in range(P):
-                        f = out_b[p]
+        n_tiles = (n + T - 1) // T
+        for c in range(g, (n_tiles + chunk_tiles - 1) // chunk_tiles, G):
+            accg = acc[base + c]
+            for tile in range(c * chunk_tiles, min(n_tiles, (c + 1) * chunk_tiles)):
+                start = tile * T
+                nb = min(T, n - start)
+                if t < nb:
+                    i = start + t
+                    q = labels[i]
+                    lab[t] = q
+                    load(points, i, zg, t)
+                    forward(cw, cb, inv, zg, ag, t, L, zero)
+                    h = _FNV_OFFSET
+                    for l in range(L):
+                        word = np.uint64(0)
+                        for k in range(M):
+                            if ag[l, k, t] > zero:
+                                word |= np.uint64(1) << np.uint64(k % 64)
+                            if k % 64 == 63 or k == M - 1:
+                                h = (h ^ word) * _FNV_PRIME
+                                word = np.uint64(0)
+                    hashes[i] = h
+                    s2 = np.float64(0.0)
+                    if output_cost:
+                        for p in range(P):
+                            f = out_b[p]
+                            for j in range(M):
+                                a = ag[L - 1, j, t]
+                                if a > zero:
+                                    f += out_w[p, j] * a
+                            v = f - targets[q, p]
+                            s2 += v * v
+                    else:
                         for j in range(M):
-                            a = ag[L - 1, j, t]
-                            if a > zero:
-                                f += out_w[p, j] * a
-                        v = f - targets[q, p]
-                        s2 += v * v
-                else:
-                    for j in range(M):
-                        v = zg[L, j, t] - targets[q, j]
-                        s2 += v * v
-                rr[g, t] = s2
-            cuda.syncthreads()
-            for e in range(t, n_entries, T):
-                cur = lab[0]
-                run = np.float64(0.0)
-                for tt in range(nb):
-                    s = lab[tt]
-                    if s != cur:
-                        accg[cur, e] += run
-                        run = np.float64(0.0)
-                        cur = s
-                    run += _observe_term(e, M, L, zg, ag, rr[g, tt], shift, s, tt, zero)
-                accg[cur, e] += run
-            cuda.syncthreads()
+                            v = zg[L, j, t] - targets[q, j]
+                            s2 += v * v
+                    rr[g, t] = s2
+                cuda.syncthreads()
+                for e in range(t, n_entries, T):
+                    cur = lab[0]
+                    run = np.float64(0.0)
+                    for tt in range(nb):
+                        s = lab[tt]
+                        if s != cur:
+                            accg[cur, e] += run
+                            run = np.float64(0.0)
+                            cur = s
+                        run += _observe_term(e, M, L, zg, ag, rr[g, tt], shift, s, tt, zero)
+                    accg[cur, e] += run
+                cuda.syncthreads()
 
     return observe_kernel
 
@@ -123,31 +126,33 @@ def _observe_term(e, M, L, zg, ag, sq, shift, q, tt, zero):
 
 
 @cuda.jit
-def cluster_sums_kernel(points, labels, n, acc):
+def cluster_sums_kernel(points, labels, n, base, chunk_tiles, acc):
     """acc[g] (G, Q, M) += the sums of the points of each cluster (float64), points 0..n-1."""
     g, t = cuda.blockIdx.x, cuda.threadIdx.x
     T, G = cuda.blockDim.x, cuda.gridDim.x
     M = points.shape[1]
     lab = cuda.shared.array(THREADS, np.int64)
-    accg = acc[g]
-    for tile in range(g, (n + T - 1) // T, G):
-        start = tile * T
-        nb = min(T, n - start)
-        if t < nb:
-            lab[t] = labels[start + t]
-        cuda.syncthreads()
-        for j in range(t, M, T):
-            cur = lab[0]
-            run = np.float64(0.0)
-            for tt in range(nb):
-                s = lab[tt]
-                if s != cur:
-                    accg[cur, j] += run
-                    run = np.float64(0.0)
-                    cur = s
-                run += np.float64(points[start + tt, j])
-            accg[cur, j] += run
-        cuda.syncthreads()
+    n_tiles = (n + T - 1) // T
+    for c in range(g, (n_tiles + chunk_tiles - 1) // chunk_tiles, G):
+        accg = acc[base + c]
+        for tile in range(c * chunk_tiles, min(n_tiles, (c + 1) * chunk_tiles)):
+            start = tile * T
+            nb = min(T, n - start)
+            if t < nb:
+                lab[t] = labels[start + t]
+            cuda.syncthreads()
+            for j in range(t, M, T):
+                cur = lab[0]
+                run = np.float64(0.0)
+                for tt in range(nb):
+                    s = lab[tt]
+                    if s != cur:
+                        accg[cur, j] += run
+                        run = np.float64(0.0)
+                        cur = s
+                    run += np.float64(points[start + tt, j])
+                accg[cur, j] += run
+            cuda.syncthreads()
 
 
 @cuda.jit

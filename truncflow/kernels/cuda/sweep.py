@@ -1,0 +1,343 @@
+"""The gradient pass on the GPU, compiled for one shape (issue 26): cost and cumulative gradient.
+
+``build(Shape(...))`` makes a kernel in which the width M, the depth L, the outputs P, the
+cost kind, the number of sum slots S (1, or Q per cluster), the tile T and the frozen flag
+are compile-time constants: every loop over coordinates has a constant trip count and is
+unrolled, each point's current image, pre-activations and reverse-sweep vector ``u`` live in
+registers, the parameters in shared memory (copied once per block from one packed buffer),
+and every index is a 32-bit constant offset. Per layer l (0-based), with z = x~^(l),
+x~ = x~^(l+1), a = W^(l+1) z + b^(l+1) and u = A^T g (``kernels.gradient``):
+
+    dC_i/dW^(l+1)[k, j] = -u_k (x~_j - z_j) on a free row (a_k > 0), -u_k x~_j on a truncated one
+    dC_i/db^(l+1)[k]    = -u_k on a truncated row, 0 on a free one
+    u <- W_l^T (D u)     (back[l - 1], D the free rows)
+
+plus, for the output cost, u_k x~^(L)_j and u_k on the top layer. The forward products and
+sums are rounded one by one in the CPU's order (``launch.rounded_ops``): images and patterns
+are the CPU's bits.
+
+Sums over points. A block of T threads takes a tile of T points, one a thread; the thread
+stages its point's images (T columns of a shared array) and, per layer top down, its ``u``
+split into the free and the truncated rows. Then the block's threads share the layer's
+K_l = M^2 + M entries (entry e belongs to thread e % T), and each adds the tile's T terms of
+its entries in point order: a small GEMM over the tile, read from shared memory. A thread's
+running sums stay in shared memory (its own column) across the tiles of a *chunk* of
+``CHUNK`` consecutive points and are written once, to the chunk's row of ``acc``; per cluster
+(S > 1) a running sum goes to the chunk's row when the label changes. The rows are added by
+``launch.reduce_chunks`` in a fixed tree order. The partition into chunks depends on N and
+the shape only, so the bits do not depend on the GPU (its number of SMs), on the number of
+blocks launched, or on the batches of a streamed dataset (batches start on chunk bounds).
+
+Packed parameters (``pack``), in the sweep dtype, unpadded width M:
+    cw (L, M, M) | cb (L, M) | inv (L, M, M) | back (L, M, M) | out_w (P, M) | out_b (P) | targets (Q, M or P)
+
+A row of ``acc`` (S slots of K entries): sq | g_ow (P, M) | g_ob (P) | per layer l: g_w (M, M), g_b (M).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numba import cuda
+
+from .launch import device_function, rounded_ops, simulated
+
+#: Bytes of static shared memory a block may use (the CUDA limit without opt-in).
+SHARED_BYTES = 48 * 1024
+
+
+class Shape(NamedTuple):
+    """What a specialised kernel is compiled for."""
+    dtype: str          # "float64" or "float32": the per-point arithmetic
+    M: int              # width of the points
+    L: int              # layers
+    P: int              # outputs (0 for the input cost)
+    output_cost: bool
+    S: int              # sum slots: 1, or Q (per cluster)
+    frozen: bool        # the kink integrator's frozen-pattern pass
+    T: int              # threads per block = points per tile
+
+
+def layout(M: int, L: int, P: int) -> dict:
+    """Offsets of the sums in a row of K entries, and K: sq, g_ow (P, M), g_ob (P), then per
+    layer l: g_w (M, M) at ``layer + l * per_layer``, g_b (M) after it."""
+    top = 1 + P * M + P
+    per_layer = M * M + M
+    return dict(sq=0, g_ow=1, g_ob=1 + P * M, layer=top, per_layer=per_layer, top=top, K=top + L * per_layer)
+
+
+def param_offsets(M: int, L: int, P: int) -> dict:
+    """Offsets of the packed parameters (see the module docstring) and their total without targets."""
+    sizes = [("cw", L * M * M), ("cb", L * M), ("inv", L * M * M), ("back", L * M * M), ("out_w", P * M),
+             ("out_b", P)]
+    offsets, k = {}, 0
+    for name, size in sizes:
+        offsets[name] = k
+        k += size
+    offsets["targets"] = k
+    return offsets
+
+
+def shared_bytes(dtype: str, M: int, L: int, P: int, output_cost: bool, S: int, T: int) -> int:
+    """Static shared memory of a block of the kernel (bytes)."""
+    f = np.dtype(dtype).itemsize
+    lay = layout(M, L, P)
+    n_run = _runs(lay, L, T) if S == 1 else 0
+    per_point = f * ((L + 1) * M + 2 * M + (P + M if output_cost else 0)) + 8 + 4 + 8 * n_run
+    return per_point * T + f * max(1, param_offsets(M, L, P)["targets"])
+
+
+def _runs(lay: dict, L: int, T: int) -> int:
+    """Running sums per thread: its top entries and its entries of each layer."""
+    return math.ceil(lay["top"] / T) + L * math.ceil(lay["per_layer"] / T)
+
+
+def plan(dtype: str, M: int, L: int, P: int, output_cost: bool, S: int, frozen: bool) -> Shape | None:
+    """The Shape to compile for (the largest tile of 128, 64 or 32 threads whose block fits
+    the shared memory; the simulator: 32), or None where even 32 points do not fit (a wide
+    network: the generic kernel of ``kernels.cuda.gradient`` takes it)."""
+    tiles = (32,) if simulated() else (128, 64, 32)
+    for T in tiles:
+        if shared_bytes(dtype, M, L, P, output_cost, S, T) <= SHARED_BYTES:
+            return Shape(dtype, M, L, P, bool(output_cost), S, bool(frozen), T)
+    return None
+
+
+def pack(cw, cb, inv, back, out_w, out_b, targets, M: int, out=None) -> np.ndarray:
+    """The packed parameter buffer from the padded tile arrays (``compute.tile_arrays``),
+    cut to width M, in the dtype of ``cw`` (into ``out`` when given)."""
+    P = out_w.shape[0]
+    parts = [cw[:, :M, :M], cb[:, :M], inv[:, :M, :M], back[:, :M, :M], out_w[:, :M], out_b,
+             targets[:, :P] if P else targets[:, :M]]
+    size = sum(p.size for p in parts)
+    if out is None:
+        out = np.empty(size, dtype=cw.dtype)
+    k = 0
+    for p in parts:
+        out[k:k + p.size] = p.reshape(-1)
+        k += p.size
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def build(shape: Shape):
+    """The kernel ``sweep(points, labels, n, base, chunk_tiles, par, acc, pats, flags)`` for one shape:
+
+    points (n, M) float32/float64 and labels (n,) int64 of this launch (a batch starts on a
+    chunk bound); base: the chunk index of its first point; chunk_tiles: tiles per chunk;
+    par: the packed parameters (``pack``); acc (chunks, S, K) float64, zero where S > 1; the
+    chunks of this launch go to rows base, base + 1, ...; pats (N, L, W) uint64 and flags (N,)
+    uint8 for a frozen pass (each point truncated by its pattern, flagged where a sign of a
+    disagrees), not read otherwise.
+    """
+    dt = np.float32 if shape.dtype == "float32" else np.float64
+    mul, add = rounded_ops(shape.dtype)
+    M, L, P, S, T = shape.M, shape.L, shape.P, shape.S, shape.T
+    OUT, FROZEN, PER_CLUSTER = shape.output_cost, shape.frozen, shape.S > 1
+    W = (M + 63) // 64
+    off = param_offsets(M, L, P)
+    CW, CB, INV, BACK, OW, OB, TG = (off[k] for k in ("cw", "cb", "inv", "back", "out_w", "out_b", "targets"))
+    NPAR = max(1, TG)
+    TW = P if OUT else M                        # width of a target row
+    lay = layout(M, L, P)
+    TOP, KL, K = lay["top"], lay["per_layer"], lay["K"]
+    NT, NL = math.ceil(TOP / T), math.ceil(KL / T)
+    NRUN = NT + L * NL if not PER_CLUSTER else 1
+    PR, MR = max(P, 1), (M if OUT else 1)       # shared rows of the residuals and of the masked a
+    zero = dt(0)
+    L1, LW = L + 1, L * W                      # array shapes must be literal constants
+
+    @device_function
+    def is_free(mask, l, k):
+        return (mask[l * W + k // 64] >> np.uint64(k % 64)) & np.uint64(1) == np.uint64(1)
+
+    @device_function
+    def valid_bits(w):
+        """The bits of pattern word w that are coordinates of the points (< M)."""
+        n_bits = min(64, M - 64 * w)
+        return np.uint64(0xFFFFFFFFFFFFFFFF) if n_bits == 64 else (np.uint64(1) << np.uint64(n_bits)) - np.uint64(1)
+
+    @device_function
+    def deposit(acc, row, slot, e, r, t, run, value):
+        """Add a running sum: per cluster into the chunk's row, else into the thread's column."""
+        if PER_CLUSTER:
+            acc[row, slot, e] += value
+        else:
+            run[r, t] += value
+
+    @cuda.jit
+    def sweep(points, labels, n, base, chunk_tiles, par, acc, pats, flags):
+        t = cuda.threadIdx.x
+        sp = cuda.shared.array(NPAR, dt)
+        img = cuda.shared.array((L1, M, T), dt)
+        uf = cuda.shared.array((M, T), dt)
+        ut = cuda.shared.array((M, T), dt)
+        res = cuda.shared.array((PR, T), dt)
+        af = cuda.shared.array((MR, T), dt)
+        rr = cuda.shared.array(T, np.float64)
+        lab = cuda.shared.array(T, np.int32)
+        run = cuda.shared.array((NRUN, T), np.float64)
+        zc = cuda.local.array(M, dt)
+        an = cuda.local.array(M, dt)
+        zn = cuda.local.array(M, dt)
+        u = cuda.local.array(M, dt)
+        r = cuda.local.array(PR, dt)
+        mask = cuda.local.array(LW, np.uint64)
+        for e in range(t, TG, T):
+            sp[e] = par[e]
+        cuda.syncthreads()
+        n_tiles = (n + T - 1) // T
+        for c in range(cuda.blockIdx.x, (n_tiles + chunk_tiles - 1) // chunk_tiles, cuda.gridDim.x):
+            row = base + c
+            if not PER_CLUSTER:
+                for k in range(NRUN):
+                    run[k, t] = 0.0
+            for tile in range(c * chunk_tiles, min(n_tiles, (c + 1) * chunk_tiles)):
+                start = tile * T
+                nb = min(T, n - start)
+                # ---- the thread's point: forward sweep in registers, residual, top of the reverse sweep
+                if t < nb:
+                    i = start + t
+                    q = labels[i]
+                    lab[t] = q
+                    for j in range(M):
+                        v = dt(points[i, j])
+                        zc[j] = v
+                        img[0, j, t] = v
+                    for l in range(L):
+                        for k in range(M):
+                            s = sp[CB + l * M + k]
+                            for j in range(M):
+                                s = add(s, mul(sp[CW + (l * M + k) * M + j], zc[j]))
+                            an[k] = s
+                        for w in range(W):
+                            sign = np.uint64(0)
+                            for b in range(min(64, M - 64 * w)):
+                                if an[64 * w + b] > zero:
+                                    sign |= np.uint64(1) << np.uint64(b)
+                            if FROZEN:
+                                word = pats[i, l, w]
+                                if (sign ^ word) & valid_bits(w):
+                                    flags[i] = 1
+                                mask[l * W + w] = word
+                            else:
+                                mask[l * W + w] = sign
+                        for k in range(M):
+                            s = zc[k]
+                            for j in range(M):
+                                cn = zero if is_free(mask, l, j) else -an[j]
+                                s = add(s, mul(sp[INV + (l * M + k) * M + j], cn))
+                            zn[k] = s
+                        for k in range(M):
+                            zc[k] = zn[k]
+                            img[l + 1, k, t] = zn[k]
+                    s2 = np.float64(0.0)
+                    if OUT:
+                        for p in range(P):
+                            v = sp[OB + p] - par[TG + q * TW + p]
+                            for j in range(M):
+                                if is_free(mask, L - 1, j):
+                                    v += sp[OW + p * M + j] * an[j]
+                            r[p] = v
+                            res[p, t] = v
+                            s2 += v * v
+                        for j in range(M):
+                            af[j, t] = an[j] if is_free(mask, L - 1, j) else zero
+                            h = zero
+                            for p in range(P):
+                                h += sp[OW + p * M + j] * r[p]
+                            u[j] = h
+                    else:
+                        for k in range(M):
+                            v = zc[k] - par[TG + q * TW + k]
+                            zn[k] = v
+                            s2 += v * v
+                        for k in range(M):
+                            h = zero
+                            for j in range(M):
+                                h += sp[BACK + ((L - 1) * M + k) * M + j] * zn[j]
+                            u[k] = h
+                    rr[t] = s2
+                cuda.syncthreads()
+                # ---- the tile's top sums: squared residuals and the output layer
+                for g in range(NT):
+                    e = t + g * T
+                    if e < TOP:
+                        cur = lab[0] if PER_CLUSTER else 0
+                        acc_run = np.float64(0.0)
+                        for tt in range(nb):
+                            if PER_CLUSTER:
+                                s = lab[tt]
+                                if s != cur:
+                                    deposit(acc, row, cur, e, g, t, run, acc_run)
+                                    acc_run = np.float64(0.0)
+                                    cur = s
+                            if e == 0:
+                                acc_run += rr[tt]
+                            elif e < 1 + P * M:
+                                p = (e - 1) // M
+                                acc_run += res[p, tt] * af[(e - 1) - p * M, tt]
+                            else:
+                                acc_run += res[e - 1 - P * M, tt]
+                        deposit(acc, row, cur, e, g, t, run, acc_run)
+                # ---- per layer, top down: stage u split by the pattern, the block's GEMM, u one layer down
+                for l in range(L - 1, -1, -1):
+                    top = OUT and l == L - 1
+                    if t < nb:
+                        for k in range(M):
+                            if is_free(mask, l, k):
+                                uf[k, t] = u[k]
+                                ut[k, t] = zero
+                            else:
+                                uf[k, t] = zero
+                                ut[k, t] = u[k]
+                    cuda.syncthreads()
+                    for g in range(NL):
+                        e = t + g * T
+                        if e < KL:
+                            cur = lab[0] if PER_CLUSTER else 0
+                            acc_run = np.float64(0.0)
+                            k = e // M if e < M * M else e - M * M
+                            j = e - k * M
+                            for tt in range(nb):
+                                if PER_CLUSTER:
+                                    s = lab[tt]
+                                    if s != cur:
+                                        deposit(acc, row, cur, TOP + l * KL + e, NT + l * NL + g, t, run, acc_run)
+                                        acc_run = np.float64(0.0)
+                                        cur = s
+                                if e < M * M:
+                                    xj = img[l + 1, j, tt]
+                                    term = -(uf[k, tt] * (xj - img[l, j, tt])) - ut[k, tt] * xj
+                                    if top:
+                                        term += (uf[k, tt] + ut[k, tt]) * xj
+                                else:
+                                    term = -ut[k, tt]
+                                    if top:
+                                        term += uf[k, tt] + ut[k, tt]
+                                acc_run += term
+                            deposit(acc, row, cur, TOP + l * KL + e, NT + l * NL + g, t, run, acc_run)
+                    if l > 0 and t < nb:
+                        for k in range(M):
+                            h = zero
+                            for j in range(M):
+                                if is_free(mask, l, j):
+                                    h += sp[BACK + ((l - 1) * M + k) * M + j] * u[j]
+                            zn[k] = h
+                        for k in range(M):
+                            u[k] = zn[k]
+                    cuda.syncthreads()
+            if not PER_CLUSTER:
+                for g in range(NT):
+                    e = t + g * T
+                    if e < TOP:
+                        acc[row, 0, e] = run[g, t]
+                for l in range(L):
+                    for g in range(NL):
+                        e = t + g * T
+                        if e < KL:
+                            acc[row, 0, TOP + l * KL + e] = run[NT + l * NL + g, t]
+
+    return sweep
