@@ -85,7 +85,7 @@ def shared_bytes(dtype: str, M: int, L: int, P: int, output_cost: bool, S: int, 
     f = np.dtype(dtype).itemsize
     lay = layout(M, L, P)
     n_run = _runs(lay, L, T) if S == 1 else 0
-    per_point = f * ((L + 1) * M + 2 * M + (P + M if output_cost else 0)) + 8 + 4 + 8 * n_run
+    per_point = f * ((L + 1) * M + 2 * M + (P + M if output_cost else 0) + 1) + 8 + 8 + 4 + 8 * n_run + 8 * L * ((M + 63) // 64)
     return per_point * T + f * max(1, param_offsets(M, L, P)["targets"])
 
 
@@ -139,19 +139,18 @@ def build(shape: Shape):
     W = (M + 63) // 64
     off = param_offsets(M, L, P)
     CW, CB, INV, BACK, OW, OB, TG = (off[k] for k in ("cw", "cb", "inv", "back", "out_w", "out_b", "targets"))
-    NPAR = max(1, TG)
     TW = P if OUT else M                        # width of a target row
     lay = layout(M, L, P)
     TOP, KL, K = lay["top"], lay["per_layer"], lay["K"]
     NT, NL = math.ceil(TOP / T), math.ceil(KL / T)
     NRUN = NT + L * NL if not PER_CLUSTER else 1
     PR, MR = max(P, 1), (M if OUT else 1)       # shared rows of the residuals and of the masked a
-    zero = dt(0)
+    zero, one = dt(0), dt(1)
     L1, LW = L + 1, L * W                      # array shapes must be literal constants
 
     @device_function
-    def is_free(mask, l, k):
-        return (mask[l * W + k // 64] >> np.uint64(k % 64)) & np.uint64(1) == np.uint64(1)
+    def is_free(mask, l, k, t):
+        return (mask[l * W + k // 64, t] >> np.uint64(k % 64)) & np.uint64(1) == np.uint64(1)
 
     @device_function
     def valid_bits(w):
@@ -167,10 +166,55 @@ def build(shape: Shape):
         else:
             run[r, t] += value
 
+    @device_function
+    def tile_dot(acc, row, e, r, t, run, lab, nb, xr, yr):
+        """Entry e's sum over the tile's points of xr[tt] yr[tt], in point order, into its running sum
+        (column t of run[r], or per cluster the chunk's row of acc)."""
+        cur = lab[0] if PER_CLUSTER else 0
+        total = np.float64(0.0)
+        tt, n = np.uint64(0), np.uint64(nb)         # unsigned: no negative-index wrap in the loop
+        while tt < n:
+            if PER_CLUSTER:
+                s = lab[tt]
+                if s != cur:
+                    deposit(acc, row, cur, e, r, t, run, total)
+                    total = np.float64(0.0)
+                    cur = s
+            total += xr[tt] * yr[tt]
+            tt += np.uint64(1)
+        deposit(acc, row, cur, e, r, t, run, total)
+
+    @device_function
+    def tile_layer(acc, row, e, r, t, run, lab, nb, ufk, utk, xr, zr, topf):
+        """Entry e's sum over the tile of -u_k (x~_j - z_j) on a free row plus -u_k x~_j on a truncated
+        one, plus u_k x~_j on the output cost's top layer (topf = 1), as ``tile_dot``: ufk, utk the
+        points' u_k on free and truncated rows (one of them 0), xr, zr their x~_j and z_j. A bias
+        entry passes ones for both: -u_k on a truncated row, 0 on a free one, plus u_k on top."""
+        cur = lab[0] if PER_CLUSTER else 0
+        total = np.float64(0.0)
+        tt, n = np.uint64(0), np.uint64(nb)
+        while tt < n:
+            if PER_CLUSTER:
+                s = lab[tt]
+                if s != cur:
+                    deposit(acc, row, cur, e, r, t, run, total)
+                    total = np.float64(0.0)
+                    cur = s
+            x, f, c = xr[tt], ufk[tt], utk[tt]
+            total += -(f * (x - zr[tt])) - c * x + topf * ((f + c) * x)
+            tt += np.uint64(1)
+        deposit(acc, row, cur, e, r, t, run, total)
+
     @cuda.jit
     def sweep(points, labels, n, base, chunk_tiles, par, acc, pats, flags):
         t = cuda.threadIdx.x
-        sp = cuda.shared.array(NPAR, dt)
+        # the parameters, one shared array each: a layer's offset is hoisted out of the unrolled loops
+        scw = cuda.shared.array((L, M, M), dt)
+        scb = cuda.shared.array((L, M), dt)
+        sinv = cuda.shared.array((L, M, M), dt)
+        sback = cuda.shared.array((L, M, M), dt)
+        sow = cuda.shared.array((PR, M), dt)
+        sob = cuda.shared.array(PR, dt)
         img = cuda.shared.array((L1, M, T), dt)
         uf = cuda.shared.array((M, T), dt)
         ut = cuda.shared.array((M, T), dt)
@@ -179,14 +223,26 @@ def build(shape: Shape):
         rr = cuda.shared.array(T, np.float64)
         lab = cuda.shared.array(T, np.int32)
         run = cuda.shared.array((NRUN, T), np.float64)
+        ones = cuda.shared.array(T, dt)
+        ones64 = cuda.shared.array(T, np.float64)
+        ones[t] = one
+        ones64[t] = 1.0
         zc = cuda.local.array(M, dt)
         an = cuda.local.array(M, dt)
         zn = cuda.local.array(M, dt)
         u = cuda.local.array(M, dt)
         r = cuda.local.array(PR, dt)
-        mask = cuda.local.array(LW, np.uint64)
-        for e in range(t, TG, T):
-            sp[e] = par[e]
+        mask = cuda.shared.array((LW, T), np.uint64)     # the point's pattern words (its column)
+        for e in range(t, L * M * M, T):
+            scw[e // (M * M), (e // M) % M, e % M] = par[CW + e]
+            sinv[e // (M * M), (e // M) % M, e % M] = par[INV + e]
+            sback[e // (M * M), (e // M) % M, e % M] = par[BACK + e]
+        for e in range(t, L * M, T):
+            scb[e // M, e % M] = par[CB + e]
+        for e in range(t, P * M, T):
+            sow[e // M, e % M] = par[OW + e]
+        for e in range(t, P, T):
+            sob[e] = par[OB + e]
         cuda.syncthreads()
         n_tiles = (n + T - 1) // T
         for c in range(cuda.blockIdx.x, (n_tiles + chunk_tiles - 1) // chunk_tiles, cuda.gridDim.x):
@@ -208,9 +264,9 @@ def build(shape: Shape):
                         img[0, j, t] = v
                     for l in range(L):
                         for k in range(M):
-                            s = sp[CB + l * M + k]
+                            s = scb[l, k]
                             for j in range(M):
-                                s = add(s, mul(sp[CW + (l * M + k) * M + j], zc[j]))
+                                s = add(s, mul(scw[l, k, j], zc[j]))
                             an[k] = s
                         for w in range(W):
                             sign = np.uint64(0)
@@ -221,14 +277,14 @@ def build(shape: Shape):
                                 word = pats[i, l, w]
                                 if (sign ^ word) & valid_bits(w):
                                     flags[i] = 1
-                                mask[l * W + w] = word
+                                mask[l * W + w, t] = word
                             else:
-                                mask[l * W + w] = sign
+                                mask[l * W + w, t] = sign
                         for k in range(M):
                             s = zc[k]
                             for j in range(M):
-                                cn = zero if is_free(mask, l, j) else -an[j]
-                                s = add(s, mul(sp[INV + (l * M + k) * M + j], cn))
+                                cn = zero if is_free(mask, l, j, t) else -an[j]
+                                s = add(s, mul(sinv[l, k, j], cn))
                             zn[k] = s
                         for k in range(M):
                             zc[k] = zn[k]
@@ -236,18 +292,18 @@ def build(shape: Shape):
                     s2 = np.float64(0.0)
                     if OUT:
                         for p in range(P):
-                            v = sp[OB + p] - par[TG + q * TW + p]
+                            v = sob[p] - par[TG + q * TW + p]
                             for j in range(M):
-                                if is_free(mask, L - 1, j):
-                                    v += sp[OW + p * M + j] * an[j]
+                                if is_free(mask, L - 1, j, t):
+                                    v += sow[p, j] * an[j]
                             r[p] = v
                             res[p, t] = v
                             s2 += v * v
                         for j in range(M):
-                            af[j, t] = an[j] if is_free(mask, L - 1, j) else zero
+                            af[j, t] = an[j] if is_free(mask, L - 1, j, t) else zero
                             h = zero
                             for p in range(P):
-                                h += sp[OW + p * M + j] * r[p]
+                                h += sow[p, j] * r[p]
                             u[j] = h
                     else:
                         for k in range(M):
@@ -257,37 +313,25 @@ def build(shape: Shape):
                         for k in range(M):
                             h = zero
                             for j in range(M):
-                                h += sp[BACK + ((L - 1) * M + k) * M + j] * zn[j]
+                                h += sback[L - 1, k, j] * zn[j]
                             u[k] = h
                     rr[t] = s2
                 cuda.syncthreads()
                 # ---- the tile's top sums: squared residuals and the output layer
                 for g in range(NT):
                     e = t + g * T
-                    if e < TOP:
-                        cur = lab[0] if PER_CLUSTER else 0
-                        acc_run = np.float64(0.0)
-                        for tt in range(nb):
-                            if PER_CLUSTER:
-                                s = lab[tt]
-                                if s != cur:
-                                    deposit(acc, row, cur, e, g, t, run, acc_run)
-                                    acc_run = np.float64(0.0)
-                                    cur = s
-                            if e == 0:
-                                acc_run += rr[tt]
-                            elif e < 1 + P * M:
-                                p = (e - 1) // M
-                                acc_run += res[p, tt] * af[(e - 1) - p * M, tt]
-                            else:
-                                acc_run += res[e - 1 - P * M, tt]
-                        deposit(acc, row, cur, e, g, t, run, acc_run)
+                    if e == 0:
+                        tile_dot(acc, row, 0, g, t, run, lab, nb, rr, ones64)
+                    elif e < TOP:
+                        p = (e - 1) // M if e < 1 + P * M else e - 1 - P * M
+                        tile_dot(acc, row, e, g, t, run, lab, nb, res[p],
+                                 af[(e - 1) - p * M] if e < 1 + P * M else ones)
                 # ---- per layer, top down: stage u split by the pattern, the block's GEMM, u one layer down
                 for l in range(L - 1, -1, -1):
-                    top = OUT and l == L - 1
+                    topf = one if OUT and l == L - 1 else zero
                     if t < nb:
                         for k in range(M):
-                            if is_free(mask, l, k):
+                            if is_free(mask, l, k, t):
                                 uf[k, t] = u[k]
                                 ut[k, t] = zero
                             else:
@@ -297,34 +341,18 @@ def build(shape: Shape):
                     for g in range(NL):
                         e = t + g * T
                         if e < KL:
-                            cur = lab[0] if PER_CLUSTER else 0
-                            acc_run = np.float64(0.0)
-                            k = e // M if e < M * M else e - M * M
-                            j = e - k * M
-                            for tt in range(nb):
-                                if PER_CLUSTER:
-                                    s = lab[tt]
-                                    if s != cur:
-                                        deposit(acc, row, cur, TOP + l * KL + e, NT + l * NL + g, t, run, acc_run)
-                                        acc_run = np.float64(0.0)
-                                        cur = s
-                                if e < M * M:
-                                    xj = img[l + 1, j, tt]
-                                    term = -(uf[k, tt] * (xj - img[l, j, tt])) - ut[k, tt] * xj
-                                    if top:
-                                        term += (uf[k, tt] + ut[k, tt]) * xj
-                                else:
-                                    term = -ut[k, tt]
-                                    if top:
-                                        term += uf[k, tt] + ut[k, tt]
-                                acc_run += term
-                            deposit(acc, row, cur, TOP + l * KL + e, NT + l * NL + g, t, run, acc_run)
+                            weight = e < M * M
+                            k = e // M if weight else e - M * M
+                            j = e - k * M if weight else 0
+                            # the rows this entry reads: a bias reads the ones for x~ and z (see tile_layer)
+                            tile_layer(acc, row, TOP + l * KL + e, NT + l * NL + g, t, run, lab, nb, uf[k], ut[k],
+                                       img[l + 1, j] if weight else ones, img[l, j] if weight else ones, topf)
                     if l > 0 and t < nb:
                         for k in range(M):
                             h = zero
                             for j in range(M):
-                                if is_free(mask, l, j):
-                                    h += sp[BACK + ((l - 1) * M + k) * M + j] * u[j]
+                                if is_free(mask, l, j, t):
+                                    h += sback[l - 1, k, j] * u[j]
                             zn[k] = h
                         for k in range(M):
                             u[k] = zn[k]
