@@ -394,7 +394,7 @@ def test_device_dataset_round_trip_and_refusals():
 # ------------------------------------------------------------------ the benchmark script
 def test_gpu_benchmark_script_runs(tmp_path):
     """bench/gpu.py end to end in the simulator (its timings mean nothing there): it stays ready
-    for a GPU machine."""
+    for a GPU machine, and writes every section's results."""
     import json
     import os
     import subprocess
@@ -402,13 +402,15 @@ def test_gpu_benchmark_script_runs(tmp_path):
     from pathlib import Path
     script = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    out = tmp_path / "gpu.json"
     proc = subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", str(script), "--simulate", "--no-torch",
-                           "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+                           "--no-tests", "--out-dir", str(tmp_path)], capture_output=True, text=True, env=env,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["precision"] for r in rows] == ["float64", "float32"]
-    assert rows[0]["check_rel_diff_vs_cpu"] < 1e-12 and rows[1]["check_rel_diff_vs_cpu"] < 1e-5
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert report["simulated"] and {"device", "kernels", "bits", "transfer", "flow"} <= set(report)
+    assert [r["precision"] for r in report["kernels"]] == ["float64", "float32"]
+    assert report["bits"]["repeat_identical"] and report["bits"]["streamed_identical"]
+    assert report["bits"]["rel_diff_vs_cpu"] < 1e-12
 
 
 # ------------------------------------------------------------------ random shapes
