@@ -2,7 +2,8 @@
 
 The points' frozen patterns live in device memory next to the (resident) points; every pass
 over all points is a kernel of ``kernels.cuda.frozen`` or the frozen-pattern gradient kernel
-(``kernels.cuda.gradient.build(dtype, frozen=True)``), and what comes back to the host is the
+(``kernels.cuda.sweep`` with its frozen flag; the generic ``kernels.cuda.gradient`` for wide
+networks), and what comes back to the host is the
 sums, one byte of flags per point, and the rows of the few points the integrator works on,
 which it keeps. Pre-activations at a step's ends stay on the device. The patterns, the
 pre-activations and their rates are the CPU's bit for bit (rounded arithmetic); the gradient's

@@ -3,20 +3,23 @@
 Imported only when a dataset is moved to a GPU (:mod:`truncflow.device`): a CPU-only
 installation never imports ``numba.cuda``. One module per job, as on the CPU side:
 
-    launch      rounded arithmetic, launch geometry, fixed-order reduction, scratch
+    launch      rounded arithmetic, chunks and launch geometry, fixed-order reduction
+    sweep       cost + cumulative gradient, compiled for one shape (M, L, P, cost, slots,
+                frozen): registers, shared memory, the tile's sums as a block GEMM
     forward     truncation maps and activation patterns of device arrays
-    gradient    cost + cumulative gradient (+ per cluster, + output cost); with its
-                moment sums, the cluster statistics
+    gradient    the generic gradient kernel (run-time shapes): wide networks, and with its
+                moment sums the cluster statistics
     statistics  the statistics' moment entries (counts, first and second moments)
     observe     the observables of a record and the per-cluster sums of the points
+    frozen      the kink integrator's per-point passes
 
-Layout. A block of T threads takes a *tile* of T consecutive points, one point per
-thread; blocks take tiles g, g + G, g + 2G, ... (G blocks). Each thread runs the
-forward and reverse sweep of its point in the block's scratch (feature-major, the
-point's index last, so a warp's loads coalesce). The sums over the tile's points are
-then taken by *owner* threads: each entry of the result (a weight of dC/dW^(l), a
-count, a moment) belongs to one thread of the block, which adds the tile's T terms in
-point order into the block's row of an accumulator (float64). A last kernel adds the
-G rows in order. No atomics: the result is the same bits from run to run on one
-device, for any batch size of a given geometry.
+Sums over points. Every pass that sums over points splits them into *chunks* of
+consecutive points whose size depends on N and the row of sums only
+(``launch.chunking``); each chunk's sums are added in point order into the chunk's own
+row, and ``launch.reduce_chunks`` adds the rows in a fixed tree. Blocks take chunks g,
+g + G, ..., and a streamed batch is a whole number of chunks: the result is the same
+bits on any GPU, for any number of blocks launched and any batch size. No atomics.
+Within a chunk the generic kernels take a tile of T points per block, one point per
+thread, and *owner* threads add each entry's T terms in point order;
+``sweep`` does the same from shared memory (see its docstring).
 """
