@@ -86,7 +86,7 @@ def test_sigkill_while_saving_then_resume_completes_the_folder(tmp_path, method)
     hits = {moment: 0 for moment in MOMENTS}
     for trial in range(3 * len(MOMENTS)):
         moment = MOMENTS[trial % len(MOMENTS)]
-        if hits[moment] >= 2:
+        if hits[moment] >= 1:                       # each moment caught once (each kill costs a run)
             continue
         folder = tmp_path / f"killed{trial}"
         if not _kill_when_writing(job, folder, moment):
