@@ -186,6 +186,23 @@ def serial_matmul(a, b):
 
 
 @njit(**JIT_OPTIONS)
+def scatter_rows(weights, slots, n_slots, b):
+    """out (n_slots, k) float64 with out[slots[e]] += weights[e] * b[e] for e = 0, 1, ... in order
+    (zero weights skipped): ``serial_matmul`` of the sparse (n_slots, n) matrix with
+    weights[e] at (slots[e], e), the same additions in the same order, without the matrix."""
+    k = b.shape[1]
+    out = np.zeros((n_slots, k))
+    for e in range(b.shape[0]):
+        w = weights[e]
+        if w != 0.0:
+            row = out[slots[e]]
+            be = b[e]
+            for c in range(k):
+                row[c] += w * be[c]
+    return out
+
+
+@njit(**JIT_OPTIONS)
 def _buffers(L, M, P):
     """A tile's scratch: those of ``gradient._tile_buffers`` (z, act, cn, u, u_next, um, r, wt,
     lab) with sg (L, M, T) the pattern's signs, idx (T,) the tile's point indices, pw (T,) weights

@@ -24,7 +24,7 @@ import numpy as np
 
 from ...compute import Gradient, aligned_scale_gradient, cumulative_to_layer_gradient, kernel_arrays, tile_arrays
 from ...kernels import config
-from ...kernels.crossing import subset_contributions_kernel, subset_jvp_kernel, subset_preacts_kernel
+from ...kernels.crossing import scatter_rows, subset_contributions_kernel, subset_jvp_kernel, subset_preacts_kernel
 from ...kernels.forward import patterns_kernel
 from .bits import bits, pack, set_bit
 from .filippov import least_squares
@@ -291,10 +291,16 @@ class FrozenModel:
 
     def subset(self, at, idx, pats, weights, slots, n_slots):
         """(n_slots, size) masked gradient vectors: slot s sums weights[e] times the contribution of
-        the entries e with slots[e] = s (``subset_matrix`` with that sparse weight matrix)."""
-        matrix = np.zeros((n_slots, len(idx)))
-        matrix[np.asarray(slots, np.int64), np.arange(len(idx))] = weights
-        return self.subset_matrix(at, idx, pats, matrix)
+        the entries e with slots[e] = s, in entry order (``subset_matrix`` with that sparse weight
+        matrix, the same sums, without making the matrix: ``kernels.crossing.scatter_rows``)."""
+        pts, lab, rows = self.points.data(idx)
+        gw, gb, gow, gob = subset_contributions_kernel(pts, lab, rows, np.ascontiguousarray(pats), *at.tiles,
+                                                       self.output)
+        weights = np.ascontiguousarray(weights, np.float64)
+        slots = np.ascontiguousarray(slots, np.int64)
+        sums = [scatter_rows(weights, slots, n_slots, np.ascontiguousarray(g.reshape(g.shape[0], -1)))
+                .reshape((n_slots,) + g.shape[1:]) for g in (gw, gb, gow, gob)]
+        return self._vectors(at.params, *sums)
 
     def subset_matrix(self, at, idx, pats, weights, pairs=False):
         """(S, size) masked gradient vectors: row s = sum over entries e of weights[s, e] times entry
