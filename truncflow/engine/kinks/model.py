@@ -299,8 +299,14 @@ class FrozenModel:
         weights = np.ascontiguousarray(weights, np.float64)
         slots = np.ascontiguousarray(slots, np.int64)
         sums = [scatter_rows(weights, slots, n_slots, np.ascontiguousarray(g.reshape(g.shape[0], -1)))
-                .reshape((n_slots,) + g.shape[1:]) for g in (gw, gb, gow, gob)]
+                .reshape((n_slots,) + g.shape[1:]) for g in self._unpadded(gw, gb, gow, gob)]
         return self._vectors(at.params, *sums)
+
+    def _unpadded(self, gw, gb, gow, gob):
+        """Per-entry contributions without the tile layout's padding (zeros that ``_vectors``
+        drops): the weighted sums then skip them."""
+        M = self.M
+        return gw[:, :, :M, :M], gb[:, :, :M], gow[:, :, :M], gob
 
     def subset_matrix(self, at, idx, pats, weights, pairs=False):
         """(S, size) masked gradient vectors: row s = sum over entries e of weights[s, e] times entry
@@ -312,6 +318,7 @@ class FrozenModel:
         pts, lab, rows = self.points.data(idx)
         gw, gb, gow, gob = subset_contributions_kernel(pts, lab, rows, np.ascontiguousarray(pats), *at.tiles,
                                                        self.output)
+        gw, gb, gow, gob = self._unpadded(gw, gb, gow, gob)
         if pairs:
             gw, gb, gow, gob = (g[0::2] - g[1::2] for g in (gw, gb, gow, gob))
         S = weights.shape[0]
