@@ -100,6 +100,24 @@ def test_jvp_of_preactivations_matches_finite_differences(wrt):
     np.testing.assert_allclose(da, (ap - am) / (2 * eps), rtol=1e-6, atol=1e-7)
 
 
+def test_scattered_jump_sums_are_the_sparse_products_bit_for_bit():
+    """``scatter_rows`` (a bulk step's jump sums: each entry into its slot) makes the additions of
+    the dense product with the sparse weight matrix it replaced, in the same order: the same
+    bits, and the plain sums to round-off."""
+    from truncflow.kernels.crossing import scatter_rows, serial_matmul
+    rng = np.random.default_rng(3)
+    n, S, D = 57, 9, 13
+    b = rng.standard_normal((n, D))
+    slots = rng.integers(0, S, n)
+    weights = rng.standard_normal(n)
+    weights[::7] = 0.0
+    dense = np.zeros((S, n))
+    dense[slots, np.arange(n)] = weights
+    got = scatter_rows(weights, slots, S, b)
+    assert np.array_equal(got, serial_matmul(dense, b))
+    np.testing.assert_allclose(got, dense @ b, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("wrt", ["cumulative", "layers"])
 def test_jvp_of_all_points_is_the_subset_jvp(wrt):
     pieces, y, v = _pieces_state_direction(4, 70, wrt, 1)
