@@ -5,7 +5,8 @@ cost kind, the number of sum slots S (1, or Q per cluster), the tile T and the f
 are compile-time constants: every loop over coordinates has a constant trip count and is
 unrolled, each point's current image, pre-activations and reverse-sweep vector ``u`` live in
 registers, the parameters in shared memory (copied once per block from one packed buffer),
-and every index is a 32-bit constant offset. Per layer l (0-based), with z = x~^(l),
+and the index of every coordinate is a constant folded into its load (the loops over a tile's
+points count with unsigned integers: no negative-index wrapping). Per layer l (0-based), with z = x~^(l),
 x~ = x~^(l+1), a = W^(l+1) z + b^(l+1) and u = A^T g (``kernels.gradient``):
 
     dC_i/dW^(l+1)[k, j] = -u_k (x~_j - z_j) on a free row (a_k > 0), -u_k x~_j on a truncated one
@@ -22,7 +23,7 @@ split into the free and the truncated rows. Then the block's threads share the l
 K_l = M^2 + M entries (entry e belongs to thread e % T), and each adds the tile's T terms of
 its entries in point order: a small GEMM over the tile, read from shared memory. A thread's
 running sums stay in shared memory (its own column) across the tiles of a *chunk* of
-``CHUNK`` consecutive points and are written once, to the chunk's row of ``acc``; per cluster
+consecutive points (``launch.chunking``) and are written once, to the chunk's row of ``acc``; per cluster
 (S > 1) a running sum goes to the chunk's row when the label changes. The rows are added by
 ``launch.reduce_chunks`` in a fixed tree order. The partition into chunks depends on N and
 the shape only, so the bits do not depend on the GPU (its number of SMs), on the number of
