@@ -176,7 +176,7 @@ def test_rk45_ensemble_equals_single_runs_in_this_process_and_in_workers(monkeyp
         same_result(got, w)
 
 
-def test_kinks_ensemble_equals_single_runs_in_this_process_and_in_workers(monkeypatch):
+def _kinks_ensemble_equals_single_runs(monkeypatch, workers):
     """method="kinks" members (crossings located, a sliding mode, kink options passed on) equal
     their single runs bit for bit, counts and sliding intervals included."""
     rng = np.random.default_rng(1)
@@ -186,12 +186,21 @@ def test_kinks_ensemble_equals_single_runs_in_this_process_and_in_workers(monkey
                    kink_options=KinkOptions(nodes=7))
     want = single_runs(params, [ds] * 3, 2.0, **options)
     assert sum(r.config["kinks"]["events_located"] + r.config["kinks"]["corrected_crossings"] for r in want) >= 3
-    for workers in (1, 2):
-        monkeypatch.setattr(ensemble, "PROCESSES_AFTER", 0.0 if workers > 1 else 1e9)
-        for got, w in zip(tf.simulate_ensemble(params, ds, 2.0, workers=workers, **options), want):
-            same_result(got, w)
-            assert got.config["kinks"] == w.config["kinks"]
-            assert np.array_equal(got.arrays["sliding_intervals"], w.arrays["sliding_intervals"])
+    monkeypatch.setattr(ensemble, "PROCESSES_AFTER", 0.0 if workers > 1 else 1e9)
+    for got, w in zip(tf.simulate_ensemble(params, ds, 2.0, workers=workers, **options), want):
+        same_result(got, w)
+        assert got.config["kinks"] == w.config["kinks"]
+        assert np.array_equal(got.arrays["sliding_intervals"], w.arrays["sliding_intervals"])
+
+
+def test_kinks_ensemble_equals_single_runs_in_this_process(monkeypatch):
+    _kinks_ensemble_equals_single_runs(monkeypatch, 1)
+
+
+@pytest.mark.long
+def test_kinks_ensemble_equals_single_runs_in_worker_processes(monkeypatch):
+    """The same in two worker processes (long: each compiles the kink integrator's kernels)."""
+    _kinks_ensemble_equals_single_runs(monkeypatch, 2)
 
 
 def test_ensemble_refusals():
