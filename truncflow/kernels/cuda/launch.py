@@ -55,6 +55,12 @@ def rounded_ops(dtype):
     return libdevice.dmul_rn, libdevice.dadd_rn
 
 
+def small_block() -> int:
+    """Threads per block of the elementwise kernels (zero fill, the reduction's folds): 128, and 8
+    under the simulator, which starts a Python thread for each thread of each launch."""
+    return 8 if simulated() else 128
+
+
 def threads() -> int:
     """Threads per block of the generic kernels (points per tile)."""
     return THREADS_SIMULATED if simulated() else THREADS
@@ -96,7 +102,8 @@ def zero(array, stream=0):
     """Set a C-contiguous device array to zero."""
     flat = array.reshape(array.size)
     if flat.size:
-        _zero_kernel[math.ceil(flat.size / 256), 256, stream](flat)
+        T = small_block()
+        _zero_kernel[math.ceil(flat.size / T), T, stream](flat)
 
 
 @cuda.jit
@@ -130,7 +137,8 @@ def reduce_chunks(acc, rows: int, scratch, out, stream=0):
     while True:
         groups = math.ceil(rows / FOLD)
         dst = dst_out if groups == 1 else bufs[which * half:which * half + groups]
-        _fold_kernel[math.ceil(groups * width / 128), 128, stream](src, rows, dst)
+        T = small_block()
+        _fold_kernel[math.ceil(groups * width / T), T, stream](src, rows, dst)
         if groups == 1:
             return out
         src, rows, which = dst, groups, 1 - which
