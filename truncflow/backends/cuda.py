@@ -50,8 +50,9 @@ class DeviceDataset(DatasetElsewhere, Backend):
 
     It has the Dataset's read-only attributes (``targets``, ``class_ids``, ``counts``,
     ``n_points``, ``width``, ``n_clusters``, ``dtype``); ``points`` and ``labels`` are
-    Numba device arrays when resident, pinned host arrays when streamed
-    (``resident``, ``batch_points``). ``to("cpu")`` gives a :class:`truncflow.Dataset` back.
+    Numba device arrays when resident; when streamed, the host dataset's own arrays, read
+    batch by batch on every pass (not copied, as a :class:`truncflow.Dataset` keeps its
+    points) (``resident``, ``batch_points``). ``to("cpu")`` gives a :class:`truncflow.Dataset` back.
     """
 
     capabilities = CUDA
