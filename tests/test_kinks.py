@@ -455,29 +455,41 @@ def test_many_points_meeting_a_hyperplane_at_once_cumulative_flow():
     assert gd[2] < gd[1] < gd[0] and gd[2] < 1e-3, gd
 
 
-@pytest.mark.xfail(reason="known limitation (README): a face of layer 1 contained in a hyperplane of layer 2 is "
-                          "decided point by point; at N = 300, rtol 1e-8 the step size collapses at t = 1.2033 "
-                          "on some hosts and not on others: whether it goes through depends on the last bits of "
-                          "the arithmetic (it stalled on the hosts of earlier sessions and goes through on an AMD "
-                          "EPYC znver4 host with numpy 2.4.6, scipy 1.17.1, numba 0.68.1)", strict=False)
-@pytest.mark.long  # end-to-end kinks run, N = 300
-def test_the_face_in_a_hyperplane_at_n300_rtol_1e8():
+def _former_stalls():
+    """The two runs whose success once depended on the host (the last bits of the arithmetic):
+    the three-cluster face in a hyperplane at N = 300, rtol 1e-8 (it stalled at t = 1.2033 on
+    earlier hosts), and the two-cluster output-cost flow at rtol 1e-10, atol 1e-12 (it stalled
+    at t = 0.0627 on this one). Explicit tolerances (``locate.ON_PLANE``, the exit at a step's
+    end) decide them since f9409fe and 4416151. (name, params, dataset, t_end, options)."""
     p, ds = _three_clusters(300)
-    r = tf.simulate(p, ds, 1.3, method="kinks", rtol=1e-8, atol=1e-10, record_times=[1.3], max_evals=40000)
-    assert r.status == "t_end", r.message
+    q, dq = small(0, kind="output")
+    return [("face N=300", p, ds, 1.3, dict(method="kinks", rtol=1e-8, atol=1e-10, max_evals=40000)),
+            ("output cost", q, dq, 3.0, dict(kind="output", wrt="layers", method="kinks", rtol=1e-10, atol=1e-12,
+                                             max_evals=60000))]
 
 
-@pytest.mark.xfail(reason="known limitation (README): with rtol 1e-10, atol 1e-12 the output-cost flow of the "
-                          "first-order test stalls at t = 0.0627 (step size below spacing, two crossings left "
-                          "unresolved) on an AMD EPYC znver4 host with numpy 2.4.6, scipy 1.17.1, numba 0.68.1; "
-                          "the same code went through on the hosts of earlier sessions and CI, and goes through "
-                          "there with atol 1e-11 or rtol 3e-10: the last bits of the arithmetic decide it", strict=False)
-@pytest.mark.long  # end-to-end kinks run at tight tolerances
-def test_output_cost_reference_at_rtol_1e10_atol_1e12():
-    p, ds = small(0, kind="output")
-    r = tf.simulate(p, ds, 3.0, kind="output", wrt="layers", method="kinks", rtol=1e-10, atol=1e-12,
-                    record_times=[3.0])
-    assert r.status == "t_end", r.message
+@pytest.mark.long  # end-to-end kinks runs at tight tolerances, 8 s and 1 s
+@pytest.mark.parametrize("case", [0, 1])
+def test_the_former_host_dependent_stalls_reach_t_end(case):
+    name, p, ds, t_end, options = _former_stalls()[case]
+    r = tf.simulate(p, ds, t_end, record_times=[t_end], **options)
+    assert r.status == "t_end", (name, r.message)
+
+
+@pytest.mark.long  # four end-to-end runs, about 15 s
+def test_the_former_stalls_reach_t_end_with_points_one_ulp_off_and_on_one_or_two_threads():
+    """The path through the kinks depends on the last bits (the evaluation counts differ), but its
+    success must not: every point moved by one ulp up (one thread) and down (two threads)."""
+    threads = tf.get_threads()
+    try:
+        for name, p, ds, t_end, options in _former_stalls():
+            for direction, n_threads in ((np.inf, 1), (-np.inf, min(2, threads))):
+                tf.set_threads(n_threads)
+                moved = tf.Dataset(np.nextafter(np.asarray(ds.points), direction), ds.labels, ds.targets)
+                r = tf.simulate(p, moved, t_end, record_times=[t_end], **options)
+                assert r.status == "t_end", (name, direction, n_threads, r.message)
+    finally:
+        tf.set_threads(threads)
 
 
 def robustness_problem(seed):
