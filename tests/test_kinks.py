@@ -132,7 +132,7 @@ def test_jvp_of_all_points_is_the_subset_jvp(wrt):
 def test_hermite_dips_kernel_against_dense_sampling():
     # random end values and rates; reference: the Hermite cubic sampled on a fine grid
     rng = np.random.default_rng(3)
-    N, L, M, h, margin = 4000, 2, 3, 0.7, 0.5
+    N, L, M, h, margin = 1500, 2, 3, 0.7, 0.5
     pats = np.zeros((N, L, 1), np.uint64)
     free = rng.random((N, L, M)) < 0.5
     for k in range(M):
@@ -142,7 +142,7 @@ def test_hermite_dips_kernel_against_dense_sampling():
     a0[::7] *= -1                                   # some end points on the wrong side: not dips
     da0, da1 = rng.standard_normal((2, N, L, M)) * 3
     flags = hermite_dips_kernel(pats, a0, da0, a1, da1, h, margin, 1024)
-    s = np.linspace(0, 1, 20001)[:, None, None, None]
+    s = np.linspace(0, 1, 4001)[:, None, None, None]   # the grid's minimum within 3e-7 of the cubic's
     p0, p1, m0, m1 = sig * a0, sig * a1, sig * da0 * h, sig * da1 * h
     cubic = ((2 * s**3 - 3 * s**2 + 1) * p0 + (s**3 - 2 * s**2 + s) * m0 + (-2 * s**3 + 3 * s**2) * p1
              + (s**3 - s**2) * m1)
