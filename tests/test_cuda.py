@@ -259,7 +259,7 @@ def all_sums(params, dev, kind):
         ([g.out_weight, g.out_bias] if kind == "output" else [])
 
 
-@pytest.mark.parametrize("kind", ["input", "output"])
+@pytest.mark.parametrize("kind", ["output"])     # the chunks and batches do not depend on the cost kind
 def test_streamed_batches_give_the_resident_bits(kind):
     """A batch is a whole number of chunks and writes their rows: every batch size gives the
     resident pass's bits, and the CPU's results to round-off."""
