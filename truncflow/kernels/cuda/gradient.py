@@ -9,9 +9,11 @@ z = x~^(l), x~ = x~^(l+1), a = W^(l+1) z + b^(l+1) and u = A^T g:
 The point's arithmetic runs in the dtype of the parameter arrays (float64, or float32
 for ``precision="float32"``); every sum over points in float64.
 
-Each block's sums go to its row of ``acc`` (G, S, K) float64, S slots (1, or Q per
-cluster; slot = label), K entries laid out by :func:`layout`. ``launch.reduce_rows``
-adds the rows in order.
+The generic kernel: run-time shapes, per-block scratch in global memory, owner threads. It
+serves the networks too wide for ``kernels.cuda.sweep`` (which takes every other gradient
+pass) and, with its moment sums, the cluster statistics. Chunk c's sums go to row base + c
+of ``acc`` (chunks, S, K) float64, S slots (1, or Q per cluster; slot = label), K entries
+laid out by :func:`layout`; ``launch.reduce_chunks`` adds the rows in a fixed tree.
 """
 import functools
 

@@ -5,7 +5,7 @@ kinks, bit for bit), writes each point's activation-pattern hash (64-bit FNV-1a 
 the layers' pattern words, as ``kernels.observe``), and owner threads add, per cluster
 (slot = label), the entries of a row laid out as
     sq (1) | truncated (L, M) | any_trunc (L) | all_trunc (L) | s1 (L, M) | s2 (L, M)
-(counts as exact float64 sums) into the block's row of ``acc`` (G, Q, K).
+(counts as exact float64 sums) into the chunk's row of ``acc`` (chunks, Q, K).
 """
 import functools
 
@@ -32,7 +32,8 @@ def build():
     @cuda.jit
     def observe_kernel(points, labels, n, base, chunk_tiles, targets, shift, cw, cb, inv, out_w, out_b, output_cost,
                        z, act, rr, zero, hashes, acc):
-        """Sums of points 0..n-1 into acc[g] (G, Q, K); hashes[i] for each point.
+        """Sums of points 0..n-1, chunk c (chunk_tiles tiles) into row base + c of acc (chunks, Q, K);
+        hashes[i] for each point.
 
         cw, cb, inv padded to Mp (``compute.tile_arrays``); targets (Q, M) or (Q, P)
         unpadded; shift (Q, M); scratch z (G, L+1, Mp, T), act (G, L, Mp, T), rr (G, T).
@@ -127,7 +128,8 @@ def _observe_term(e, M, L, zg, ag, sq, shift, q, tt, zero):
 
 @cuda.jit
 def cluster_sums_kernel(points, labels, n, base, chunk_tiles, acc):
-    """acc[g] (G, Q, M) += the sums of the points of each cluster (float64), points 0..n-1."""
+    """Row base + c of acc (chunks, Q, M) += the sums of each cluster's points (float64) of chunk c
+    (chunk_tiles tiles) of points 0..n-1."""
     g, t = cuda.blockIdx.x, cuda.threadIdx.x
     T, G = cuda.blockDim.x, cuda.gridDim.x
     M = points.shape[1]
