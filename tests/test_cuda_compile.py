@@ -188,3 +188,23 @@ def test_the_generic_kernel_is_what_the_shape_kernel_replaces(tmp_path):
     assert assemble(code, tmp_path)["registers"] > 96
     assert [line for line in forward_products(code, "float64") if "ld.global" in line]
 
+
+
+@pytest.mark.parametrize("dtype,M,L,P,S", [("float64", 15, 3, 0, 1), ("float32", 3, 2, 2, 2)])
+def test_the_planned_block_fits_its_static_shared_memory(dtype, M, L, P, S, tmp_path):
+    """``sweep.plan`` picks the tile from ``sweep.shared_bytes``, which must not undercount what
+    ptxas allocates (a block over 48 KiB of static shared memory does not launch): M = 15, L = 3
+    is the widest float64 shape at L = 3."""
+    from truncflow.kernels.cuda import sweep
+    shape = sweep.plan(dtype, M, L, P, P > 0, S, False)
+    f = np.dtype(dtype)
+    code = ptx(sweep.build(shape), np.zeros((100, M)), np.zeros(100, np.int64), 100, 0, 8, np.zeros(500, f),
+               np.zeros((4, S, 300)), np.zeros((100, L, 1), np.uint64), np.zeros(100, np.uint8))
+    path = tmp_path / "kernel.ptx"
+    path.write_text(code)
+    out = subprocess.run([ptxas(), "-v", "-arch=sm_90", str(path), "-o", str(tmp_path / "k.cubin")],
+                         capture_output=True, text=True, check=True).stderr
+    allocated = int(re.search(r"(\d+) bytes smem", out).group(1))
+    assert allocated <= sweep.shared_bytes(dtype, M, L, P, P > 0, S, shape.T) <= sweep.SHARED_BYTES
+    if dtype == "float64":
+        assert sweep.plan(dtype, M + 1, L, P, P > 0, S, False) is None      # the widest that fits

@@ -45,8 +45,10 @@ from numba import cuda
 
 from .launch import device_function, rounded_ops, simulated
 
-#: Bytes of static shared memory a block may use (the CUDA limit without opt-in).
+#: Bytes of static shared memory a block may use (the CUDA limit without opt-in), and what
+#: :func:`shared_bytes` adds for the arrays' alignment (ptxas measured within 4 bytes of it).
 SHARED_BYTES = 48 * 1024
+ALIGNMENT_SLACK = 256
 
 
 class Shape(NamedTuple):
@@ -82,12 +84,14 @@ def param_offsets(M: int, L: int, P: int) -> dict:
 
 
 def shared_bytes(dtype: str, M: int, L: int, P: int, output_cost: bool, S: int, T: int) -> int:
-    """Static shared memory of a block of the kernel (bytes)."""
+    """Static shared memory of a block of the kernel (bytes): every ``cuda.shared.array`` of
+    :func:`build`, sized as there."""
     f = np.dtype(dtype).itemsize
-    lay = layout(M, L, P)
-    n_run = _runs(lay, L, T) if S == 1 else 0
-    per_point = f * ((L + 1) * M + 2 * M + (P + M if output_cost else 0) + 1) + 8 + 8 + 4 + 8 * n_run + 8 * L * ((M + 63) // 64)
-    return per_point * T + f * max(1, param_offsets(M, L, P)["targets"])
+    PR, MR, W = max(P, 1), (M if output_cost else 1), (M + 63) // 64
+    n_run = _runs(layout(M, L, P), L, T) if S == 1 else 1
+    params = f * (3 * L * M * M + L * M + PR * M + PR)
+    per_thread = f * ((L + 1) * M + 2 * M + PR + MR + 1) + 8 + 4 + 8 * n_run + 8 + 8 * L * W
+    return params + T * per_thread + ALIGNMENT_SLACK
 
 
 def _runs(lay: dict, L: int, T: int) -> int:
