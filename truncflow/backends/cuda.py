@@ -145,12 +145,13 @@ class DeviceDataset(DatasetElsewhere, Backend):
             self._scratch[key] = _on_device(f"the scratch of a pass ({key[0]})", make)
         return self._scratch[key]
 
-    def _run(self, key, chunk, rows, launch, per_point=False):
+    def _run(self, key, chunk, rows, launch, per_point=False, writes_rows=False):
         """One pass: ``launch(points, labels, n, base, acc, stream_index, stream, hashes)`` over the
         points (resident: once; streamed: per batch, ``base`` its first chunk) into the partial sums
-        of its chunks of ``chunk`` points, acc (chunks, S, K) = ``rows`` float64, zeroed first; returns their sum in
-        the fixed order of ``launch.reduce_chunks``, (S, K) float64 on the host, and with
-        ``per_point`` the pattern hashes (N,) uint64 the kernel wrote."""
+        of its chunks of ``chunk`` points, acc (chunks, S, K) = ``rows`` float64, zeroed first unless
+        the kernel ``writes_rows`` (stores every entry of its chunks' rows instead of adding into
+        them); returns their sum in the fixed order of ``launch.reduce_chunks``, (S, K) float64 on
+        the host, and with ``per_point`` the pattern hashes (N,) uint64 the kernel wrote."""
         from ..kernels.cuda import launch as lc
         cuda = self._cuda
         R, S, K = rows
@@ -158,7 +159,8 @@ class DeviceDataset(DatasetElsewhere, Backend):
         fold = self._buffers(("fold",) + key, lambda: cuda.device_array(lc.fold_scratch_rows(R) * S * K))
         out = self._buffers(("sums",) + key, lambda: cuda.device_array((S, K), dtype=np.float64))
         host = self._buffers(("sums host",) + key, lambda: cuda.pinned_array((S, K), dtype=np.float64))
-        lc.zero(acc)
+        if not writes_rows:
+            lc.zero(acc)
         if self.resident:
             hashes = self._buffers(("hashes",), lambda: cuda.device_array(self.n_points, dtype=np.uint64)) \
                 if per_point else None
@@ -173,7 +175,7 @@ class DeviceDataset(DatasetElsewhere, Backend):
              cuda.device_array((B, self.width), dtype=self.dtype), cuda.device_array(B, dtype=np.int64),
              cuda.device_array(B, dtype=np.uint64), cuda.pinned_array(B, dtype=np.uint64)) for _ in range(2)])
         all_hashes = np.empty(self.n_points, dtype=np.uint64) if per_point else None
-        cuda.synchronize()                      # the zeroed sums, before two other streams write into them
+        cuda.synchronize()                      # the zeroed sums (or the last pass's fold), before two other streams
         pending = [None, None]                  # per stream: the batch whose hashes are on their way back
         for b, a in enumerate(range(0, self.n_points, B)):
             s, z = b % 2, min(a + B, self.n_points)
@@ -250,7 +252,7 @@ class DeviceDataset(DatasetElsewhere, Backend):
             n_chunks = -(-n // chunk)
             kernel[n_chunks, T, stream](points, labels, n, base, chunk // T, par, acc, pats, flags)
 
-        sums, _ = self._run(("sweep", shape, R), chunk, (R, S, K), launch)
+        sums, _ = self._run(("sweep", shape, R), chunk, (R, S, K), launch, writes_rows=S == 1)
         Mp = cw.shape[1]
         out = {"sq": sums[:, 0], "g_ob": sums[:, lay["g_ob"]:lay["g_ob"] + P]}
         out["g_ow"] = np.zeros((S, P, Mp))

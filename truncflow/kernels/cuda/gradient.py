@@ -21,7 +21,7 @@ import numpy as np
 from numba import cuda
 
 from . import forward as forward_module
-from .launch import THREADS, device_function
+from .launch import THREADS, block_offsets, chunk_count, device_function, tile_span
 from .statistics import moment_dest, moment_term
 
 
@@ -34,12 +34,7 @@ def layout(L: int, Mp: int, M: int, P: int, moments: bool, second: bool) -> dict
         names += [("truncated", L * M), ("free1", L * M * M), ("con1", L * M * M)]
         if second:
             names += [("free2", L * M ** 3), ("con2", L * M ** 3)]
-    offsets, k = {}, 0
-    for name, size in names:
-        offsets[name] = k
-        k += size
-    offsets["K"] = k
-    return offsets
+    return block_offsets(names, "K")
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,10 +75,10 @@ def build(dtype_name: str, frozen: bool = False):
         n_top = 1 + P * Mp + P
         n_grad = Mp * Mp + Mp
         n_mom = (M + 2 * M * M + (2 * M * M * M if second else 0)) if moments else 0
-        n_tiles = (n + T - 1) // T
-        for c in range(g, (n_tiles + chunk_tiles - 1) // chunk_tiles, G):
+        for c in range(g, chunk_count(n, T, chunk_tiles), G):
             accg = acc[base + c]
-            for tile in range(c * chunk_tiles, min(n_tiles, (c + 1) * chunk_tiles)):
+            first, stop = tile_span(c, n, T, chunk_tiles)
+            for tile in range(first, stop):
                 start = tile * T
                 nb = min(T, n - start)
                 # ---- the thread's point: forward sweep, residual, top of the reverse sweep

@@ -55,6 +55,17 @@ def rounded_ops(dtype):
     return libdevice.dmul_rn, libdevice.dadd_rn
 
 
+def block_offsets(sizes, total: str) -> dict:
+    """{name: offset} of consecutive blocks of the given (name, size) in one flat buffer, and
+    the buffer's length under ``total``."""
+    out, k = {}, 0
+    for name, size in sizes:
+        out[name] = k
+        k += size
+    out[total] = k
+    return out
+
+
 def small_block() -> int:
     """Threads per block of the elementwise kernels (zero fill, the reduction's folds): 128, and 8
     under the simulator, which starts a Python thread for each thread of each launch."""
@@ -83,6 +94,18 @@ def blocks(n_chunks: int) -> int:
     if simulated():
         return max(1, min(BLOCKS_SIMULATED, n_chunks))
     return max(1, min(BLOCKS_PER_SM * cuda.get_current_device().MULTIPROCESSOR_COUNT, n_chunks))
+
+
+@device_function
+def chunk_count(n, T, chunk_tiles):
+    """Chunks of a launch over n points in tiles of T points, chunk_tiles tiles a chunk."""
+    return ((n + T - 1) // T + chunk_tiles - 1) // chunk_tiles
+
+
+@device_function
+def tile_span(c, n, T, chunk_tiles):
+    """(first tile, stop tile) of chunk c of a launch over n points (``chunk_count``)."""
+    return c * chunk_tiles, min((n + T - 1) // T, (c + 1) * chunk_tiles)
 
 
 def geometry(n_points: int, row_bytes: int) -> tuple[int, int]:

@@ -13,7 +13,7 @@ import numpy as np
 from numba import cuda
 
 from . import forward as forward_module
-from .launch import THREADS, device_function
+from .launch import THREADS, chunk_count, device_function, tile_span
 
 _FNV_OFFSET = np.uint64(14695981039346656037)
 _FNV_PRIME = np.uint64(1099511628211)
@@ -46,10 +46,10 @@ def build():
         lab = cuda.shared.array(THREADS, np.int64)
         zg, ag = z[g], act[g]
         n_entries = 1 + L * (3 * M + 2)
-        n_tiles = (n + T - 1) // T
-        for c in range(g, (n_tiles + chunk_tiles - 1) // chunk_tiles, G):
+        for c in range(g, chunk_count(n, T, chunk_tiles), G):
             accg = acc[base + c]
-            for tile in range(c * chunk_tiles, min(n_tiles, (c + 1) * chunk_tiles)):
+            first, stop = tile_span(c, n, T, chunk_tiles)
+            for tile in range(first, stop):
                 start = tile * T
                 nb = min(T, n - start)
                 if t < nb:
@@ -134,10 +134,10 @@ def cluster_sums_kernel(points, labels, n, base, chunk_tiles, acc):
     T, G = cuda.blockDim.x, cuda.gridDim.x
     M = points.shape[1]
     lab = cuda.shared.array(THREADS, np.int64)
-    n_tiles = (n + T - 1) // T
-    for c in range(g, (n_tiles + chunk_tiles - 1) // chunk_tiles, G):
+    for c in range(g, chunk_count(n, T, chunk_tiles), G):
         accg = acc[base + c]
-        for tile in range(c * chunk_tiles, min(n_tiles, (c + 1) * chunk_tiles)):
+        first, stop = tile_span(c, n, T, chunk_tiles)
+        for tile in range(first, stop):
             start = tile * T
             nb = min(T, n - start)
             if t < nb:

@@ -43,7 +43,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import cuda
 
-from .launch import device_function, rounded_ops, simulated
+from .launch import block_offsets, chunk_count, device_function, rounded_ops, simulated, tile_span
 
 #: Bytes of static shared memory a block may use (the CUDA limit without opt-in), and what
 #: :func:`shared_bytes` adds for the arrays' alignment (ptxas measured within 4 bytes of it).
@@ -64,23 +64,18 @@ class Shape(NamedTuple):
 
 
 def layout(M: int, L: int, P: int) -> dict:
-    """Offsets of the sums in a row of K entries, and K: sq, g_ow (P, M), g_ob (P), then per
-    layer l: g_w (M, M) at ``layer + l * per_layer``, g_b (M) after it."""
+    """Offsets of the sums in a row of K entries, and K: sq, g_ow (P, M), g_ob (P) (``top``
+    entries in all), then per layer l: g_w (M, M) at ``top + l * per_layer``, g_b (M) after it."""
     top = 1 + P * M + P
     per_layer = M * M + M
-    return dict(sq=0, g_ow=1, g_ob=1 + P * M, layer=top, per_layer=per_layer, top=top, K=top + L * per_layer)
+    return dict(sq=0, g_ow=1, g_ob=1 + P * M, top=top, per_layer=per_layer, K=top + L * per_layer)
 
 
 def param_offsets(M: int, L: int, P: int) -> dict:
     """Offsets of the packed parameters (see the module docstring) and their total without targets."""
     sizes = [("cw", L * M * M), ("cb", L * M), ("inv", L * M * M), ("back", L * M * M), ("out_w", P * M),
              ("out_b", P)]
-    offsets, k = {}, 0
-    for name, size in sizes:
-        offsets[name] = k
-        k += size
-    offsets["targets"] = k
-    return offsets
+    return block_offsets(sizes, "targets")
 
 
 def shared_bytes(dtype: str, M: int, L: int, P: int, output_cost: bool, S: int, T: int) -> int:
@@ -249,13 +244,13 @@ def build(shape: Shape):
         for e in range(t, P, T):
             sob[e] = par[OB + e]
         cuda.syncthreads()
-        n_tiles = (n + T - 1) // T
-        for c in range(cuda.blockIdx.x, (n_tiles + chunk_tiles - 1) // chunk_tiles, cuda.gridDim.x):
+        for c in range(cuda.blockIdx.x, chunk_count(n, T, chunk_tiles), cuda.gridDim.x):
             row = base + c
             if not PER_CLUSTER:
                 for k in range(NRUN):
                     run[k, t] = 0.0
-            for tile in range(c * chunk_tiles, min(n_tiles, (c + 1) * chunk_tiles)):
+            first, stop = tile_span(c, n, T, chunk_tiles)
+            for tile in range(first, stop):
                 start = tile * T
                 nb = min(T, n - start)
                 # ---- the thread's point: forward sweep in registers, residual, top of the reverse sweep
