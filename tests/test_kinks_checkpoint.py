@@ -54,7 +54,7 @@ def same_run(a, b):
     assert np.array_equal(a.arrays["sliding_intervals"], b.arrays["sliding_intervals"])
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", ["sliding", pytest.param("bulk", marks=pytest.mark.long)])   # bulk: N = 800, 6 s
 def test_stopped_anywhere_and_resumed_equals_the_run_never_stopped(tmp_path, case):
     (params, ds), t_end, kw = CASES[case]
     kw = dict(method="kinks", n_records=15, **kw)
